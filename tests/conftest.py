@@ -1,0 +1,48 @@
+"""Shared fixtures: the real train config composed with Hydra and shrunk to seconds on a CPU."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from xlstm_lm.cli.schemas import register_configs
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+# A small slice of the embedded default corpus: real Python source, present on every machine.
+SMALL_CORPUS = str(Path(sysconfig.get_paths()["stdlib"]) / "email")
+
+
+def compose_train(overrides: list[str] = ()):
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def small_run_overrides(cache_dir: Path, max_steps: int = 4) -> list[str]:
+    """Overrides that make `train` take seconds: a tiny model on a slice of the stdlib."""
+    return [
+        f"data.root={SMALL_CORPUS}",
+        f"data.cache_dir={cache_dir}",
+        "data.seq_len=32",
+        "data.batch_size=4",
+        "data.val_fraction=0.2",
+        "tokenizer.vocab_size=512",
+        "model.embedding_dim=32",
+        "model.num_blocks=2",
+        "model.chunk_size=16",
+        f"trainer.max_steps={max_steps}",
+        "trainer.val_check_interval=2",
+        "trainer.checkpoint_every_n_steps=2",
+        "trainer.limit_val_batches=2",
+        "trainer.log_every_n_steps=1",
+        "scheduler.warmup_steps=2",
+    ]
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory) -> Path:
+    """One prepared cache for the small corpus, shared by the training tests."""
+    return tmp_path_factory.mktemp("data_cache")

@@ -1,0 +1,38 @@
+"""The structured config of `train.py`, registered once in Hydra's ConfigStore.
+
+Every group's YAML is merged onto these dataclasses, so a misspelt key fails at compose time with
+Hydra's message, before any data is read or any model is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+from xlstm_lm.data.config import DataConfig, TokenizerConfig
+from xlstm_lm.models import XLSTMConfig
+from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig
+from xlstm_lm.training.trainer import LoggerConfig, TrainerConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs."""
+
+    model: XLSTMConfig = field(default_factory=XLSTMConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: int = 1337
+    reset_at_doc_starts: bool = True  # reset recurrent memories at document boundaries
+    ckpt_path: Optional[str] = None  # a Lightning checkpoint (e.g. .../checkpoints/last.ckpt) to resume from
+    validate_before_training: bool = False
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

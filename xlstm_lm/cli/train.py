@@ -1,0 +1,120 @@
+"""`xlstm-train` / `python train.py`: compose the config with Hydra, prepare data, train, export.
+
+    python train.py model=xlstm_7_1 size=tiny trainer.max_steps=300
+
+`train(cfg, run_dir)` does the work and returns the final metrics (tests call it); `main` is the thin
+Hydra entry point. Seeds and logging are set here, never in library code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from xlstm_lm.cli.schemas import TrainConfig, register_configs
+from xlstm_lm.data import TokenDataModule
+from xlstm_lm.models import XLSTMConfig
+from xlstm_lm.models.components import round_up
+from xlstm_lm.models.io import save_pretrained
+from xlstm_lm.training.module import LanguageModelModule
+from xlstm_lm.training.trainer import build_trainer
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def resolve_vocab_size(model: XLSTMConfig, tokenizer_vocab: int) -> XLSTMConfig:
+    """The model's vocabulary: the tokenizer's rounded up to 64, or the configured one if large enough."""
+    if model.vocab_size is None:
+        return dataclasses.replace(model, vocab_size=round_up(tokenizer_vocab, 64))
+    if model.vocab_size < tokenizer_vocab:
+        raise ValueError(
+            f"model.vocab_size={model.vocab_size} is smaller than the tokenizer's vocabulary ({tokenizer_vocab}): "
+            "remove the override (it follows the tokenizer) or set tokenizer.vocab_size to match"
+        )
+    return model
+
+
+def check_resume_compatible(ckpt_path: str, module: LanguageModelModule) -> None:
+    """Fail before training when the checkpoint to resume was trained with a different model config."""
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file, e.g. <run>/checkpoints/last.ckpt")
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+    saved_model = saved.get("model")
+    current = module.hparams["model"]
+    if saved_model != current:
+        keys = sorted(k for k in set(current) | set(saved_model or {})
+                      if (saved_model or {}).get(k) != current.get(k))
+        diffs = ", ".join(f"{k}: checkpoint {(saved_model or {}).get(k)!r} vs now {current.get(k)!r}" for k in keys)
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with another model config ({diffs}). "
+            "Resume with the same model=/size= overrides as the original run, or drop ckpt_path to start afresh."
+        )
+
+
+def describe(model_config: XLSTMConfig, num_params: int, num_non_embedding: int) -> str:
+    arch = model_config.architecture
+    if arch == "xlstm":
+        arch = f"xLSTM[{model_config.ratio}] with sLSTM at {model_config.slstm_positions}"
+    return (f"{arch}: {model_config.num_blocks} blocks, D={model_config.embedding_dim}, "
+            f"{model_config.num_heads} heads, vocab {model_config.vocab_size}: {num_params / 1e6:.2f}M parameters "
+            f"({num_non_embedding / 1e6:.2f}M without the input embedding)")
+
+
+def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float]:
+    """Train one model; returns the final metrics (validation loss and perplexity included)."""
+    config: TrainConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    run_dir = Path(run_dir)
+    L.seed_everything(config.seed, workers=True)
+
+    datamodule = TokenDataModule(config.data, config.tokenizer)
+    datamodule.prepare_data()
+    model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
+    module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
+                                              config.trainer.max_steps, config.reset_at_doc_starts)
+    log.info(describe(model_config, module.model.num_parameters(), module.model.num_parameters(exclude_embedding=True)))
+    if config.ckpt_path:
+        check_resume_compatible(config.ckpt_path, module)
+
+    trainer = build_trainer(config.trainer, config.logger, run_dir)
+    if config.validate_before_training:
+        trainer.validate(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
+    trainer.validate(module, datamodule=datamodule)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+
+    if trainer.is_global_zero:
+        export_dir = save_pretrained(module.model, run_dir / "export")
+        shutil.copy(datamodule.cache_path / "tokenizer.json", export_dir / "tokenizer.json")
+        OmegaConf.save(OmegaConf.structured(config), export_dir / "train_config.yaml")
+        log.info("steps %d, validation loss %.4f, perplexity %.2f; export in %s", trainer.global_step,
+                 metrics.get("val/loss", float("nan")), metrics.get("val/ppl", float("nan")), export_dir)
+    return metrics
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    try:
+        train(cfg, HydraConfig.get().runtime.output_dir)
+    except (ValueError, FileNotFoundError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", error)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Plain model export: safetensors weights + the model config as JSON, loadable without Lightning."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_model
+
+from xlstm_lm.models.lm import XLSTMLM, XLSTMConfig
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+def save_pretrained(model: XLSTMLM, directory: str | Path) -> Path:
+    """Write model.safetensors and config.json into `directory` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    save_model(model, str(directory / WEIGHTS_FILE))
+    return directory
+
+
+def load_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> XLSTMLM:
+    """Rebuild the model from config.json and load its weights; mismatches are one clear error."""
+    directory = Path(directory)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(
+                f"{directory / name} not found: an export folder holds {CONFIG_FILE} and {WEIGHTS_FILE} "
+                "(written by xlstm-train into <run dir>/export)"
+            )
+    config = XLSTMConfig(**json.loads((directory / CONFIG_FILE).read_text()))
+    model = XLSTMLM(config)
+    weights_path = str(directory / WEIGHTS_FILE)
+    check_state_dict_matches(model, load_file(weights_path), source=weights_path)
+    load_model(model, weights_path, device=str(map_location))  # restores tied weights stored once
+    return model.to(map_location)
+
+
+def check_state_dict_matches(model: torch.nn.Module, weights: dict, source: str) -> None:
+    """Raise ValueError listing missing, unexpected and mis-shaped tensors of `weights` for `model`."""
+    expected = model.state_dict()
+    missing = set(expected) - set(weights)
+    tied = {"embedding.weight", "head.weight"}
+    if model.config.tie_embeddings and len(missing & tied) == 1:
+        missing -= tied  # the shared tensor is stored under one of its names
+    missing = sorted(missing)
+    unexpected = sorted(set(weights) - set(expected))
+    mis_shaped = sorted(
+        f"{name}: file {tuple(weights[name].shape)} vs model {tuple(expected[name].shape)}"
+        for name in set(weights) & set(expected)
+        if weights[name].shape != expected[name].shape
+    )
+    if missing or unexpected or mis_shaped:
+        problems = [f"{label}: {items[:5]}{' ...' if len(items) > 5 else ''}"
+                    for label, items in (("missing", missing), ("unexpected", unexpected),
+                                         ("shape mismatch", mis_shaped)) if items]
+        raise ValueError(
+            f"weights in {source} do not match the model config ({'; '.join(problems)}). "
+            "Use the config the weights were trained with (the config.json or the run's .hydra/config.yaml)."
+        )

@@ -1,0 +1,83 @@
+"""The large (7B-style) mLSTM block (DESIGN.md §4 and §6).
+
+x + W_out(σ(o) ⊙ PerHeadNorm(mLSTM(q, k, v, i, f))) with q, k (0.5 D), v, o (D) and the gates all
+linear in RMSNorm(x); gates soft-capped at 15 tanh(·/15); then x + SwiGLU(RMSNorm(x)) of width
+2.667 D rounded up to 64. Input-gate bias -10, forget-gate bias linspace(3, 6) over heads and zero gate
+weights at init, so every head starts as a long, quiet memory.
+
+Notation: B batch, S length, D width, NH heads, DQK = 0.5 D / NH, DV = D / NH.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from xlstm_lm.kernels import mlstm
+from xlstm_lm.models.components import (
+    GatedFeedForward,
+    MultiHeadNorm,
+    reset_forget_at_doc_starts,
+    rms_norm,
+    round_up,
+    small_init_,
+    split_heads,
+    wang_init_,
+)
+
+
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap · tanh(x / cap): bounded, smooth, the identity near zero."""
+    return cap * torch.tanh(x / cap)
+
+
+class LargeMLSTMBlock(nn.Module):
+    """One block of the 7B-style stack; state = (C, n, m)."""
+
+    def __init__(self, dim: int, num_heads: int, qk_factor: float = 0.5, ffn_factor: float = 2.667,
+                 gate_soft_cap: float = 15.0, chunk_size: int = 64, backend: str = "auto"):
+        super().__init__()
+        qk_dim = int(qk_factor * dim)
+        if qk_dim % num_heads or dim % num_heads:
+            raise ValueError(
+                f"large mLSTM: widths {qk_dim} (q, k) and {dim} (v) must be divisible by num_heads {num_heads}"
+            )
+        self.dim, self.num_heads, self.gate_soft_cap = dim, num_heads, gate_soft_cap
+        self.chunk_size, self.backend = chunk_size, backend
+        self.norm = rms_norm(dim)
+        self.q = nn.Linear(dim, qk_dim, bias=False)
+        self.k = nn.Linear(dim, qk_dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        self.o = nn.Linear(dim, dim, bias=False)
+        self.igate = nn.Linear(dim, num_heads)
+        self.fgate = nn.Linear(dim, num_heads)
+        self.head_norm = MultiHeadNorm(num_heads, dim // num_heads)
+        self.out = nn.Linear(dim, dim, bias=False)
+        self.ffn_norm = rms_norm(dim)
+        self.ffn = GatedFeedForward(dim, round_up(ffn_factor * dim, 64), "silu")
+
+    def init_weights(self, block_index: int, num_blocks: int) -> None:
+        for proj in (self.q, self.k, self.v, self.o):
+            small_init_(proj.weight, self.dim)
+        nn.init.zeros_(self.igate.weight)
+        nn.init.constant_(self.igate.bias, -10.0)
+        nn.init.zeros_(self.fgate.weight)
+        with torch.no_grad():
+            self.fgate.bias.copy_(torch.linspace(3.0, 6.0, self.num_heads))
+        for norm in (self.norm, self.head_norm, self.ffn_norm):
+            nn.init.ones_(norm.weight)
+        wang_init_(self.out.weight, self.dim, num_blocks)
+        self.ffn.init_weights(self.dim, num_blocks)
+
+    def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):
+        """x (B, S, D) -> (x' (B, S, D), new state or None)."""
+        xn = self.norm(x)
+        i = soft_cap(self.igate(xn), self.gate_soft_cap).transpose(1, 2)  # (B, NH, S)
+        f = reset_forget_at_doc_starts(soft_cap(self.fgate(xn), self.gate_soft_cap), doc_starts).transpose(1, 2)
+        q, k, v = (split_heads(proj(xn), self.num_heads) for proj in (self.q, self.k, self.v))
+        out = mlstm(q, k, v, i, f, state,
+                    backend=self.backend, chunk_size=self.chunk_size, return_state=return_state)
+        h, new_state = out if return_state else (out, None)
+        h = self.head_norm(h.transpose(1, 2))  # (B, S, D)
+        x = x + self.out(torch.sigmoid(self.o(xn)) * h)
+        return x + self.ffn(self.ffn_norm(x)), new_state

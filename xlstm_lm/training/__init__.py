@@ -1,0 +1,1 @@
+"""Lightning training: the LightningModule, optimizer and schedule, trainer construction, callbacks."""

@@ -1,0 +1,77 @@
+"""The LightningModule that trains a language model with next-token cross-entropy (DESIGN §11).
+
+Hyper-parameters are stored as plain dicts (never live modules), so a checkpoint carries the model
+config it needs to be rebuilt and compared.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from xlstm_lm.models import XLSTMLM, XLSTMConfig
+from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_factor
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy in nats; logits (B, S, V), labels (B, S)."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
+
+
+class LanguageModelModule(L.LightningModule):
+    """Wraps a plain XLSTMLM; logs train loss, learning rate, validation loss and perplexity."""
+
+    def __init__(self, model: dict, optimizer: dict, scheduler: dict, max_steps: int,
+                 reset_at_doc_starts: bool = True):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_config = XLSTMConfig(**model)
+        self.optimizer_config = OptimizerConfig(**optimizer)
+        self.scheduler_config = SchedulerConfig(**scheduler)
+        self.model = XLSTMLM(self.model_config)
+        self._val_nll_sum = self._val_tokens = 0.0
+
+    @classmethod
+    def from_configs(cls, model: XLSTMConfig, optimizer: OptimizerConfig, scheduler: SchedulerConfig,
+                     max_steps: int, reset_at_doc_starts: bool = True) -> "LanguageModelModule":
+        return cls(asdict(model), asdict(optimizer), asdict(scheduler), max_steps, reset_at_doc_starts)
+
+    def forward(self, input_ids, doc_starts=None):
+        return self.model(input_ids, doc_starts=doc_starts if self.hparams.reset_at_doc_starts else None)
+
+    def training_step(self, batch, batch_idx):
+        loss = next_token_loss(self(batch["input_ids"], batch.get("doc_starts")), batch["labels"])
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
+        return loss
+
+    def on_validation_epoch_start(self):
+        self._val_nll_sum = self._val_tokens = 0.0
+
+    def validation_step(self, batch, batch_idx):
+        nll = next_token_loss(self(batch["input_ids"], batch.get("doc_starts")), batch["labels"], "sum")
+        self._val_nll_sum += nll.detach()
+        self._val_tokens += batch["labels"].numel()
+
+    def on_validation_epoch_end(self):
+        totals = torch.tensor([float(self._val_nll_sum), float(self._val_tokens)], dtype=torch.float64,
+                              device=self.device)
+        totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        if totals[1] == 0:
+            return
+        loss = (totals[0] / totals[1]).item()
+        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
+        self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optimizer_config)
+        sched = self.scheduler_config
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda step: lr_factor(step, sched.warmup_steps, self.hparams.max_steps, sched.min_lr_ratio),
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
