@@ -1,0 +1,75 @@
+"""Byte-level BPE tokenizer: lossless round trip, end-of-document handling, loading (DESIGN.md §10)."""
+
+import random
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, models
+
+from tests.data.tiny_corpus import VOCAB_SIZE
+from xlstm_lm.data import EOS_TOKEN, TokenizerConfig, eos_id, list_corpus, load, load_tokenizer, locate, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def cached_tokenizer(prepared_configs: tuple) -> Tokenizer:
+    """The tokenizer as saved in the shared cache and loaded back."""
+    return load(locate(*prepared_configs)).tokenizer
+
+
+def random_text(rng: random.Random) -> str:
+    """Text drawn from ASCII, control characters, whitespace, accents, CJK, emoji and any other code point."""
+    pools = ["abc xyz 012 ()_:", "\t\n\r \x00\x0b\x0c\u2028\u00a0", "éèñüßøåçÅ\u0301", "漢字かなカナ한국어", "🙂🚀👍🏽"]
+    characters = []
+    for _ in range(rng.randint(0, 80)):
+        if rng.random() < 0.2:
+            code_point = rng.choice([rng.randint(0x80, 0xD7FF), rng.randint(0xE000, 0x10FFFF)])
+            characters.append(chr(code_point))
+        else:
+            characters.append(rng.choice(rng.choice(pools)))
+    return "".join(characters)
+
+
+def test_round_trip_on_random_text(cached_tokenizer: Tokenizer) -> None:
+    rng = random.Random(7)
+    texts = [random_text(rng) for _ in range(300)] + ["", " ", "\n\n\t  \r\n", "  leading", "trailing  "]
+    for text in texts:
+        assert cached_tokenizer.decode(cached_tokenizer.encode(text).ids) == text, repr(text)
+
+
+def test_round_trip_on_corpus_files(cached_tokenizer: Tokenizer, prepared_configs: tuple) -> None:
+    corpus = list_corpus(prepared_configs[0])
+    for document in corpus.train + corpus.val:
+        assert cached_tokenizer.decode(cached_tokenizer.encode(document.text).ids) == document.text, document.path
+
+
+def test_literal_end_of_document_text_is_plain_bytes(cached_tokenizer: Tokenizer) -> None:
+    text = f"before {EOS_TOKEN} after"
+    ids = cached_tokenizer.encode(text).ids
+    assert eos_id(cached_tokenizer) not in ids
+    assert cached_tokenizer.decode(ids) == text
+
+
+def test_trained_vocabulary(cached_tokenizer: Tokenizer) -> None:
+    assert eos_id(cached_tokenizer) == 0
+    assert 256 + 1 < cached_tokenizer.get_vocab_size() <= VOCAB_SIZE
+    assert len(cached_tokenizer.encode("def return self").ids) < len("def return self")  # merges were learned
+
+
+def test_training_is_deterministic(prepared_configs: tuple) -> None:
+    texts = [document.text for document in list_corpus(prepared_configs[0]).train]
+    first = train_tokenizer(texts, TokenizerConfig(vocab_size=300))
+    second = train_tokenizer(texts, TokenizerConfig(vocab_size=300))
+    assert first.get_vocab_size() == 300
+    assert first.to_str() == second.to_str()
+
+
+def test_load_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nothing.json"):
+        load_tokenizer(tmp_path / "nothing.json")
+
+
+def test_load_rejects_tokenizer_without_end_of_document(tmp_path: Path) -> None:
+    file = tmp_path / "tokenizer.json"
+    Tokenizer(models.BPE()).save(str(file))
+    with pytest.raises(ValueError, match="end-of-document"):
+        load_tokenizer(file)

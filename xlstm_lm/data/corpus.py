@@ -1,0 +1,200 @@
+"""The documents of a corpus: listing, reading and the train/validation split (DESIGN.md §10).
+
+A corpus is a folder of text files picked by a glob. The embedded default is the `.py` source of the
+standard library of the interpreter that runs the project, so a fresh checkout trains without any download.
+Listing is deterministic: files are sorted by their relative POSIX path, read as UTF-8 (undecodable bytes
+become U+FFFD) and empty files are skipped. Folders of installed packages (site-packages, dist-packages) are
+never read; test folders only when asked. A document goes to the validation split when a SHA-1 hash of its
+relative path, read as a fraction in [0, 1), falls below `val_fraction`, so the split of a file never depends
+on which other files exist.
+"""
+
+import hashlib
+import logging
+import os
+import sys
+import sysconfig
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Optional
+
+from xlstm_lm.data.config import DataConfig
+
+logger = logging.getLogger(__name__)
+
+TEST_FOLDERS = frozenset({"test", "tests", "idle_test"})
+INSTALLED_PACKAGE_FOLDERS = frozenset({"site-packages", "dist-packages"})
+
+
+@dataclass(frozen=True)
+class Document:
+    """One text file of the corpus.
+
+    Attributes:
+        path: POSIX path relative to the corpus root.
+        text: the file decoded as UTF-8.
+        num_bytes: size of the file on disk.
+    """
+
+    path: str
+    text: str
+    num_bytes: int
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """The documents under a root, split into training and validation.
+
+    Attributes:
+        root: absolute folder the documents were read from.
+        glob: pattern that picked the files.
+        include_tests: whether test folders were read.
+        val_fraction: the share of documents asked for in validation.
+        train: training documents, sorted by path.
+        val: validation documents, sorted by path.
+        fingerprint: SHA-256 over the sorted relative paths and the SHA-256 of each file's bytes.
+    """
+
+    root: Path
+    glob: str
+    include_tests: bool
+    val_fraction: float
+    train: tuple[Document, ...]
+    val: tuple[Document, ...]
+    fingerprint: str
+
+    @property
+    def splits(self) -> dict[str, tuple[Document, ...]]:
+        """The documents of each split by name ("train", "val")."""
+        return {"train": self.train, "val": self.val}
+
+    def manifest(self) -> dict[str, Any]:
+        """A JSON-ready record of where the documents came from and how many went to each split."""
+        return {
+            "root": str(self.root),
+            "glob": self.glob,
+            "include_tests": self.include_tests,
+            "val_fraction": self.val_fraction,
+            "python_version": sys.version,
+            "fingerprint": self.fingerprint,
+            "splits": {
+                name: {
+                    "files": len(documents),
+                    "bytes": sum(document.num_bytes for document in documents),
+                    "paths": [document.path for document in documents],
+                }
+                for name, documents in self.splits.items()
+            },
+        }
+
+
+def default_root() -> Path:
+    """The standard library folder of the running interpreter, the embedded default corpus."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def hash_fraction(relative_path: str) -> float:
+    """A stable pseudo-random number in [0, 1) for a relative path (the first 8 bytes of its SHA-1)."""
+    digest = hashlib.sha1(relative_path.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def list_corpus(cfg: DataConfig) -> Corpus:
+    """Read the documents picked by `cfg` and split them into training and validation.
+
+    Args:
+        cfg: uses root, glob, include_tests and val_fraction.
+
+    Returns:
+        The corpus; both splits hold at least one document.
+
+    Raises:
+        FileNotFoundError: the root does not exist.
+        NotADirectoryError: the root is a file.
+        ValueError: fewer than two non-empty files match the glob.
+    """
+    root = _resolve_root(cfg.root)
+    paths = _matching_files(root, cfg.glob, cfg.include_tests)
+    where = f"glob {cfg.glob!r} under {root} (include_tests={cfg.include_tests})"
+    if not paths:
+        raise ValueError(f"No files match {where}: check data.root and data.glob")
+    fingerprint = hashlib.sha256()
+    documents = []
+    for relative_path in paths:
+        data = (root / relative_path).read_bytes()
+        if not data:
+            continue
+        fingerprint.update(f"{relative_path}\0{hashlib.sha256(data).hexdigest()}\n".encode("utf-8"))
+        documents.append(Document(relative_path, data.decode("utf-8", errors="replace"), len(data)))
+    if not documents:
+        raise ValueError(f"All {len(paths)} files matching {where} are empty")
+    if len(documents) < 2:
+        raise ValueError(
+            f"Only one non-empty file ({documents[0].path}) matches {where}: "
+            "training and validation need at least one document each"
+        )
+    train, val = _split(documents, cfg.val_fraction)
+    corpus = Corpus(root, cfg.glob, cfg.include_tests, cfg.val_fraction, train, val, fingerprint.hexdigest())
+    logger.info(
+        "Listed %d documents (%d train, %d val, %.1f MB) matching %s",
+        len(documents),
+        len(train),
+        len(val),
+        sum(document.num_bytes for document in documents) / 1e6,
+        where,
+    )
+    return corpus
+
+
+def _resolve_root(root: Optional[str]) -> Path:
+    if root is None:
+        return default_root()
+    folder = Path(root).expanduser().resolve()
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"Corpus root {folder} does not exist: set data.root to a folder of text files, "
+            f"or leave it unset (null) to use the Python standard library at {default_root()}"
+        )
+    if not folder.is_dir():
+        raise NotADirectoryError(f"Corpus root {folder} is a file: set data.root to the folder that holds it")
+    return folder
+
+
+def _matching_files(root: Path, glob: str, include_tests: bool) -> list[str]:
+    """Sorted relative POSIX paths of the files under root that match glob, skipping excluded folders."""
+    excluded = INSTALLED_PACKAGE_FOLDERS if include_tests else INSTALLED_PACKAGE_FOLDERS | TEST_FOLDERS
+    segments = tuple(glob.strip("/").split("/"))
+    matches = []
+    # Note: os.walk prunes excluded folders before descending; Path.glob would walk all of site-packages.
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in excluded]
+        folder_parts = Path(folder).relative_to(root).parts
+        for name in files:
+            parts = folder_parts + (name,)
+            if _glob_matches(parts, segments):
+                matches.append("/".join(parts))
+    return sorted(matches)
+
+
+def _glob_matches(parts: tuple[str, ...], segments: tuple[str, ...]) -> bool:
+    """Whether path parts match glob segments; "**" matches any number of parts, others match one."""
+    if not segments:
+        return not parts
+    head, rest = segments[0], segments[1:]
+    if head == "**":
+        return any(_glob_matches(parts[start:], rest) for start in range(len(parts) + 1))
+    return bool(parts) and fnmatchcase(parts[0], head) and _glob_matches(parts[1:], rest)
+
+
+def _split(documents: list[Document], val_fraction: float) -> tuple[tuple[Document, ...], tuple[Document, ...]]:
+    """Split by hash of the path; if a split comes out empty, move the document nearest the threshold."""
+    fractions = [hash_fraction(document.path) for document in documents]
+    in_val = [fraction < val_fraction for fraction in fractions]
+    if not any(in_val):
+        in_val[fractions.index(min(fractions))] = True
+    elif all(in_val):
+        in_val[fractions.index(max(fractions))] = False
+    train = tuple(document for document, is_val in zip(documents, in_val) if not is_val)
+    val = tuple(document for document, is_val in zip(documents, in_val) if is_val)
+    return train, val

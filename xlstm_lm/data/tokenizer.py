@@ -1,0 +1,79 @@
+"""Byte-level BPE tokenizer, trained on the training split or loaded from a tokenizer.json (DESIGN.md §10).
+
+The pre-tokenizer maps every UTF-8 byte to a printable character (no prefix space) and the decoder maps
+them back, and all 256 bytes are in the vocabulary, so `decode(encode(text)) == text` for any text.
+`EOS_TOKEN` ends every document. Literal "<|endoftext|>" inside a document is encoded as plain bytes
+(`encode_special_tokens`), so only the data pipeline places end-of-document tokens. That flag is neither stored
+in tokenizer.json nor kept by pickling: load tokenizers with `load_tokenizer`, not `Tokenizer.from_file`.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from xlstm_lm.data.config import TokenizerConfig
+
+logger = logging.getLogger(__name__)
+
+EOS_TOKEN = "<|endoftext|>"
+
+
+def train_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
+    """Train a byte-level BPE tokenizer.
+
+    Args:
+        texts: the training documents (never the validation ones).
+        cfg: uses vocab_size and min_frequency.
+
+    Returns:
+        The tokenizer; `EOS_TOKEN` has id 0.
+    """
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=True,
+    )
+    logger.info("Training a byte-level BPE tokenizer (vocab_size=%d) on %d documents", cfg.vocab_size, len(texts))
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """Load a tokenizer.json that has `EOS_TOKEN`.
+
+    Args:
+        path: the tokenizer.json file; "~" is expanded.
+
+    Returns:
+        The tokenizer, encoding literal special-token text as plain bytes.
+    """
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"Tokenizer file {file} does not exist: set tokenizer.path to a tokenizer.json or null")
+    tokenizer = Tokenizer.from_file(str(file))
+    eos_id(tokenizer)
+    tokenizer.encode_special_tokens = True
+    return tokenizer
+
+
+def build_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
+    """Load the tokenizer at `cfg.path` if set, else train one on `texts`."""
+    if cfg.path is not None:
+        return load_tokenizer(cfg.path)
+    return train_tokenizer(texts, cfg)
+
+
+def eos_id(tokenizer: Tokenizer) -> int:
+    """The id of `EOS_TOKEN`; raises ValueError if the tokenizer lacks it."""
+    token_id = tokenizer.token_to_id(EOS_TOKEN)
+    if token_id is None:
+        raise ValueError(f"The tokenizer has no end-of-document token {EOS_TOKEN!r}")
+    return token_id
