@@ -90,8 +90,9 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     if config.validate_before_training:
         trainer.validate(module, datamodule=datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
-    trainer.validate(module, datamodule=datamodule)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    trainer.validate(module, datamodule=datamodule)  # the final weights, whatever the validation interval
+    metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
 
     if trainer.is_global_zero:
         export_dir = save_pretrained(module.model, run_dir / "export")

@@ -1,0 +1,107 @@
+"""Training end to end on a slice of the embedded corpus: metrics, checkpoints, export, resume, overfit."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import compose_train, small_run_overrides
+from xlstm_lm.cli.train import train
+from xlstm_lm.data import load
+from xlstm_lm.models.io import load_pretrained
+from xlstm_lm.training.module import LanguageModelModule
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def logged_steps(run_dir: Path, metric: str) -> list[int]:
+    with open(run_dir / "logs" / "metrics.csv") as handle:
+        return [int(row["step"]) for row in csv.DictReader(handle) if row.get(metric)]
+
+
+def test_train_py_end_to_end_and_export_reloads_identically(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train.py"), "model=xlstm_7_1",
+               *small_run_overrides(data_cache), f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (run_dir / "train.log").read_text()
+    assert "parameters" in log and "validation loss" in log
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    export = run_dir / "export"
+    assert {"model.safetensors", "config.json", "tokenizer.json", "train_config.yaml"} <= {p.name for p in export.iterdir()}
+
+    exported = load_pretrained(export).eval()
+    module = LanguageModelModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    ids = torch.randint(0, exported.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        assert torch.equal(exported(ids), module.model(ids))
+    assert logged_steps(run_dir, "train/loss")  # the CSV logger wrote the training curve
+    assert logged_steps(run_dir, "val/ppl")
+
+
+def test_resume_from_last_checkpoint_continues_at_the_right_step(tmp_path, data_cache):
+    first = tmp_path / "first"
+    train(compose_train(small_run_overrides(data_cache, max_steps=2)), first)
+    ckpt = first / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=False)["global_step"] == 2
+
+    second = tmp_path / "second"
+    metrics = train(compose_train([*small_run_overrides(data_cache, max_steps=4), f"ckpt_path={ckpt}"]), second)
+    steps = logged_steps(second, "train/loss")
+    assert min(steps) >= 2 and max(steps) <= 4
+    assert torch.load(second / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert math.isfinite(metrics["val/loss"])
+
+
+def test_resume_with_another_model_config_fails_before_training(tmp_path, data_cache):
+    first = tmp_path / "first"
+    train(compose_train(small_run_overrides(data_cache, max_steps=2)), first)
+    ckpt = first / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    overrides = [*small_run_overrides(data_cache), "model.embedding_dim=64", f"ckpt_path={ckpt}"]
+    with pytest.raises(ValueError, match="embedding_dim: checkpoint 32 vs now 64"):
+        train(compose_train(overrides), tmp_path / "second")
+    assert ckpt.read_bytes() == before and not (tmp_path / "second" / "checkpoints").exists()
+
+
+def test_missing_data_root_fails_with_the_path(tmp_path):
+    overrides = [*small_run_overrides(tmp_path / "cache"), f"data.root={tmp_path / 'nowhere'}"]
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        train(compose_train(overrides), tmp_path / "run")
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_fails(tmp_path, data_cache):
+    overrides = [*small_run_overrides(data_cache), "model.vocab_size=100"]
+    with pytest.raises(ValueError, match="model.vocab_size=100 is smaller"):
+        train(compose_train(overrides), tmp_path / "run")
+
+
+def test_overfits_a_tiny_corpus_well_below_the_unigram_entropy(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    words = ["".join(rng.choice(list("abcdefghij"), size=5)) for _ in range(40)]
+    text = " ".join(rng.choice(words, size=300)) + "\n"  # one random text, memorizable, in every document
+    for index in range(6):
+        (corpus / f"doc{index}.txt").write_text(text)
+    overrides = [*small_run_overrides(tmp_path / "cache", max_steps=60), f"data.root={corpus}", "data.glob=*.txt",
+                 "data.val_fraction=0.3", "tokenizer.vocab_size=300", "optimizer.lr=1e-2",
+                 "trainer.val_check_interval=60", "model.num_blocks=2"]
+    metrics = train(compose_train(overrides), tmp_path / "run")
+
+    cache = next((tmp_path / "cache").iterdir())
+    train_tokens = np.asarray(load(cache).tokens("train"))
+    probabilities = np.bincount(train_tokens) / train_tokens.size
+    probabilities = probabilities[probabilities > 0]
+    unigram_entropy = float(-(probabilities * np.log(probabilities)).sum())
+    # a memorized text is predictable from its context: the loss must fall far below the unigram entropy
+    assert metrics["train/loss"] < 0.5 * unigram_entropy, (metrics["train/loss"], unigram_entropy)
