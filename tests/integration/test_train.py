@@ -105,3 +105,21 @@ def test_overfits_a_tiny_corpus_well_below_the_unigram_entropy(tmp_path):
     unigram_entropy = float(-(probabilities * np.log(probabilities)).sum())
     # a memorized text is predictable from its context: the loss must fall far below the unigram entropy
     assert metrics["train/loss"] < 0.5 * unigram_entropy, (metrics["train/loss"], unigram_entropy)
+
+
+def test_wandb_logger_works_offline(tmp_path, data_cache, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    run_dir = tmp_path / "run"
+    train(compose_train([*small_run_overrides(data_cache, max_steps=2), "logger=wandb"]), run_dir)
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs and any(offline_runs[0].glob("*.wandb"))
+
+
+def test_folder_without_matching_text_fails_with_root_and_glob(tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "notes.md").write_text("not matched by the glob")
+    overrides = [*small_run_overrides(tmp_path / "cache"), f"data.root={folder}"]
+    with pytest.raises(ValueError, match=r"No files match .*notes.*check data.root and data.glob"):
+        train(compose_train(overrides), tmp_path / "run")

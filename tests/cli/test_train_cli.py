@@ -1,0 +1,39 @@
+"""`python train.py` on bad input: one clear message, a failing exit code, nothing written."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_train(tmp_path, *overrides):
+    run_dir = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), *overrides, f"hydra.run.dir={run_dir}",
+                             f"data.cache_dir={tmp_path / 'cache'}"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return result, run_dir
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.num_heads=3", "model.num_heads=3 does not divide model.embedding_dim=256"),
+        ("data.root=/no/such/folder", "/no/such/folder"),
+    ],
+)
+def test_bad_values_fail_with_one_message_and_no_traceback(tmp_path, override, message):
+    result, run_dir = run_train(tmp_path, override)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert message in output and "Traceback" not in output
+    assert not (run_dir / "checkpoints").exists() and not (tmp_path / "cache").exists()
+
+
+def test_misspelt_key_fails_in_hydra_before_any_work(tmp_path):
+    result, run_dir = run_train(tmp_path, "trainer.max_step=3")
+    assert result.returncode != 0
+    assert "Could not override 'trainer.max_step'" in result.stderr
+    assert not run_dir.exists() and not (tmp_path / "cache").exists()
