@@ -15,8 +15,8 @@ def inputs(dtype=torch.float32):
     )
 
 
-def state(dtype=torch.float32):
-    return torch.randn(B, NH, DQK, DV, dtype=dtype), torch.randn(B, NH, DQK, dtype=dtype), torch.zeros(B, NH, dtype=dtype)
+def state():
+    return torch.randn(B, NH, DQK, DV), torch.randn(B, NH, DQK), torch.zeros(B, NH)
 
 
 def test_unknown_backend_lists_the_valid_names():

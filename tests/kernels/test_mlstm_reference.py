@@ -39,12 +39,13 @@ def unstabilized_view(run):
 
 @pytest.mark.parametrize("regime", ["realistic", "normal"])
 @pytest.mark.parametrize("with_state", [False, True])
-@pytest.mark.parametrize("S", [1, 9, 70])
+@pytest.mark.parametrize("S", [2, 9, 70])
 def test_reference_equals_definition_without_eps(
     S, with_state, regime, mlstm_inputs, compare_to_reference
 ):
     # With eps = 0 the stabilizer cancels exactly (max(|x|e^-m, e^-m) = e^-m max(|x|, 1)), and m is held
-    # fixed by autograd, so outputs, final states and gradients agree to float64 rounding.
+    # fixed by autograd, so outputs, final states and gradients agree to float64 rounding. (Not S = 1: a
+    # saturated single step has dh/dq = 0 exactly, and the relative error of two roundings is O(1).)
     inputs = mlstm_inputs(B=2, NH=2, S=S, DQK=8, DV=12, regime=regime, with_state=with_state)
     compare_to_reference(
         unstabilized_view(run_mlstm("reference", eps=0.0)), unstabilized_mlstm, inputs,

@@ -76,10 +76,11 @@ def test_gradcheck(with_state, slstm_inputs):
     assert torch.autograd.gradcheck(outputs, [inputs[name].requires_grad_(True) for name in names])
 
 
+@pytest.mark.parametrize("regime", ["realistic", "extreme"])
 @pytest.mark.parametrize("with_state", [False, True])
 @pytest.mark.parametrize("pieces", [(10, 15, 5), (1, 29)])
-def test_state_passing(pieces, with_state, slstm_inputs):
-    inputs = slstm_inputs(B=2, S=sum(pieces), NH=2, DH=4, regime="realistic", with_state=with_state)
+def test_state_passing(pieces, with_state, regime, slstm_inputs):
+    inputs = slstm_inputs(B=2, S=sum(pieces), NH=2, DH=4, regime=regime, with_state=with_state)
     state = tuple(inputs[name] for name in "ycnm") if with_state else None
     gates_x, R, b = inputs["gates_x"], inputs["R"], inputs["b"]
     y_full, state_full = slstm(gates_x, R, b, state, return_state=True)

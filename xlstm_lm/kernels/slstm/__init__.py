@@ -1,0 +1,61 @@
+"""sLSTM kernels: the backend registry and the dispatcher (DESIGN.md §5, §8).
+
+Every backend has the signature of `slstm_native`:
+    (gates_x, R, b, state) -> (y, final state)
+and receives inputs already checked and cast to the compute dtype, with a full initial state.
+
+Notation:
+    B batch, S sequence length, NH heads, DH head dim; gates in the order (i, f, z, o);
+    state (y, c, n, m) each (B, NH, DH).
+"""
+
+import torch
+
+from .._dispatch import compute_dtype, select_backend
+from .native import SLSTMState, check_weights, prepare_state, slstm_native, slstm_step
+
+SLSTM_BACKENDS = {"native": slstm_native}
+
+
+def slstm(
+    gates_x: torch.Tensor,  # (B, S, 4, NH, DH)
+    R: torch.Tensor,  # (4, NH, DH, DH)
+    b: torch.Tensor,  # (4, NH, DH)
+    state: SLSTMState | None = None,
+    *,
+    backend: str = "auto",
+    return_state: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, SLSTMState]:
+    """sLSTM cell over a sequence.
+
+    Args:
+        gates_x: (B, S, 4, NH, DH) input-side gate pre-activations, order (i, f, z, o).
+        R: (4, NH, DH, DH) block-diagonal recurrent weights: gate g of head h adds y_{t-1}[h] @ R[g, h].
+        b: (4, NH, DH) gate biases.
+        state: initial (y, c, n, m) each (B, NH, DH); None for a fresh state (y = c = n = 0, m = -inf).
+            m carries no gradient.
+        backend: a key of SLSTM_BACKENDS, or "auto" (native).
+        return_state: also return the final state.
+
+    Returns:
+        y (B, S, NH, DH) in the dtype of gates_x; with return_state, (y, (y, c, n, m)). The computation
+        and the states are float32, or float64 for float64 inputs.
+
+    Raises:
+        ValueError: unknown backend, mismatched shapes or an empty sequence.
+    """
+    kernel = select_backend(SLSTM_BACKENDS, backend, auto="native")
+    if gates_x.dim() != 5 or gates_x.shape[2] != 4:
+        raise ValueError(f"gates_x must have shape (B, S, 4, NH, DH), got {tuple(gates_x.shape)}")
+    B, S, _, NH, DH = gates_x.shape
+    if S < 1:
+        raise ValueError("the sequence is empty (S = 0)")
+    check_weights(R, b, NH, DH)
+    dtype = compute_dtype(gates_x.dtype)
+    state = prepare_state(state, (B, NH, DH), dtype, gates_x.device)
+    y, state = kernel(gates_x.to(dtype), R.to(dtype), b.to(dtype), state)
+    y = y.to(gates_x.dtype)
+    return (y, state) if return_state else y
+
+
+__all__ = ["SLSTM_BACKENDS", "SLSTMState", "slstm", "slstm_step"]
