@@ -91,8 +91,9 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
         trainer.validate(module, datamodule=datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
-    trainer.validate(module, datamodule=datamodule)  # the final weights, whatever the validation interval
-    metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+    if module.last_validated_step != trainer.global_step:  # always report the final weights
+        trainer.validate(module, datamodule=datamodule)
+        metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
 
     if trainer.is_global_zero:
         export_dir = save_pretrained(module.model, run_dir / "export")

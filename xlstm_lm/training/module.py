@@ -34,6 +34,7 @@ class LanguageModelModule(L.LightningModule):
         self.scheduler_config = SchedulerConfig(**scheduler)
         self.model = XLSTMLM(self.model_config)
         self._val_nll_sum = self._val_tokens = 0.0
+        self.last_validated_step = -1  # global step of the latest completed validation
 
     @classmethod
     def from_configs(cls, model: XLSTMConfig, optimizer: OptimizerConfig, scheduler: SchedulerConfig,
@@ -64,6 +65,7 @@ class LanguageModelModule(L.LightningModule):
         if totals[1] == 0:
             return
         loss = (totals[0] / totals[1]).item()
+        self.last_validated_step = self.global_step
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=False)
 

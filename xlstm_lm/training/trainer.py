@@ -25,7 +25,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str = "32-true"  # "bf16-mixed" on GPUs: bf16 activations, float32 weights and states
-    max_steps: int = 300
+    max_steps: int = 200
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0
     val_check_interval: int = 100  # training steps between validations
