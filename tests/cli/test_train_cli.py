@@ -37,3 +37,12 @@ def test_misspelt_key_fails_in_hydra_before_any_work(tmp_path):
     assert result.returncode != 0
     assert "Could not override 'trainer.max_step'" in result.stderr
     assert not run_dir.exists() and not (tmp_path / "cache").exists()
+
+
+def test_xlstm_train_console_script_points_at_the_same_main():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "xlstm-train"]
+    from xlstm_lm.cli.train import main
+
+    assert script.load() is main

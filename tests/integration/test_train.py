@@ -48,6 +48,19 @@ def test_train_py_end_to_end_and_export_reloads_identically(tmp_path, data_cache
     assert logged_steps(run_dir, "val/ppl")
 
 
+def test_two_process_ddp_on_cpu_trains_and_exports(tmp_path, data_cache):
+    """Lightning's `ddp` re-launches the command per rank, so this runs train.py as a subprocess (gloo)."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(REPO / "train.py"), *small_run_overrides(data_cache),
+               "trainer.strategy=ddp", "trainer.devices=2", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "train_ddp_process_1.log").is_file()  # the second rank ran
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+    assert math.isfinite(load_pretrained(run_dir / "export")(torch.zeros(1, 4, dtype=torch.long)).sum().item())
+
+
 def test_resume_from_last_checkpoint_continues_at_the_right_step(tmp_path, data_cache):
     first = tmp_path / "first"
     train(compose_train(small_run_overrides(data_cache, max_steps=2)), first)
