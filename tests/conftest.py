@@ -32,7 +32,6 @@ def small_run_overrides(cache_dir: Path, max_steps: int = 4) -> list[str]:
         "tokenizer.vocab_size=512",
         "model.embedding_dim=32",
         "model.num_blocks=2",
-        "model.chunk_size=16",
         f"trainer.max_steps={max_steps}",
         "trainer.val_check_interval=2",
         "trainer.checkpoint_every_n_steps=2",

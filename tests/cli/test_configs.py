@@ -7,7 +7,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from tests.conftest import CONFIG_DIR, compose_train
-from xlstm_lm.models import XLSTMLM
+from xlstm_lm.models import build_model
 
 
 def options(group: str) -> list[str]:
@@ -36,7 +36,7 @@ def test_every_model_and_size_builds(model, size):
 
     config = OmegaConf.to_object(compose_train([f"model={model}", f"size={size}", "model.vocab_size=50304"]))
     with torch.device("meta"):  # no memory: only the structure is built
-        XLSTMLM(config.model)
+        build_model(config.model)
 
 
 def test_misspelt_key_fails_at_compose():

@@ -14,7 +14,7 @@ import torch
 from tests.conftest import compose_train, small_run_overrides
 from xlstm_lm.cli.train import train
 from xlstm_lm.data import load
-from xlstm_lm.models.io import load_pretrained
+from xlstm_lm.models.io import load_model, load_pretrained
 from xlstm_lm.training.module import LanguageModelModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,11 +41,23 @@ def test_train_py_end_to_end_and_export_reloads_identically(tmp_path, data_cache
 
     exported = load_pretrained(export).eval()
     module = LanguageModelModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
+    from_ckpt, tokenizer_json = load_model(run_dir / "checkpoints" / "last.ckpt")
+    assert tokenizer_json == (export / "tokenizer.json").read_text()  # the checkpoint carries its tokenizer
     ids = torch.randint(0, exported.config.vocab_size, (2, 40))
     with torch.no_grad():
         assert torch.equal(exported(ids), module.model(ids))
+        assert torch.equal(exported(ids), from_ckpt.eval()(ids))
     assert logged_steps(run_dir, "train/loss")  # the CSV logger wrote the training curve
     assert logged_steps(run_dir, "val/ppl")
+
+
+@pytest.mark.parametrize("model", ["llama", "lstm", "xlstm_large", "xlstm_0_1"])
+def test_every_architecture_trains_and_reloads(tmp_path, data_cache, model):
+    run_dir = tmp_path / "run"
+    metrics = train(compose_train([*small_run_overrides(data_cache, max_steps=2), f"model={model}"]), run_dir)
+    assert math.isfinite(metrics["val/loss"]) and math.isfinite(metrics["train/loss"])
+    reloaded, _ = load_model(run_dir / "export")
+    assert reloaded.config.architecture == ("xlstm" if model == "xlstm_0_1" else model)
 
 
 def test_two_process_ddp_on_cpu_trains_and_exports(tmp_path, data_cache):

@@ -7,12 +7,12 @@ Hydra's message, before any data is read or any model is built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
-from xlstm_lm.models import XLSTMConfig
+from xlstm_lm.models import LlamaConfig, LSTMConfig, XLSTMConfig
 from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig
 from xlstm_lm.training.trainer import LoggerConfig, TrainerConfig
 
@@ -21,7 +21,7 @@ from xlstm_lm.training.trainer import LoggerConfig, TrainerConfig
 class TrainConfig:
     """Everything one training run needs."""
 
-    model: XLSTMConfig = field(default_factory=XLSTMConfig)
+    model: Any = None  # one of the model group's schemas below, chosen by `model=`
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
@@ -34,5 +34,12 @@ class TrainConfig:
     validate_before_training: bool = False
 
 
+# the schema each option of the `model` group starts from (its YAML lists it first in `defaults`)
+MODEL_SCHEMAS = {"xlstm_schema": XLSTMConfig, "llama_schema": LlamaConfig, "lstm_schema": LSTMConfig}
+
+
 def register_configs() -> None:
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name, schema in MODEL_SCHEMAS.items():
+        store.store(group="model", name=name, node=schema)

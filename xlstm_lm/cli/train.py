@@ -23,9 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from xlstm_lm.cli.schemas import TrainConfig, register_configs
 from xlstm_lm.data import TokenDataModule
-from xlstm_lm.models import XLSTMConfig
 from xlstm_lm.models.components import round_up
-from xlstm_lm.models.io import save_pretrained
+from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.trainer import build_trainer
 
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
 
 
-def resolve_vocab_size(model: XLSTMConfig, tokenizer_vocab: int) -> XLSTMConfig:
+def resolve_vocab_size(model, tokenizer_vocab: int):
     """The model's vocabulary: the tokenizer's rounded up to 64, or the configured one if large enough."""
     if model.vocab_size is None:
         return dataclasses.replace(model, vocab_size=round_up(tokenizer_vocab, 64))
@@ -62,13 +61,14 @@ def check_resume_compatible(ckpt_path: str, module: LanguageModelModule) -> None
         )
 
 
-def describe(model_config: XLSTMConfig, num_params: int, num_non_embedding: int) -> str:
+def describe(model_config, num_params: int, num_non_embedding: int) -> str:
     arch = model_config.architecture
     if arch == "xlstm":
         arch = f"xLSTM[{model_config.ratio}] with sLSTM at {model_config.slstm_positions}"
-    return (f"{arch}: {model_config.num_blocks} blocks, D={model_config.embedding_dim}, "
-            f"{model_config.num_heads} heads, vocab {model_config.vocab_size}: {num_params / 1e6:.2f}M parameters "
-            f"({num_non_embedding / 1e6:.2f}M without the input embedding)")
+    depth = (f"{model_config.layers} layers" if hasattr(model_config, "layers")
+             else f"{model_config.num_blocks} blocks, {model_config.num_heads} heads")
+    return (f"{arch}: {depth}, D={model_config.embedding_dim}, vocab {model_config.vocab_size}: "
+            f"{num_params / 1e6:.2f}M parameters ({num_non_embedding / 1e6:.2f}M without the input embedding)")
 
 
 def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float]:
@@ -81,8 +81,12 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     datamodule.prepare_data()
     model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
-                                              config.trainer.max_steps, config.reset_at_doc_starts)
+                                              config.trainer.max_steps, config.reset_at_doc_starts,
+                                              (datamodule.cache_path / TOKENIZER_FILE).read_text())
     log.info(describe(model_config, module.model.num_parameters(), module.model.num_parameters(exclude_embedding=True)))
+    if config.reset_at_doc_starts and not module.model.supports_doc_starts:
+        log.warning("%s cannot reset its memory at document starts: windows are read straight through",
+                    model_config.architecture)
     if config.ckpt_path:
         check_resume_compatible(config.ckpt_path, module)
 
@@ -97,7 +101,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
 
     if trainer.is_global_zero:
         export_dir = save_pretrained(module.model, run_dir / "export")
-        shutil.copy(datamodule.cache_path / "tokenizer.json", export_dir / "tokenizer.json")
+        shutil.copy(datamodule.cache_path / TOKENIZER_FILE, export_dir / TOKENIZER_FILE)
         OmegaConf.save(OmegaConf.structured(config), export_dir / "train_config.yaml")
         log.info("steps %d, validation loss %.4f, perplexity %.2f; export in %s", trainer.global_step,
                  metrics.get("val/loss", float("nan")), metrics.get("val/ppl", float("nan")), export_dir)

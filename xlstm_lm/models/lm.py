@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from xlstm_lm.models.base import LanguageModel
 from xlstm_lm.models.components import layer_norm, rms_norm, round_up, small_init_
 from xlstm_lm.models.mlstm import MLSTMBlock
 from xlstm_lm.models.mlstm_large import LargeMLSTMBlock, soft_cap
@@ -107,7 +108,7 @@ def place_slstm_blocks(num_blocks: int, mlstm_parts: int, slstm_parts: int) -> l
     return [int((j + 0.5) * num_blocks / count) for j in range(count)]
 
 
-class XLSTMLM(nn.Module):
+class XLSTMLM(LanguageModel):
     """Token ids in, next-token logits out, with the recurrent state of every block carried."""
 
     def __init__(self, config: XLSTMConfig):
@@ -147,13 +148,6 @@ class XLSTMLM(nn.Module):
         for index, block in enumerate(self.blocks):
             block.init_weights(index, N)
         nn.init.ones_(self.final_norm.weight)
-
-    def num_parameters(self, exclude_embedding: bool = False) -> int:
-        """Parameter count; `exclude_embedding` leaves out the input embedding table (not the head)."""
-        total = sum(p.numel() for p in self.parameters())
-        if exclude_embedding and not self.config.tie_embeddings:
-            total -= self.embedding.weight.numel()
-        return total
 
     def forward(self, input_ids: torch.Tensor, state: Optional[list] = None,
                 doc_starts: Optional[torch.Tensor] = None, return_state: bool = False):

@@ -1,19 +1,25 @@
-"""The classic LSTM cell (DESIGN.md §7): sigmoid gates, tanh candidate, additive cell memory.
+"""The classic LSTM (DESIGN.md §7): the cell, and a multi-layer LSTM language model baseline.
 
     (f̃, ĩ, õ, z̃) = W x_t + U h_{t-1} + b
     c_t = σ(f̃) c_{t-1} + σ(ĩ) tanh(z̃)
     h_t = σ(õ) tanh(c_t)
 
 The baseline the xLSTM cells generalize: exponential input gates, normalizer and stabilizer are what
-sLSTM adds; the matrix memory is what mLSTM adds.
+sLSTM adds; the matrix memory is what mLSTM adds. The language model runs the same math through
+`torch.nn.LSTM` (fast fused kernels; a test checks it against `LSTMCell`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
+
+from xlstm_lm.models.base import LanguageModel
+from xlstm_lm.models.components import small_init_
 
 
 def lstm_pointwise(forget, input, output, candidate, c_prev):
@@ -40,3 +46,64 @@ class LSTMCell(nn.Module):
         h_prev, c_prev = state
         gates = x @ self.input_weight.T + h_prev @ self.recurrent_weight.T + self.bias  # (B, 4H)
         return lstm_pointwise(*gates.chunk(4, dim=-1), c_prev)
+
+
+@dataclass
+class LSTMConfig:
+    """Architecture of the LSTM language model baseline."""
+
+    architecture: str = "lstm"
+    vocab_size: Optional[int] = None  # None until known: the training CLI sets the tokenizer's, rounded up to 64
+    embedding_dim: int = 256  # also the hidden size
+    num_blocks: int = 8  # the size preset's xLSTM block count; the LSTM has `num_layers` layers
+    num_layers: Optional[int] = None  # None: round(0.75 num_blocks), parameter parity (8 D² vs 6 D² a layer)
+    num_heads: int = 4  # unused (an LSTM has no heads); present so the size presets apply unchanged
+    tie_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.architecture != "lstm":
+            raise ValueError(f"LSTMConfig.architecture must be 'lstm', got {self.architecture!r}")
+        if self.layers < 1:
+            raise ValueError(f"the LSTM needs at least one layer (num_blocks={self.num_blocks})")
+
+    @property
+    def layers(self) -> int:
+        return self.num_layers if self.num_layers is not None else max(1, round(0.75 * self.num_blocks))
+
+
+class LSTMLM(LanguageModel):
+    """Embedding, stacked LSTM layers, LM head; state = (h, c) each (layers, B, D).
+
+    Note: `torch.nn.LSTM` cannot reset its memory inside a sequence, so `doc_starts` is not supported;
+    in packed training windows this baseline carries memory across document boundaries.
+    """
+
+    supports_doc_starts = False
+
+    def __init__(self, config: LSTMConfig):
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("LSTMConfig.vocab_size is not set: give the tokenizer's vocabulary size")
+        self.config = config
+        D = config.embedding_dim
+        self.embedding = nn.Embedding(config.vocab_size, D)
+        self.lstm = nn.LSTM(D, D, num_layers=config.layers, batch_first=True)
+        self.head = nn.Linear(D, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.head.weight = self.embedding.weight
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        D = self.config.embedding_dim
+        small_init_(self.embedding.weight, D)
+        if not self.config.tie_embeddings:
+            small_init_(self.head.weight, D)
+        self.lstm.reset_parameters()
+
+    def forward(self, input_ids: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):
+        """Next-token logits (B, S, V) in float32, and the final (h, c) when `return_state`."""
+        if doc_starts is not None:
+            raise ValueError("the LSTM baseline cannot reset at document starts (supports_doc_starts is False)")
+        y, new_state = self.lstm(self.embedding(input_ids), None if state is None else tuple(state))
+        logits = self.head(y).float()
+        return (logits, new_state) if return_state else logits

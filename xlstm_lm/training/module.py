@@ -13,7 +13,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from xlstm_lm.models import XLSTMLM, XLSTMConfig
+from xlstm_lm.models import build_model
 from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_factor
 
 
@@ -23,26 +23,37 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str =
 
 
 class LanguageModelModule(L.LightningModule):
-    """Wraps a plain XLSTMLM; logs train loss, learning rate, validation loss and perplexity."""
+    """Wraps a plain language model; logs train loss, learning rate, validation loss and perplexity.
+
+    The tokenizer (its JSON) is stored in every checkpoint, so a checkpoint alone can be evaluated.
+    """
 
     def __init__(self, model: dict, optimizer: dict, scheduler: dict, max_steps: int,
-                 reset_at_doc_starts: bool = True):
+                 reset_at_doc_starts: bool = True, tokenizer_json: str | None = None):
         super().__init__()
-        self.save_hyperparameters()
-        self.model_config = XLSTMConfig(**model)
+        self.save_hyperparameters(ignore=["tokenizer_json"])
+        self.tokenizer_json = tokenizer_json
         self.optimizer_config = OptimizerConfig(**optimizer)
         self.scheduler_config = SchedulerConfig(**scheduler)
-        self.model = XLSTMLM(self.model_config)
+        self.model = build_model(model)
+        self.use_doc_starts = reset_at_doc_starts and self.model.supports_doc_starts
         self._val_nll_sum = self._val_tokens = 0.0
         self.last_validated_step = -1  # global step of the latest completed validation
 
     @classmethod
-    def from_configs(cls, model: XLSTMConfig, optimizer: OptimizerConfig, scheduler: SchedulerConfig,
-                     max_steps: int, reset_at_doc_starts: bool = True) -> "LanguageModelModule":
-        return cls(asdict(model), asdict(optimizer), asdict(scheduler), max_steps, reset_at_doc_starts)
+    def from_configs(cls, model, optimizer: OptimizerConfig, scheduler: SchedulerConfig, max_steps: int,
+                     reset_at_doc_starts: bool = True, tokenizer_json: str | None = None) -> "LanguageModelModule":
+        return cls(asdict(model), asdict(optimizer), asdict(scheduler), max_steps, reset_at_doc_starts,
+                   tokenizer_json)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["tokenizer_json"] = self.tokenizer_json
+
+    def on_load_checkpoint(self, checkpoint):
+        self.tokenizer_json = checkpoint.get("tokenizer_json")
 
     def forward(self, input_ids, doc_starts=None):
-        return self.model(input_ids, doc_starts=doc_starts if self.hparams.reset_at_doc_starts else None)
+        return self.model(input_ids, doc_starts=doc_starts if self.use_doc_starts else None)
 
     def training_step(self, batch, batch_idx):
         loss = next_token_loss(self(batch["input_ids"], batch.get("doc_starts")), batch["labels"])

@@ -1,0 +1,24 @@
+"""What every language model of the project shares: the parameter count and the recurrence flag.
+
+All models take `forward(input_ids, state=None, doc_starts=None, return_state=False)` and return
+float32 logits (and the state after the last token when asked), so training, evaluation and generation
+treat them alike. A recurrent model's state has a fixed size; the Transformer's is a KV cache that grows.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class LanguageModel(nn.Module):
+    """Base class: subclasses define `embedding`, `head`, `config` (with `tie_embeddings`) and `forward`."""
+
+    is_recurrent: bool = True  # constant-size state; False for the Transformer's growing KV cache
+    supports_doc_starts: bool = True  # can reset (or mask) at document starts inside a window
+
+    def num_parameters(self, exclude_embedding: bool = False) -> int:
+        """Parameter count; `exclude_embedding` leaves out the input embedding table (not the head)."""
+        total = sum(p.numel() for p in self.parameters())
+        if exclude_embedding and not getattr(self.config, "tie_embeddings", False):
+            total -= self.embedding.weight.numel()
+        return total
