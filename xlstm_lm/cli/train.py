@@ -91,8 +91,6 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
         check_resume_compatible(config.ckpt_path, module)
 
     trainer = build_trainer(config.trainer, config.logger, run_dir)
-    if config.validate_before_training:
-        trainer.validate(module, datamodule=datamodule)
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if module.last_validated_step != trainer.global_step:  # always report the final weights
