@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when its own library functions are decorated, i.e. at `import triton`:
+# set it before anything imports triton, so the Triton kernels run on CPU tensors where there is no GPU.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from hydra import compose, initialize_config_dir
 
 from xlstm_lm.cli.schemas import register_configs

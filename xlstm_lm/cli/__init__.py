@@ -1,1 +1,1 @@
-"""Hydra entry points (train; eval, generate and prepare-data follow). `train.py` at the top calls one."""
+"""Hydra entry points: train, eval and generate (`train.py` at the top calls train)."""

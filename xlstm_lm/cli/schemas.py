@@ -1,4 +1,4 @@
-"""The structured config of `train.py`, registered once in Hydra's ConfigStore.
+"""The structured configs of the CLIs (train, eval, generate), registered in Hydra's ConfigStore.
 
 Every group's YAML is merged onto these dataclasses, so a misspelt key fails at compose time with
 Hydra's message, before any data is read or any model is built.
@@ -10,8 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
+from xlstm_lm.evaluation.documents import EvalDataConfig
+from xlstm_lm.evaluation.generation import GenerationConfig
+from xlstm_lm.evaluation.perplexity import PerplexityConfig
 from xlstm_lm.models import LlamaConfig, LSTMConfig, XLSTMConfig
 from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig
 from xlstm_lm.training.trainer import LoggerConfig, TrainerConfig
@@ -31,7 +35,6 @@ class TrainConfig:
     seed: int = 1337
     reset_at_doc_starts: bool = True  # reset recurrent memories at document boundaries
     ckpt_path: Optional[str] = None  # a Lightning checkpoint (e.g. .../checkpoints/last.ckpt) to resume from
-    validate_before_training: bool = False
 
 
 # the schema each option of the `model` group starts from (its YAML lists it first in `defaults`)
@@ -43,3 +46,42 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainConfig)
     for name, schema in MODEL_SCHEMAS.items():
         store.store(group="model", name=name, node=schema)
+
+
+@dataclass
+class EvalConfig:
+    """One `xlstm-eval` run: the checkpoints to compare, the text and how it is scored."""
+
+    ckpt: Any = MISSING  # an export folder or a Lightning .ckpt, or a list of them to compare
+    tokenizer_path: Optional[str] = None  # a tokenizer.json to use instead of each checkpoint's own
+    device: str = "auto"  # auto: the GPU when there is one
+    data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    eval: PerplexityConfig = field(default_factory=PerplexityConfig)
+
+    def __post_init__(self) -> None:
+        paths = self.checkpoints
+        if not paths or not all(isinstance(path, str) and path for path in paths):
+            raise ValueError(f"ckpt must be a path or a list of paths, got {self.ckpt!r}")
+
+    @property
+    def checkpoints(self) -> list[str]:
+        return [self.ckpt] if isinstance(self.ckpt, str) else list(self.ckpt or [])
+
+
+@dataclass
+class GenerateConfig:
+    """One `xlstm-generate` run: a checkpoint, a prompt and the sampling settings."""
+
+    ckpt: str = MISSING  # an export folder or a Lightning .ckpt
+    prompt: str = ""
+    tokenizer_path: Optional[str] = None  # a tokenizer.json to use instead of the checkpoint's own
+    device: str = "auto"
+    gen: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+def register_eval_configs() -> None:
+    ConfigStore.instance().store(name="eval_schema", node=EvalConfig)
+
+
+def register_generate_configs() -> None:
+    ConfigStore.instance().store(name="generate_schema", node=GenerateConfig)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import hydra
@@ -21,6 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from xlstm_lm.cli.errors import exit_on_user_error
 from xlstm_lm.cli.schemas import TrainConfig, register_configs
 from xlstm_lm.data import TokenDataModule
 from xlstm_lm.models.components import round_up
@@ -111,13 +110,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error(log):
         train(cfg, HydraConfig.get().runtime.output_dir)
-    except (ValueError, FileNotFoundError) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        log.error("%s", error)
-        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,12 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"Tokenizer file {file} does not exist: set tokenizer.path to a tokenizer.json or null")
-    tokenizer = Tokenizer.from_file(str(file))
+    return tokenizer_from_json(file.read_text())
+
+
+def tokenizer_from_json(text: str) -> Tokenizer:
+    """A tokenizer from the text of a tokenizer.json (as stored in checkpoints), checked like `load_tokenizer`."""
+    tokenizer = Tokenizer.from_str(text)
     eos_id(tokenizer)
     tokenizer.encode_special_tokens = True
     return tokenizer

@@ -1,0 +1,39 @@
+"""A checkpoint with its tokenizer: the vocabulary must fit, a missing tokenizer or a non-checkpoint is one error."""
+
+import shutil
+
+import pytest
+
+from tests.evaluation.tiny_export import MODEL_VOCAB, corpus_texts
+from xlstm_lm.data.config import TokenizerConfig
+from xlstm_lm.data.tokenizer import EOS_TOKEN, train_tokenizer
+from xlstm_lm.evaluation.loading import load_checkpoint
+
+
+def test_export_loads_in_eval_mode_with_its_tokenizer(tiny_export):
+    model, tokenizer = load_checkpoint(str(tiny_export))
+    assert not model.training and model.config.vocab_size == MODEL_VOCAB
+    assert tokenizer.token_to_id(EOS_TOKEN) not in tokenizer.encode(f"a {EOS_TOKEN} b").ids  # flag restored
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_export, tmp_path):
+    big = tmp_path / "big.json"
+    train_tokenizer(corpus_texts(), TokenizerConfig(vocab_size=MODEL_VOCAB + 80)).save(str(big))
+    message = f"tokenizer has {MODEL_VOCAB + 80} tokens but the model .* only {MODEL_VOCAB}"
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(str(tiny_export), tokenizer_path=str(big))
+
+
+def test_an_export_without_tokenizer_needs_one(tiny_export, tmp_path):
+    bare = shutil.copytree(tiny_export, tmp_path / "bare")
+    (bare / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="tokenizer_path=PATH"):
+        load_checkpoint(str(bare))
+    model, tokenizer = load_checkpoint(str(bare), tokenizer_path=str(tiny_export / "tokenizer.json"))
+    assert tokenizer.get_vocab_size() <= model.config.vocab_size
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match="not an xlstm-lm checkpoint"):
+        load_checkpoint(str(tmp_path / "notes.txt"))

@@ -1,0 +1,110 @@
+"""`xlstm-eval`: perplexity and bits per byte of checkpoints over long contexts (DESIGN.md §12).
+
+    xlstm-eval ckpt=outputs/<date>/<time>/export eval.context_lengths=[512,2048,8192]
+    xlstm-eval ckpt=[run_a/export,run_b/checkpoints/last.ckpt] data.files=[book.txt]
+
+Prints a table and writes eval.json and eval.png into the run directory
+(outputs/eval/<date>/<time>/). `evaluate(cfg, run_dir)` does the work and returns the report (tests call
+it); `main` is the thin Hydra entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs
+from xlstm_lm.cli.train import CONFIG_DIR
+from xlstm_lm.evaluation.documents import load_documents
+from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
+from xlstm_lm.evaluation.perplexity import (ContextResult, PeakMemory, encode_documents, evaluate_context,
+                                            join_documents)
+from xlstm_lm.evaluation.plot import plot_results
+
+log = logging.getLogger(__name__)
+JSON_FILE = "eval.json"
+PLOT_FILE = "eval.png"
+
+
+def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Score every checkpoint at every context length; write the JSON and the plot into `run_dir`.
+
+    Returns:
+        The report written to eval.json: device, memory measure, data and one row per
+        (checkpoint, context length).
+    """
+    if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, "ckpt"):
+        raise ValueError("ckpt is required: ckpt=<run dir>/export, a .ckpt file, or ckpt=[a,b] to compare")
+    config: EvalConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    for path in config.checkpoints:  # fail before any work on a later checkpoint
+        if not Path(path).exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist: give an export folder or a .ckpt file")
+    documents = load_documents(config.data)
+    device = resolve_device(config.device)
+    results: list[tuple[str, list[ContextResult]]] = []
+    for path in config.checkpoints:
+        model, tokenizer = load_checkpoint(path, config.tokenizer_path, device)
+        encoded = encode_documents(documents, tokenizer)
+        if config.data.concatenate:
+            encoded = [join_documents(encoded)]
+        log.info("%s: %s, %.2fM parameters, %d tokens", path, type(model).__name__,
+                 model.num_parameters() / 1e6, sum(document.num_labels for document in encoded))
+        rows = [evaluate_context(model, encoded, length, config.eval, device)
+                for length in sorted(set(config.eval.context_lengths))]
+        results.append((path, rows))
+        del model
+
+    report = {
+        "device": str(device),
+        "memory": PeakMemory.describe(device),
+        "data": {**asdict(config.data), "documents": len(documents),
+                 "bytes": sum(document.num_bytes for document in documents)},
+        "results": [{"checkpoint": label, **asdict(row)} for label, rows in results for row in rows],
+    }
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    plot_results(results, run_dir / PLOT_FILE)
+    print(format_table(results))
+    print(f"peak memory: {report['memory']}")
+    print(f"wrote {run_dir / JSON_FILE} and {run_dir / PLOT_FILE}")
+    return report
+
+
+def format_table(results: list[tuple[str, list[ContextResult]]]) -> str:
+    """One line per (checkpoint, context length): loss, perplexity, bits per byte, tokens, speed, memory."""
+    header = ("checkpoint", "context", "loss", "ppl", "bpb", "tokens", "tok/s", "mem MiB", "note")
+    lines = [header]
+    for label, rows in results:
+        for row in rows:
+            if row.skipped:
+                lines.append((label, str(row.context_length), "-", "-", "-", "-", "-", "-", row.skipped))
+                continue
+            lines.append((label, str(row.context_length), f"{row.loss:.4f}", f"{row.perplexity:.2f}",
+                          f"{row.bits_per_byte:.4f}", str(row.tokens), f"{row.tokens_per_second:.0f}",
+                          f"{row.peak_memory_mib:.0f}",
+                          f"documents shorter: longest window {row.longest_window}" if row.note else ""))
+    widths = [max(len(line[column]) for line in lines) for column in range(len(header) - 1)]
+    return "\n".join("  ".join([cell.ljust(width) for cell, width in zip(line, widths)] + [line[-1]]).rstrip()
+                     for line in lines)
+
+
+register_eval_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error(log):
+        evaluate(cfg, HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The text an evaluation scores: given files, or one split of a corpus folder (DESIGN.md §10, §12).
+
+By default the validation split of the embedded standard-library corpus, chosen exactly as training chose
+it (`xlstm_lm.data.corpus.list_corpus`), so a model is never scored on text it was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from xlstm_lm.data.config import DataConfig
+from xlstm_lm.data.corpus import Document, list_corpus
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("val", "train", "all")
+
+
+@dataclass
+class EvalDataConfig:
+    """Which documents to score.
+
+    Attributes:
+        files: text files scored whole (each one a document); when set, root and glob are unused.
+        root: folder of text files as in training; None means the Python standard library.
+        glob: pattern of the files under root.
+        include_tests: also read test folders under root.
+        val_fraction: the training run's validation share (it decides the split).
+        split: which documents of root to score: "val" (held out in training), "train" or "all".
+        max_bytes: stop adding documents (in path order) once their UTF-8 size reaches this; None = all.
+            The same text is then scored for every checkpoint and context length.
+        concatenate: score the documents as one token stream (end-of-document tokens between them, no memory
+            reset), so windows can be longer than any document.
+    """
+
+    files: list[str] = field(default_factory=list)
+    root: Optional[str] = None
+    glob: str = "**/*.py"
+    include_tests: bool = False
+    val_fraction: float = 0.05
+    split: str = "val"
+    max_bytes: Optional[int] = None
+    concatenate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+        if self.files and self.root is not None:
+            raise ValueError("give data.files or data.root, not both")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError(f"data.max_bytes must be positive or null, got {self.max_bytes}")
+
+
+def load_documents(cfg: EvalDataConfig) -> list[Document]:
+    """Read the documents `cfg` picks.
+
+    Args:
+        cfg: the files, or the folder, glob and split.
+
+    Returns:
+        Non-empty documents in order (files as given, corpus documents by path), cut at `max_bytes`.
+
+    Raises:
+        FileNotFoundError: a file or the root does not exist.
+        ValueError: nothing to score.
+    """
+    if cfg.files:
+        documents = [_read_file(Path(name)) for name in cfg.files]
+        documents = [document for document in documents if document.num_bytes]
+        if not documents:
+            raise ValueError(f"data.files={cfg.files} are all empty: nothing to score")
+    else:
+        corpus = list_corpus(DataConfig(root=cfg.root, glob=cfg.glob, include_tests=cfg.include_tests,
+                                        val_fraction=cfg.val_fraction))
+        documents = list(corpus.train + corpus.val) if cfg.split == "all" else list(corpus.splits[cfg.split])
+        documents.sort(key=lambda document: document.path)
+    if cfg.max_bytes is not None:
+        documents = _first_bytes(documents, cfg.max_bytes)
+    logger.info("Scoring %d documents (%.2f MB)", len(documents), sum(d.num_bytes for d in documents) / 1e6)
+    return documents
+
+
+def _read_file(path: Path) -> Document:
+    """One file as a document, decoded like the corpus (undecodable bytes become U+FFFD)."""
+    file = path.expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"data file {file} does not exist (data.files lists text files to score)")
+    data = file.read_bytes()
+    return Document(str(path), data.decode("utf-8", errors="replace"), len(data))
+
+
+def _first_bytes(documents: list[Document], max_bytes: int) -> list[Document]:
+    """The leading documents whose sizes sum to at least `max_bytes` (at least one document)."""
+    chosen, total = [], 0
+    for document in documents:
+        if total >= max_bytes:
+            break
+        chosen.append(document)
+        total += document.num_bytes
+    return chosen

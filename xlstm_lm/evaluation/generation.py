@@ -1,0 +1,127 @@
+"""Text generation from a carried state: prefill the prompt once, then one token per forward (DESIGN.md §12).
+
+The prompt runs in one forward pass with `return_state=True`; every new token is then fed alone with the
+state of the previous step, so a recurrent model spends constant time and memory per token and the
+Transformer extends its KV cache (the same interface). Because the state carries the whole history, the
+logits of every step equal those of one pass over prompt + generated tokens (tested).
+
+Sampling: temperature 0 is greedy (argmax); otherwise the logits are divided by the temperature, cut to
+the `top_k` largest and to the smallest set whose probability reaches `top_p` (nucleus), and sampled with
+a generator seeded from `seed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from xlstm_lm.models import LanguageModel
+
+
+@dataclass
+class GenerationConfig:
+    """How tokens are chosen.
+
+    Attributes:
+        max_new_tokens: tokens to generate at most.
+        temperature: softmax temperature; 0 picks the most likely token (greedy).
+        top_k: sample among the k most likely tokens; None keeps all.
+        top_p: sample among the most likely tokens whose probabilities sum to top_p; 1.0 keeps all.
+        seed: seed of the sampling generator.
+        stop_at_eos: stop after the end-of-document token.
+    """
+
+    max_new_tokens: int = 100
+    temperature: float = 0.8
+    top_k: Optional[int] = 50
+    top_p: float = 0.95
+    seed: int = 0
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"gen.max_new_tokens must be a positive integer, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"gen.temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"gen.top_k must be a positive integer or null, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"gen.top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    """The generated tokens and, when asked, the logits each one was chosen from.
+
+    Attributes:
+        token_ids: the new tokens (the prompt not included).
+        logits: (len(token_ids), V) float32 logits of each step, or None.
+    """
+
+    token_ids: list[int]
+    logits: Optional[torch.Tensor] = None
+
+
+def sample_next(logits: torch.Tensor, cfg: GenerationConfig,
+                generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Choose the next token of each row.
+
+    Args:
+        logits: (B, V) next-token logits.
+        cfg: temperature, top_k and top_p.
+        generator: source of randomness (unused when greedy).
+
+    Returns:
+        (B,) int64 token ids.
+    """
+    if cfg.temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / cfg.temperature
+    if cfg.top_k is not None and cfg.top_k < logits.shape[-1]:
+        kth_largest = torch.topk(logits, cfg.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        outside = probs.cumsum(dim=-1) - probs >= cfg.top_p  # the mass before a token already reaches top_p
+        logits = logits.masked_fill(outside.scatter(-1, order, outside), float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig, eos_id: Optional[int] = None,
+             vocab_size: Optional[int] = None, return_logits: bool = False) -> Generation:
+    """Continue a prompt one token at a time from the carried state.
+
+    Args:
+        model: any language model of the project, in eval mode.
+        prompt_ids: the prompt's token ids (at least one).
+        cfg: sampling settings and the token budget.
+        eos_id: the end-of-document token, where generation stops when `cfg.stop_at_eos`.
+        vocab_size: ids at or above are never chosen (the model's vocabulary is padded past the tokenizer's).
+        return_logits: keep each step's logits (as the model returned them, before masking).
+
+    Returns:
+        The new tokens, and their logits when asked.
+    """
+    if not prompt_ids:
+        raise ValueError("the prompt needs at least one token (start it with the end-of-document token)")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    logits, state = model(torch.tensor([prompt_ids], device=device), return_state=True)
+    tokens, step_logits = [], []
+    for step in range(cfg.max_new_tokens):
+        next_logits = logits[:, -1]  # (1, V)
+        if return_logits:
+            step_logits.append(next_logits[0].clone())
+        if vocab_size is not None:
+            next_logits = next_logits.clone()
+            next_logits[:, vocab_size:] = float("-inf")
+        token = sample_next(next_logits, cfg, generator)  # (1,)
+        tokens.append(int(token))
+        if (cfg.stop_at_eos and tokens[-1] == eos_id) or step == cfg.max_new_tokens - 1:
+            break
+        logits, state = model(token.view(1, 1), state=state, return_state=True)
+    return Generation(tokens, torch.stack(step_logits) if return_logits else None)

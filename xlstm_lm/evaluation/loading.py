@@ -1,0 +1,56 @@
+"""A checkpoint and its tokenizer, ready to score or generate: the model in eval mode on its device.
+
+Reads an export folder or a Lightning .ckpt (`xlstm_lm.models.io.load_model`); the tokenizer comes from
+the checkpoint unless a tokenizer.json is given, and must fit the model's vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from tokenizers import Tokenizer
+
+from xlstm_lm.data.tokenizer import load_tokenizer, tokenizer_from_json
+from xlstm_lm.models import LanguageModel
+from xlstm_lm.models.io import TOKENIZER_FILE, load_model
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" is the GPU when there is one, else the CPU; any other name is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_checkpoint(path: str, tokenizer_path: Optional[str] = None,
+                    device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
+    """Load a model for inference and the tokenizer it was trained with.
+
+    Args:
+        path: an export folder (config.json, model.safetensors, tokenizer.json) or a Lightning .ckpt.
+        tokenizer_path: a tokenizer.json to use instead of the checkpoint's own.
+        device: where the model goes.
+
+    Returns:
+        The model (eval mode) and the tokenizer.
+
+    Raises:
+        FileNotFoundError: no checkpoint at `path`, or no tokenizer anywhere.
+        ValueError: not a checkpoint, or the tokenizer has more tokens than the model's vocabulary.
+    """
+    model, tokenizer_json = load_model(path, map_location=device)
+    if tokenizer_path is not None:
+        tokenizer = load_tokenizer(tokenizer_path)
+    elif tokenizer_json is not None:
+        tokenizer = tokenizer_from_json(tokenizer_json)
+    else:
+        raise FileNotFoundError(f"checkpoint {path} carries no {TOKENIZER_FILE}: give one with tokenizer_path=PATH")
+    vocab_size = tokenizer.get_vocab_size()
+    if vocab_size > model.config.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {vocab_size} tokens but the model of {path} only {model.config.vocab_size}: "
+            "use the tokenizer the checkpoint was trained with"
+        )
+    return model.eval(), tokenizer
+
