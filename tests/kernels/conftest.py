@@ -4,19 +4,39 @@ compares a backend in float32 with a float64 reference, forward and gradients (D
 Notation: B batch, NH heads, S sequence length, DQK/DV mLSTM head dims, DH sLSTM head dim.
 """
 
+import os
 import zlib
 from collections.abc import Callable
 
 import pytest
 import torch
 
-from xlstm_lm.kernels import mlstm, slstm
+# Without a GPU the Triton kernels run in the interpreter (DESIGN.md §9). Triton 3.8 reads the variable
+# when a kernel is decorated (@triton.jit), so the kernel backends import their @triton.jit modules at
+# their first launch, after this line, even though the root conftest imports the package first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from xlstm_lm.kernels import mlstm, slstm  # noqa: E402
 
 # Gate pre-activation regimes of DESIGN.md §9; "extreme" spreads the gates over [-30, 30].
 GATE_REGIMES = ("realistic", "normal", "extreme")
 # Relative error bounds (forward, gradients) for float32 against float64, DESIGN.md §9: at ±30 gates the
 # normalizer division is ill-conditioned in float32, so those bounds are looser.
 TOLERANCES = {"realistic": (1e-4, 1e-3), "normal": (1e-4, 1e-3), "extreme": (1e-3, 1e-2)}
+
+
+# Where the Triton backends run: CUDA when present, else the CPU under the interpreter.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def on_device(fn: Callable[..., tuple[torch.Tensor, ...]]) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """fn on DEVICE: inputs by name are moved there, outputs back to the CPU (differentiably)."""
+
+    def run(**inputs):
+        return tuple(out.cpu() for out in fn(**{name: x.to(DEVICE) for name, x in inputs.items()}))
+
+    return run
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -150,8 +170,8 @@ def run_mlstm(backend: str, chunk_size: int = 64, eps: float = 1e-6) -> Callable
     return run
 
 
-def run_slstm(gates_x, R, b, y=None, c=None, n=None, m=None) -> tuple[torch.Tensor, ...]:
+def run_slstm(gates_x, R, b, y=None, c=None, n=None, m=None, *, backend: str = "auto") -> tuple[torch.Tensor, ...]:
     """slstm on the inputs by name (as `slstm_inputs` names them), returning (y, y_S, c_S, n_S, m_S)."""
     state = None if y is None else (y, c, n, m)
-    out, final = slstm(gates_x, R, b, state, return_state=True)
+    out, final = slstm(gates_x, R, b, state, backend=backend, return_state=True)
     return (out, *final)

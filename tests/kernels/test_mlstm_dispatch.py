@@ -3,20 +3,20 @@
 import pytest
 import torch
 
+from tests.kernels.conftest import DEVICE
 from xlstm_lm.kernels import MLSTM_BACKENDS, mlstm, mlstm_step
 
 B, NH, S, DQK, DV = 2, 3, 10, 8, 12
 
 
 def inputs(dtype=torch.float32):
-    return (
-        torch.randn(B, NH, S, DQK, dtype=dtype), torch.randn(B, NH, S, DQK, dtype=dtype),
-        torch.randn(B, NH, S, DV, dtype=dtype), torch.randn(B, NH, S, dtype=dtype), torch.randn(B, NH, S, dtype=dtype),
-    )
+    shapes = ((B, NH, S, DQK), (B, NH, S, DQK), (B, NH, S, DV), (B, NH, S), (B, NH, S))
+    return tuple(torch.randn(shape, dtype=dtype, device=DEVICE) for shape in shapes)
 
 
 def state():
-    return torch.randn(B, NH, DQK, DV), torch.randn(B, NH, DQK), torch.zeros(B, NH)
+    return (torch.randn(B, NH, DQK, DV, device=DEVICE), torch.randn(B, NH, DQK, device=DEVICE),
+            torch.zeros(B, NH, device=DEVICE))
 
 
 def test_unknown_backend_lists_the_valid_names():
@@ -25,9 +25,10 @@ def test_unknown_backend_lists_the_valid_names():
     assert str(sorted(MLSTM_BACKENDS)) in str(error.value) and "'auto'" in str(error.value)
 
 
-def test_auto_is_native_here():
+def test_auto_picks_triton_on_cuda_and_native_elsewhere():
     q, k, v, i, f = inputs()
-    assert torch.equal(mlstm(q, k, v, i, f), mlstm(q, k, v, i, f, backend="native"))
+    expected = "triton" if q.is_cuda else "native"
+    assert torch.equal(mlstm(q, k, v, i, f), mlstm(q, k, v, i, f, backend=expected))
 
 
 @pytest.mark.parametrize(
@@ -38,7 +39,7 @@ def test_auto_is_native_here():
 )
 def test_input_shape_mismatch(position, shape, message):
     args = list(inputs())
-    args[position] = torch.randn(shape)
+    args[position] = torch.randn(shape, device=DEVICE)
     with pytest.raises(ValueError, match=message):
         mlstm(*args)
 
@@ -50,7 +51,7 @@ def test_input_shape_mismatch(position, shape, message):
 )
 def test_state_shape_mismatch(position, shape, message):
     initial = list(state())
-    initial[position] = torch.randn(shape)
+    initial[position] = torch.randn(shape, device=DEVICE)
     with pytest.raises(ValueError, match=message):
         mlstm(*inputs(), tuple(initial))
 

@@ -16,8 +16,11 @@ from .chunkwise import mlstm_chunkwise
 from .recurrent import mlstm_recurrent, mlstm_step
 from .reference import mlstm_reference
 from .stabilized import MLSTMState, prepare_state
+from .triton import mlstm_triton
 
-MLSTM_BACKENDS = {"reference": mlstm_reference, "recurrent": mlstm_recurrent, "native": mlstm_chunkwise}
+MLSTM_BACKENDS = {
+    "reference": mlstm_reference, "recurrent": mlstm_recurrent, "native": mlstm_chunkwise, "triton": mlstm_triton
+}
 
 
 def mlstm(
@@ -41,8 +44,9 @@ def mlstm(
         i, f: (B, NH, S) input and forget gate pre-activations.
         state: initial (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)); None for zeros (m = 0).
             m carries no gradient.
-        backend: a key of MLSTM_BACKENDS, or "auto" (the native chunkwise form).
-        chunk_size: chunk length of the native backend.
+        backend: a key of MLSTM_BACKENDS, or "auto": "triton" for CUDA tensors (float64 ones excepted),
+            "native" elsewhere.
+        chunk_size: chunk length of the chunkwise backends (native; triton: a power of two >= 16).
         return_state: also return the final state.
         eps: added to the normalizer.
 
@@ -52,8 +56,10 @@ def mlstm(
 
     Raises:
         ValueError: unknown backend, mismatched shapes, empty sequence or chunk_size < 1.
+        RuntimeError: backend "triton" on CPU tensors without TRITON_INTERPRET=1.
     """
-    kernel = select_backend(MLSTM_BACKENDS, backend, auto="native")
+    on_gpu = q.is_cuda and q.dtype != torch.float64
+    kernel = select_backend(MLSTM_BACKENDS, backend, auto="triton" if on_gpu else "native")
     if q.dim() != 4:
         raise ValueError(f"q must have shape (B, NH, S, DQK), got {tuple(q.shape)}")
     B, NH, S, DQK = q.shape
@@ -68,7 +74,9 @@ def mlstm(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     dtype = compute_dtype(v.dtype)
     state = prepare_state(state, (B, NH, DQK, DV), dtype, q.device)
-    inputs = [x.to(dtype) for x in (q, k, v, i, f)]
+    # the Triton kernels take bf16 activations as they are (bf16 matrix products, float32 accumulation)
+    activation_dtype = v.dtype if kernel is mlstm_triton and v.dtype == torch.bfloat16 else dtype
+    inputs = [x.to(activation_dtype) for x in (q, k, v)] + [x.to(dtype) for x in (i, f)]
     h, state = kernel(*inputs, state, chunk_size=chunk_size, eps=eps)
     h = h.to(v.dtype)
     return (h, state) if return_state else h

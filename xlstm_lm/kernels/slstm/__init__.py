@@ -2,7 +2,9 @@
 
 Every backend has the signature of `slstm_native`:
     (gates_x, R, b, state) -> (y, final state)
-and receives inputs already checked and cast to the compute dtype, with a full initial state.
+and receives inputs already checked, with a full initial state: R, b and the state in the compute dtype,
+gates_x in its own dtype (a kernel computes in the compute dtype; the triton one reads bf16 activations
+as they are and multiplies them in bf16).
 
 Notation:
     B batch, S sequence length, NH heads, DH head dim; gates in the order (i, f, z, o);
@@ -13,8 +15,9 @@ import torch
 
 from .._dispatch import compute_dtype, select_backend
 from .native import SLSTMState, check_weights, prepare_state, slstm_native, slstm_step
+from .triton import slstm_triton
 
-SLSTM_BACKENDS = {"native": slstm_native}
+SLSTM_BACKENDS = {"native": slstm_native, "triton": slstm_triton}
 
 
 def slstm(
@@ -34,7 +37,7 @@ def slstm(
         b: (4, NH, DH) gate biases.
         state: initial (y, c, n, m) each (B, NH, DH); None for a fresh state (y = c = n = 0, m = -inf).
             m carries no gradient.
-        backend: a key of SLSTM_BACKENDS, or "auto" (native).
+        backend: a key of SLSTM_BACKENDS, or "auto": triton for CUDA tensors (float64 excepted), else native.
         return_state: also return the final state.
 
     Returns:
@@ -42,9 +45,12 @@ def slstm(
         and the states are float32, or float64 for float64 inputs.
 
     Raises:
-        ValueError: unknown backend, mismatched shapes or an empty sequence.
+        ValueError: unknown backend, mismatched shapes or an empty sequence (and, for triton, a head
+            dim it does not support).
+        RuntimeError: backend="triton" on CPU tensors without the Triton interpreter.
     """
-    kernel = select_backend(SLSTM_BACKENDS, backend, auto="native")
+    auto = "triton" if gates_x.is_cuda and gates_x.dtype != torch.float64 else "native"
+    kernel = select_backend(SLSTM_BACKENDS, backend, auto=auto)
     if gates_x.dim() != 5 or gates_x.shape[2] != 4:
         raise ValueError(f"gates_x must have shape (B, S, 4, NH, DH), got {tuple(gates_x.shape)}")
     B, S, _, NH, DH = gates_x.shape
@@ -53,7 +59,7 @@ def slstm(
     check_weights(R, b, NH, DH)
     dtype = compute_dtype(gates_x.dtype)
     state = prepare_state(state, (B, NH, DH), dtype, gates_x.device)
-    y, state = kernel(gates_x.to(dtype), R.to(dtype), b.to(dtype), state)
+    y, state = kernel(gates_x, R.to(dtype), b.to(dtype), state)
     y = y.to(gates_x.dtype)
     return (y, state) if return_state else y
 

@@ -1,0 +1,119 @@
+"""The Triton mLSTM backend against the float64 reference (DESIGN.md §4, §9): forward and gradients of q, k,
+v, i, f and the initial state in three gate regimes, partial last chunks, chunk sizes up to 256, DQK != DV,
+state passing, bf16 inputs, the generation step, and the dispatcher's choices. On a machine without a GPU it
+runs in the Triton interpreter (tests/kernels/conftest.py), so the shapes stay tiny."""
+
+import pytest
+import torch
+
+from xlstm_lm.kernels import mlstm, mlstm_step
+from xlstm_lm.kernels.mlstm.triton import mlstm_triton_step
+
+from .conftest import DEVICE, TOLERANCES, on_device, relative_error, run_mlstm
+from .test_mlstm_backends import STABILIZER, gradient_tolerance
+
+# (S, chunk size): exact multiples and partial last chunks, one step, chunk sizes 16..256
+CASES = [(1, 16), (40, 16), (64, 64), (100, 64), (256, 256), (300, 256)]
+
+
+def run_triton(chunk_size: int):
+    return on_device(run_mlstm("triton", chunk_size))
+
+
+@pytest.mark.parametrize("regime", ["realistic", "normal", "extreme"])
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("S, chunk_size", CASES)
+def test_triton_matches_reference(S, chunk_size, with_state, regime, mlstm_inputs, compare_to_reference):
+    inputs = mlstm_inputs(B=1, NH=2, S=S, DQK=16, DV=32, regime=regime, with_state=with_state)
+    compare_to_reference(
+        run_triton(chunk_size), run_mlstm("reference"), inputs,
+        fwd_tol=TOLERANCES[regime][0], grad_tol=gradient_tolerance(regime, S), **STABILIZER,
+    )
+
+
+@pytest.mark.parametrize("DQK, DV", [(32, 16), (24, 40), (64, 64)])
+def test_head_dims(DQK, DV, mlstm_inputs, compare_to_reference):
+    # DQK != DV both ways, dims that are not powers of two (masked blocks), and a 64-wide head
+    inputs = mlstm_inputs(B=1, NH=1, S=70, DQK=DQK, DV=DV, regime="realistic", with_state=True)
+    compare_to_reference(run_triton(32), run_mlstm("reference"), inputs, fwd_tol=1e-4, grad_tol=1e-3, **STABILIZER)
+
+
+@pytest.mark.parametrize("regime", ["realistic", "extreme"])
+@pytest.mark.parametrize("chunk_size, pieces", [(16, (37, 50, 13)), (64, (64, 36)), (256, (5, 95))])
+def test_state_passing(chunk_size, pieces, regime, mlstm_inputs):
+    # Pieces with the state carried over equal one run, final state included. Both are float32 with their
+    # chunk boundaries in different places, so they agree to the forward bound against float64.
+    inputs = mlstm_inputs(B=1, NH=2, S=sum(pieces), DQK=16, DV=16, regime=regime, with_state=True)
+    state = tuple(inputs[name].float().to(DEVICE) for name in "Cnm")
+    sequence = [inputs[name].float().to(DEVICE) for name in "qkvif"]
+    h_full, state_full = mlstm(*sequence, state, backend="triton", chunk_size=chunk_size, return_state=True)
+    outputs = []
+    for piece in torch.arange(sum(pieces)).split(pieces):
+        h, state = mlstm(*(x[:, :, piece] for x in sequence), state, backend="triton", chunk_size=chunk_size,
+                         return_state=True)
+        outputs.append(h)
+    bound = TOLERANCES[regime][0]
+    assert relative_error(torch.cat(outputs, dim=2), h_full) < bound
+    for part, part_full in zip(state, state_full, strict=True):
+        assert relative_error(part, part_full) < bound
+
+
+def test_bfloat16_inputs(mlstm_inputs):
+    # DESIGN.md §9: bf16 activations give relative errors near 1e-2; states stay float32.
+    inputs = mlstm_inputs(B=1, NH=2, S=100, DQK=16, DV=16, regime="realistic", with_state=False)
+    sequence = [inputs[name].bfloat16() for name in "qkv"] + [inputs[name].float() for name in "if"]
+    h, (C, n, m) = mlstm(*(x.to(DEVICE) for x in sequence), backend="triton", chunk_size=32, return_state=True)
+    h_ref = mlstm(*(x.double() for x in sequence), backend="reference")
+    assert h.dtype == torch.bfloat16 and C.dtype == n.dtype == m.dtype == torch.float32
+    assert relative_error(h.cpu(), h_ref) < 1e-2
+
+
+@pytest.mark.parametrize("regime", ["normal", "extreme"])
+def test_step_matches_mlstm_step(regime, mlstm_inputs):
+    inputs = mlstm_inputs(B=2, NH=2, S=4, DQK=16, DV=24, regime=regime, with_state=True)
+    state = state_ref = tuple(inputs[name] for name in "Cnm")
+    state = tuple(x.float().to(DEVICE) for x in state)
+    for t in range(4):
+        token = [inputs[name][:, :, t] for name in "qkvif"]
+        h_ref, state_ref = mlstm_step(*token, state_ref)
+        h, state = mlstm_triton_step(*(x.float().to(DEVICE) for x in token), state)
+        assert relative_error(h.cpu(), h_ref) < 1e-5
+        for part, part_ref in zip(state, state_ref, strict=True):
+            assert part.dtype == torch.float32 and relative_error(part.cpu(), part_ref) < 1e-5
+
+
+def test_step_from_no_state_continues_a_prefill(mlstm_inputs):
+    inputs = mlstm_inputs(B=1, NH=2, S=21, DQK=16, DV=16, regime="realistic", with_state=False)
+    sequence = [inputs[name].float().to(DEVICE) for name in "qkvif"]
+    h_full = mlstm(*sequence, backend="triton", chunk_size=16)
+    h, state = mlstm_triton_step(*(x[:, :, 0] for x in sequence), None)
+    outputs = [h]
+    h, state = mlstm(*(x[:, :, 1:20] for x in sequence), state, backend="triton", chunk_size=16, return_state=True)
+    outputs += h.unbind(2)
+    outputs.append(mlstm_triton_step(*(x[:, :, 20] for x in sequence), state)[0])
+    assert relative_error(torch.stack(outputs, dim=2), h_full) < 1e-5
+
+
+def test_auto_is_triton_on_cuda_and_native_elsewhere(mlstm_inputs):
+    inputs = mlstm_inputs(B=1, NH=1, S=20, DQK=16, DV=16, regime="normal", with_state=False)
+    sequence = [inputs[name].float().to(DEVICE) for name in "qkvif"]
+    expected = mlstm(*sequence, backend="triton" if DEVICE.type == "cuda" else "native", chunk_size=16)
+    assert torch.equal(mlstm(*sequence, chunk_size=16), expected)
+
+
+def test_cpu_tensors_without_the_interpreter_are_an_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.randn(1, 1, 8, 16)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        mlstm(q, q, q, q[..., 0], q[..., 0], backend="triton", chunk_size=16)
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        mlstm_triton_step(q[:, :, 0], q[:, :, 0], q[:, :, 0], q[:, :, 0, 0], q[:, :, 0, 0], None)
+
+
+@pytest.mark.parametrize("chunk_size", [5, 48])
+def test_chunk_size_is_rounded_up_to_a_power_of_two(chunk_size, mlstm_inputs):
+    # the chunkwise form does not depend on the chunk length beyond rounding
+    inputs = mlstm_inputs(B=1, NH=1, S=40, DQK=16, DV=16, regime="normal", with_state=False)
+    sequence = [inputs[name].float().to(DEVICE) for name in "qkvif"]
+    h = mlstm(*sequence, backend="triton", chunk_size=chunk_size)
+    assert relative_error(h.cpu(), mlstm(*(x.cpu() for x in sequence), backend="native", chunk_size=8)) < 1e-5

@@ -1,0 +1,148 @@
+"""The fused Triton sLSTM backend (DESIGN.md §5, §9, §13): forward and gradients against the float64 native
+loop in three gate regimes, state passing with gradients through the carried state, bf16 inputs, dispatch
+and errors, and sm_90 compiles of both kernels at the GPU block shapes.
+
+On a CPU the kernels run in the Triton interpreter (tests/kernels/conftest.py sets TRITON_INTERPRET=1);
+on a GPU the same tests run the compiled kernels on CUDA tensors.
+"""
+
+from functools import partial
+
+import pytest
+import torch
+import triton
+from triton.compiler import ASTSource
+
+from xlstm_lm.kernels import slstm
+from xlstm_lm.kernels.slstm.triton import _launch_config
+
+from .aot import HOPPER, jit_module, markdown_table, resource_usage
+from .conftest import TOLERANCES, run_slstm
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+STATE_M = 4  # index of the stabilizer m in (y, y_S, c_S, n_S, m_S): compared, but it has no gradient
+
+
+def run_triton(**inputs) -> tuple[torch.Tensor, ...]:
+    """The triton backend on DEVICE, inputs and outputs on the CPU (gradients flow through the moves)."""
+    outputs = run_slstm(**{name: x.to(DEVICE) for name, x in inputs.items()}, backend="triton")
+    return tuple(out.cpu() for out in outputs)
+
+
+@pytest.mark.parametrize(
+    "DH, regime, with_state",
+    [(16, regime, with_state) for regime in ("realistic", "normal", "extreme") for with_state in (False, True)]
+    + [(32, "realistic", False), (32, "normal", True), (64, "realistic", True)],
+)
+def test_matches_float64(DH, regime, with_state, slstm_inputs, compare_to_reference):
+    # B = 3: one batch tile of 16 with 13 masked rows; S = 37 steps, two heads.
+    inputs = slstm_inputs(B=3, S=37, NH=2, DH=DH, regime=regime, with_state=with_state)
+    fwd_tol, grad_tol = TOLERANCES[regime]
+    compare_to_reference(
+        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=fwd_tol, grad_tol=grad_tol,
+        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
+    )
+
+
+@pytest.mark.parametrize("regime, with_state", [("realistic", False), ("extreme", True)])
+def test_state_passing(regime, with_state, slstm_inputs, compare_to_reference):
+    # The sequence in pieces with the state carried over, against one float64 run: forward, final state
+    # and gradients, which flow back through each piece's initial state.
+    pieces = (10, 15, 12)
+    inputs = slstm_inputs(B=2, S=sum(pieces), NH=2, DH=16, regime=regime, with_state=with_state)
+
+    def run_in_pieces(gates_x, R, b, **state):
+        outputs = []
+        for piece in torch.arange(gates_x.shape[1]).split(pieces):
+            out, *final = run_triton(gates_x=gates_x[:, piece], R=R, b=b, **state)
+            state = dict(zip("ycnm", final))
+            outputs.append(out)
+        return torch.cat(outputs, dim=1), *final
+
+    fwd_tol, grad_tol = TOLERANCES[regime]
+    compare_to_reference(
+        run_in_pieces, partial(run_slstm, backend="native"), inputs, fwd_tol=fwd_tol, grad_tol=grad_tol,
+        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
+    )
+
+
+def test_bfloat16_inputs(slstm_inputs, compare_to_reference):
+    # bf16 in, fp32 states; on a GPU the recurrent products are bf16 too (the interpreter keeps them fp32).
+    inputs = slstm_inputs(B=3, S=37, NH=2, DH=32, regime="realistic", with_state=True)
+    compare_to_reference(
+        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=1e-2, grad_tol=2e-2,
+        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,), dtype=torch.bfloat16,
+    )
+
+
+def test_auto_is_triton_on_cuda_and_native_elsewhere(slstm_inputs):
+    inputs = slstm_inputs(B=2, S=5, NH=1, DH=16, regime="normal", with_state=False)
+    args = [inputs[name].float().to(DEVICE) for name in ("gates_x", "R", "b")]
+    expected = slstm(*args, backend="triton" if DEVICE == "cuda" else "native")
+    assert torch.equal(slstm(*args, backend="auto"), expected)
+
+
+def test_cpu_tensors_without_the_interpreter_are_an_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="needs CUDA tensors"):
+        slstm(torch.randn(1, 2, 4, 1, 16), torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16), backend="triton")
+
+
+@pytest.mark.parametrize("DH", [8, 48, 256])
+def test_unsupported_head_dim_is_an_error(DH):
+    with pytest.raises(ValueError, match="power of two in \\[16, 128\\]"):
+        slstm(*(torch.randn(shape, device=DEVICE) for shape in [(1, 2, 4, 1, DH), (4, 1, DH, DH), (4, 1, DH)]),
+              backend="triton")
+
+
+# --- Ahead-of-time compiles for Hopper (DESIGN.md §13) ---
+
+KERNELS = jit_module("xlstm_lm.kernels.slstm.triton_kernels")
+AOT_SHAPES = [64, 128]  # head dims of the GPU runs; bf16 activations, batch tile 16
+H100_SHARED_MEMORY = 227 * 1024  # the most one block may use
+
+
+def compile_kernel(direction: str, DH: int):
+    """A kernel compiled for sm_90 with the launch configuration of `triton.py` (bf16 in, R in bf16).
+
+    Note: compiled here rather than with `aot.compile_for_hopper`, which has no num_stages: the launcher
+    passes num_stages=1, without which the backward at DH = 128 needs more shared memory than an SM has.
+    """
+    _, config = _launch_config(B=16, NH=4, DH=DH)
+    options = {key: config.pop(key) for key in ("num_warps", "num_stages")}
+    kernel = KERNELS.slstm_fw_kernel if direction == "forward" else KERNELS.slstm_bw_kernel
+    constexprs = {**config, "DOT_BF16": True} | ({"SAVE": True} if direction == "forward" else {})
+
+    def arg_type(arg: str) -> str:
+        if arg in constexprs:
+            return "constexpr"
+        if arg in ("B", "S", "NH"):
+            return "i32"
+        return "*bf16" if arg in ("gx_ptr", "dy_ptr", "R_ptr") else "*fp32"
+
+    signature = {arg: arg_type(arg) for arg in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    return triton.compile(source, target=HOPPER, options=options)
+
+
+@pytest.mark.parametrize("DH", AOT_SHAPES)
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_kernel_compiles_for_hopper(direction, DH):
+    """Both kernels compile for sm_90 at the GPU block shapes, spill nothing, fit an H100's shared memory
+    and multiply with HGMMA (wgmma).
+
+    Each step multiplies R_gᵀ (DH, DH) (forward; R_g backward) by a (DH, 16) tile of y (of the gate
+    gradients): with the head dim as the M dimension, M = 64 or 128 meets wgmma's 64 rows per warp
+    group and N = 16 is a valid wgmma width (the 16-row batch tile as M would allow only mma.sync).
+    R, passed in bf16, stays in shared memory for all steps, where wgmma reads it (128 KiB at DH = 128,
+    more than the register file could hold next to the states).
+    """
+    usage = resource_usage(compile_kernel(direction, DH))
+    assert usage.local_bytes == 0 and usage.stack_bytes == 0, f"spills: {usage}"
+    assert usage.shared_bytes <= H100_SHARED_MEMORY, usage
+    assert usage.hgmma > 0, f"no HGMMA: {usage}"
+
+
+if __name__ == "__main__":
+    print(markdown_table([(f"DH={DH} BB=16 bf16", resource_usage(compile_kernel(direction, DH)))
+                          for direction in ("forward", "backward") for DH in AOT_SHAPES]))

@@ -1,0 +1,314 @@
+"""Triton mLSTM backend: launchers, block shapes, autograd and the generation step (DESIGN.md §4, §8, §13).
+
+The forward runs the chunkwise form in two kernels (chunk states sequentially over chunks, then the outputs
+of all chunks in parallel); the backward recomputes the chunk states instead of keeping them, runs the
+state gradients in reverse over chunks, then dq, dk, dv of all chunks in parallel, and the gate gradients
+from the closed form below. The kernels are in `triton_kernels`.
+
+Gate gradients. With m detached, ĩ_t only ever scales k_t (by exp(ĩ_t)), and b_t = Σ_{u≤t} logσ(f̃_u)
+scales q_t by exp(b_t), k_t by exp(-b_t) and the final state by exp(b_S): the normalizer
+max(|den|, exp(-m)) + eps and the initial state do not change that. Hence
+
+    dĩ_t = k_t·dk_t,   df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S),
+
+DESIGN.md §4's closed form plus the last term, the gradient reaching the gates through the final state.
+
+Notation:
+    B batch, NH heads, BH = B·NH, S sequence length, L chunk length, NC = ceil(S / L),
+    DQK key/query head dim, DV value head dim; ĩ, f̃ gate pre-activations; state (C, n, m) as in
+    `stabilized`. Activations q, k, v are float32 or bfloat16; gates, states and accumulation float32.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .._dispatch import check_shape
+from .stabilized import MLSTMState, prepare_state
+
+NUM_WARPS = 4  # one warp group: Hopper HGMMA runs per warp group (8 warps miscompute dq on an H100, triton 3.6)
+
+
+def _kernels():
+    """The @triton.jit module, imported on first use.
+
+    Note: Triton decides between compiling and interpreting (TRITON_INTERPRET=1) when @triton.jit decorates
+    a kernel, so the kernels are imported at the first launch, not when the package is imported: tests on a
+    machine without a GPU set the variable before any kernel runs.
+    """
+    from . import triton_kernels
+
+    return triton_kernels
+
+
+def _check_runnable(*tensors: torch.Tensor) -> None:
+    """Raise unless Triton can run on these tensors: CUDA, or any device under TRITON_INTERPRET=1."""
+    if not (all(x.is_cuda for x in tensors) or triton.knobs.runtime.interpret):
+        raise RuntimeError(
+            f"the triton mLSTM backend needs CUDA tensors, got {tensors[0].device} "
+            "(set TRITON_INTERPRET=1 to run it in the Triton interpreter, or use backend='native')"
+        )
+    for x in tensors:
+        if x.dtype not in (torch.float32, torch.bfloat16, torch.float64):
+            raise ValueError(f"the triton mLSTM backend takes float32 or bfloat16 activations, got {x.dtype}")
+
+
+@dataclass(frozen=True)
+class _Blocks:
+    """Block shapes and matrix-product settings of one launch (see `triton_kernels` for the names)."""
+
+    L: int  # chunk length
+    BLQ: int  # rows (and columns) of a chunk per block in the parallel kernels
+    BLC: int  # steps per block in the sequential kernels
+    BK: int  # DQK block in the parallel kernels
+    BV: int  # DV block in the parallel kernels
+    BKS: int  # DQK block of the state tile in the sequential kernels
+    BVS: int  # DV block of the state tile in the sequential kernels
+    dot_dtype: tl.dtype
+    precision: str
+
+    @property
+    def constexprs(self) -> dict:
+        return {"L": self.L, "BK": self.BK, "BV": self.BV, "DOT_DTYPE": self.dot_dtype, "PRECISION": self.precision}
+
+
+def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype) -> _Blocks:
+    """Block shapes for a chunk size and head dims: powers of two, at least 16 (the smallest tl.dot).
+
+    Note: the chunk length is chunk_size rounded up to such a power; the chunkwise form gives the same
+    result for every chunk length up to rounding. bf16 activations multiply in bf16 on a GPU (HGMMA on
+    Hopper); float32 ones in "tf32x3" (three tf32 products, float32 accuracy). The interpreter emulates
+    bf16 badly, so it multiplies in float32.
+
+    Raises:
+        ValueError: chunk_size < 1.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    chunk_size = max(16, triton.next_power_of_2(chunk_size))
+
+    def block(dim: int, cap: int) -> int:
+        return min(max(16, triton.next_power_of_2(dim)), cap)
+
+    bf16 = dtype == torch.bfloat16 and not triton.knobs.runtime.interpret
+    return _Blocks(
+        L=chunk_size, BLQ=min(chunk_size, 64), BLC=min(chunk_size, 64), BK=block(DQK, 128), BV=block(DV, 128),
+        BKS=block(DQK, 64), BVS=block(DV, 64), dot_dtype=tl.bfloat16 if bf16 else tl.float32, precision="tf32x3",
+    )
+
+
+def _chunk_states(
+    k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState, blocks: _Blocks
+) -> tuple[torch.Tensor, ...]:
+    """States before every chunk and after the last, and b inside every chunk.
+
+    Args:
+        k: (BH, S, DQK), v: (BH, S, DV), i, f: (BH, S), state (C0, n0, m0), all contiguous.
+
+    Returns:
+        Cs (BH, NC + 1, DQK, DV), Ns (BH, NC + 1, DQK), Ms (BH, NC + 1), Bv (BH, NC·L), float32.
+    """
+    BH, S, DQK = k.shape
+    DV = v.shape[-1]
+    NC = triton.cdiv(S, blocks.L)
+    Cs = k.new_empty((BH, NC + 1, DQK, DV), dtype=torch.float32)
+    Ns = k.new_empty((BH, NC + 1, DQK), dtype=torch.float32)
+    Ms = k.new_empty((BH, NC + 1), dtype=torch.float32)
+    Bv = k.new_empty((BH, NC * blocks.L), dtype=torch.float32)
+    grid = (BH, triton.cdiv(DQK, blocks.BKS), triton.cdiv(DV, blocks.BVS))
+    _kernels().chunk_states_kernel[grid](
+        k, v, i, f, *state, Cs, Ns, Ms, Bv, S, NC, DQK=DQK, DV=DV, BLC=blocks.BLC,
+        **blocks.constexprs | {"BK": blocks.BKS, "BV": blocks.BVS}, num_warps=NUM_WARPS,
+    )
+    return Cs, Ns, Ms, Bv
+
+
+def _forward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState,
+    blocks: _Blocks, eps: float,
+) -> tuple[torch.Tensor, MLSTMState, torch.Tensor, torch.Tensor]:
+    """Chunkwise forward on contiguous (BH, S, ·) inputs.
+
+    Returns:
+        h (BH, S, DV) in the dtype of v, the final state, and per step m_r, den_r (BH, S) for the backward.
+    """
+    BH, S, DQK = q.shape
+    DV = v.shape[-1]
+    Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, blocks)
+    NC = Cs.shape[1] - 1
+    h = torch.empty_like(v)
+    Mr = q.new_empty((BH, S), dtype=torch.float32)
+    Den = torch.empty_like(Mr)
+    grid = (BH * NC * (blocks.L // blocks.BLQ), triton.cdiv(DV, blocks.BV))
+    _kernels().chunk_outputs_kernel[grid](
+        q, k, v, i, Bv, Cs, Ns, Ms, h, Mr, Den, S, NC, DQK**-0.5, eps, DQK=DQK, DV=DV, BLQ=blocks.BLQ,
+        **blocks.constexprs, num_warps=NUM_WARPS,
+    )
+    final = (Cs[:, NC].clone(), Ns[:, NC].clone(), Ms[:, NC].clone())  # not views: Cs is freed here
+    return h, final, Mr, Den
+
+
+def _backward(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState,
+    h: torch.Tensor, Mr: torch.Tensor, Den: torch.Tensor, final: MLSTMState,
+    dh: torch.Tensor, dC: torch.Tensor, dn: torch.Tensor, blocks: _Blocks, eps: float,
+) -> tuple[torch.Tensor, ...]:
+    """Gradients of `_forward` on contiguous (BH, S, ·) tensors.
+
+    Args:
+        q ... state: the forward inputs; h, Mr, Den, final: its outputs.
+        dh (BH, S, DV), dC (BH, DQK, DV), dn (BH, DQK): gradients of h and of the final C, n.
+
+    Returns:
+        dq, dk (BH, S, DQK), dv (BH, S, DV), di, df (BH, S), dC0 (BH, DQK, DV), dn0 (BH, DQK), float32.
+    """
+    kernels = _kernels()
+    BH, S, DQK = q.shape
+    DV = v.shape[-1]
+    scale = DQK**-0.5
+    Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, blocks)
+    NC = Cs.shape[1] - 1
+    BLS = 64
+    InvN, Delta = torch.empty_like(Mr), torch.empty_like(Mr)
+    kernels.row_scales_kernel[(BH, triton.cdiv(S, BLS))](
+        h, dh, Mr, Den, InvN, Delta, S, eps, DV=DV, BLS=BLS, BV=blocks.BV, num_warps=NUM_WARPS
+    )
+    dCs, dNs = torch.empty_like(Cs), torch.empty_like(Ns)
+    kernels.state_grads_kernel[(BH, triton.cdiv(DQK, blocks.BKS), triton.cdiv(DV, blocks.BVS))](
+        q, dh, InvN, Delta, Mr, Bv, Ms, dC, dn, dCs, dNs, S, NC, scale, DQK=DQK, DV=DV, BLC=blocks.BLC,
+        **blocks.constexprs | {"BK": blocks.BKS, "BV": blocks.BVS}, num_warps=NUM_WARPS,
+    )
+    dq, dk = (q.new_empty(q.shape, dtype=torch.float32) for _ in range(2))
+    dv = v.new_empty(v.shape, dtype=torch.float32)
+    rows = BH * NC * (blocks.L // blocks.BLQ)
+    common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, **blocks.constexprs, "num_warps": NUM_WARPS}
+    kernels.grad_q_kernel[(rows, triton.cdiv(DQK, blocks.BK))](
+        k, v, i, dh, InvN, Delta, Mr, Bv, Cs, Ns, Ms, dq, S, NC, scale, **common
+    )
+    kernels.grad_k_kernel[(rows, triton.cdiv(DQK, blocks.BK))](
+        q, v, i, dh, InvN, Delta, Mr, Bv, Ms, dCs, dNs, dk, S, NC, scale, **common
+    )
+    kernels.grad_v_kernel[(rows, triton.cdiv(DV, blocks.BV))](
+        q, k, i, dh, InvN, Mr, Bv, Ms, dCs, dv, S, NC, scale, **common
+    )
+    dB_final = (final[0] * dC).sum((-2, -1)) + (final[1] * dn).sum(-1)  # (BH,)
+    di, df = torch.empty_like(Mr), torch.empty_like(Mr)
+    kernels.grad_gates_kernel[(BH,)](
+        q, k, f, dq, dk, dB_final, di, df, S, DQK=DQK, BLS=BLS, BK=blocks.BK, num_warps=NUM_WARPS
+    )
+    return dq, dk, dv, di, df, dCs[:, 0], dNs[:, 0]
+
+
+class _MLSTMFunction(torch.autograd.Function):
+    """(q, k, v, i, f, C0, n0, m0) on (BH, S, ·) -> (h, C_S, n_S, m_S); m gets and gives no gradient."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, blocks: _Blocks, eps: float):
+        h, final, Mr, Den = _forward(q, k, v, i, f, (C0, n0, m0), blocks, eps)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, Mr, Den, *final[:2])
+        ctx.blocks, ctx.eps = blocks, eps
+        ctx.mark_non_differentiable(final[2])
+        return h, *final
+
+    @staticmethod
+    def backward(ctx, dh, dC, dn, dm):
+        q, k, v, i, f, C0, n0, m0, h, Mr, Den, C_S, n_S = ctx.saved_tensors
+        dq, dk, dv, di, df, dC0, dn0 = _backward(
+            q, k, v, i, f, (C0, n0, m0), h, Mr, Den, (C_S, n_S), dh.contiguous(), dC.contiguous(), dn.contiguous(),
+            ctx.blocks, ctx.eps,
+        )
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), di, df, dC0, dn0, None, None, None
+
+
+def mlstm_triton(
+    q: torch.Tensor,  # (B, NH, S, DQK)
+    k: torch.Tensor,  # (B, NH, S, DQK)
+    v: torch.Tensor,  # (B, NH, S, DV)
+    i: torch.Tensor,  # (B, NH, S)
+    f: torch.Tensor,  # (B, NH, S)
+    state: MLSTMState,
+    *,
+    chunk_size: int,
+    eps: float,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """mLSTM over a sequence of any length with the Triton chunkwise kernels, differentiable.
+
+    Args:
+        q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`; q, k, v float32 or bfloat16 (float64 is
+            computed in float32, see Note).
+        state: initial (C, n, m), float32 (float64 with float64 inputs).
+        chunk_size: chunk length L, rounded up to a power of two >= 16; S need not be a multiple of it.
+        eps: added to the normalizer.
+
+    Returns:
+        h (B, NH, S, DV) in the dtype of v and the final state (float32; float64 for float64 inputs).
+
+    Note: the kernels compute in float32 only. Float64 inputs (which the dispatcher passes as they are)
+    are rounded to float32 and the results cast back, so their accuracy is float32's: use the reference
+    backend where float64 accuracy matters.
+
+    Raises:
+        RuntimeError: tensors not on CUDA and TRITON_INTERPRET is not set.
+        ValueError: an unsupported dtype or chunk size.
+    """
+    _check_runnable(q, k, v)
+    B, NH, S, DQK = q.shape
+    DV = v.shape[-1]
+    out_dtype = v.dtype
+    if out_dtype == torch.float64:
+        q, k, v = q.float(), k.float(), v.float()
+    blocks = _blocks(chunk_size, DQK, DV, v.dtype)
+
+    def flat(x):  # (B, NH, ...) -> (BH, ...)
+        return x.reshape(B * NH, *x.shape[2:]).contiguous()
+
+    inputs = [flat(x) for x in (q, k, v)] + [flat(x).float() for x in (i, f, *state)]
+    h, matC, vecN, scaM = _MLSTMFunction.apply(*inputs, blocks, eps)
+    state_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
+    final = (matC.reshape(B, NH, DQK, DV), vecN.reshape(B, NH, DQK), scaM.reshape(B, NH))
+    return h.reshape(B, NH, S, DV).to(out_dtype), tuple(x.to(state_dtype) for x in final)
+
+
+def mlstm_triton_step(
+    q: torch.Tensor,  # (B, NH, DQK)
+    k: torch.Tensor,  # (B, NH, DQK)
+    v: torch.Tensor,  # (B, NH, DV)
+    i: torch.Tensor,  # (B, NH)
+    f: torch.Tensor,  # (B, NH)
+    state: MLSTMState | None,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """One mLSTM time step for generation in one Triton kernel, as `mlstm_step` (no autograd).
+
+    Args:
+        q, k: (B, NH, DQK) one token's queries and keys (q unscaled); v: (B, NH, DV); i, f: (B, NH).
+        state: (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)), or None for zeros.
+        eps: added to the normalizer.
+
+    Returns:
+        h (B, NH, DV) in the dtype of v, and the new state in float32.
+
+    Raises:
+        RuntimeError, ValueError: as `mlstm_triton`, and for mismatched shapes.
+    """
+    if q.dim() != 3:
+        raise ValueError(f"q must have shape (B, NH, DQK), got {tuple(q.shape)}")
+    B, NH, DQK = q.shape
+    DV = v.shape[-1]
+    check_shape("k", k, (B, NH, DQK), "(B, NH, DQK)")
+    check_shape("v", v, (B, NH, DV), "(B, NH, DV)")
+    check_shape("i", i, (B, NH), "(B, NH)")
+    check_shape("f", f, (B, NH), "(B, NH)")
+    _check_runnable(q, k, v)
+    matC, vecN, scaM = (x.contiguous() for x in prepare_state(state, (B, NH, DQK, DV), torch.float32, q.device))
+    h = torch.empty_like(v)
+    new = (torch.empty_like(matC), torch.empty_like(vecN), torch.empty_like(scaM))
+    BV = min(max(16, triton.next_power_of_2(DV)), 64)
+    _kernels().step_kernel[(B * NH, triton.cdiv(DV, BV))](
+        q.contiguous(), k.contiguous(), v.contiguous(), i.float().contiguous(), f.float().contiguous(),
+        matC, vecN, scaM, h, *new, DQK**-0.5, eps,
+        DQK=DQK, DV=DV, BK=max(16, triton.next_power_of_2(DQK)), BV=BV, num_warps=NUM_WARPS,
+    )
+    return h, new

@@ -1,0 +1,537 @@
+"""Triton kernels of the chunkwise mLSTM: forward, backward and the generation step (DESIGN.md §4, §13).
+
+Only @triton.jit code lives here; launchers, block shapes and autograd are in `triton.py`.
+
+Forward (chunkwise form of DESIGN.md §4):
+    `chunk_states_kernel`   the states (C, n, m) before every chunk and after the last, sequentially over
+                            chunks; also writes b, the cumulative log forget gate inside each chunk.
+    `chunk_outputs_kernel`  h of every chunk from the state before it (parallel over chunks).
+Backward (the extended value [v, 1] turns the normalizer into one more value column):
+    `row_scales_kernel`     per step 1/N_r and δ_r, the gradient reaching den_r through N_r.
+    `state_grads_kernel`    dC, dn after every chunk, sequentially over chunks in reverse (dC0, dn0 last).
+    `grad_q_kernel`, `grad_k_kernel`, `grad_v_kernel`   dq, dk, dv of every chunk.
+    `grad_gates_kernel`     dĩ, df̃ from the closed form (see `triton.py`).
+Generation: `step_kernel`, one time step with the state in and out.
+
+Note: reductions and scans call tl.reduce / tl.associative_scan with the standard library's combine
+functions (_ADD, _MAX), not tl.sum, tl.max, tl.cumsum, tl.zeros or tl.cdiv: those are @triton.jit
+functions decorated when triton is first imported, and if that happened before TRITON_INTERPRET=1 was set
+they cannot run in the interpreter. The kernels here only need the variable set before this module is
+imported (which `triton.py` delays to the first launch); the interpreter recognizes these two combine
+functions and reduces with numpy (any other combine function runs element by element, 10x slower).
+
+The last chunk may be partial: steps t >= S are masked with logσ(f̃) = 0 and ĩ = -inf, so they neither
+contribute nor decay the state, which then equals the state after step S.
+
+Notation:
+    BH = B·NH flattened batch and heads, S sequence length, L chunk length, NC = ceil(S / L) chunks,
+    DQK key/query head dim, DV value head dim; BK, BV block sizes over DQK, DV; BLQ rows of a chunk per
+    block (columns use the same size), BLC steps per block in the sequential kernels.
+    Inside a chunk, row r and column s: b_r = Σ_{u≤r} logσ(f̃_u), logD_rs = b_r - b_s + ĩ_s (s ≤ r),
+    m_r the row stabilizer max(b_r + m_prev, max_s logD_rs), D'_rs = exp(logD_rs - m_r),
+    β_r = exp(b_r + m_prev - m_r); a_s = b_L - b_s + ĩ_s the weight of step s in the next state.
+    h_r = num_r / N_r with N_r = max(|den_r|, exp(-m_r)) + eps.
+    Memory layout (contiguous): q, k (BH, S, DQK); v, h (BH, S, DV); i, f, b, m_r, den (BH, S or NC·L);
+    chunk states C (BH, NC + 1, DQK, DV), n (BH, NC + 1, DQK), m (BH, NC + 1); index c = state before
+    chunk c, index NC = final state. Activations fp32 or bf16 (upcast on load), everything else fp32.
+    DOT_DTYPE is the operand dtype of the matrix products (bf16 for bf16 inputs on a GPU, so Hopper uses
+    HGMMA), PRECISION their fp32 mode ("tf32x3" keeps float32 accuracy on tensor cores).
+"""
+
+import triton
+import triton.language as tl
+
+
+def _combine(fn):
+    """A standard-library combine function as this module needs it: as it is under the interpreter (which
+    recognizes it), else compiled from its source (it is an interpreted one if triton was imported with
+    TRITON_INTERPRET=1 set)."""
+    return fn if triton.knobs.runtime.interpret else triton.jit(fn.fn)
+
+
+_ADD = _combine(tl.standard._sum_combine)
+_MAX = _combine(tl.standard._elementwise_max)
+
+
+@triton.jit
+def _logsigmoid(x):
+    """logσ(x) = min(x, 0) - log1p(exp(-|x|)), log1p(z) as log(u)·z/(u - 1), u = 1 + z (exact for small z)."""
+    z = tl.exp(-tl.abs(x))
+    u = 1.0 + z
+    exact = u == 1.0
+    log1p = tl.where(exact, z, tl.log(u) * z / tl.where(exact, 1.0, u - 1.0))
+    return tl.minimum(x, 0.0) - log1p
+
+
+@triton.jit
+def _dot(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
+    """a @ b with operands in DOT_DTYPE, accumulated in fp32."""
+    return tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE), input_precision=PRECISION, out_dtype=tl.float32)
+
+
+@triton.jit
+def _gates(I, F, t, S):
+    """(logσ(f̃), ĩ) at steps t, fp32; steps t >= S are masked to (0, -inf)."""
+    valid = t < S
+    logf = tl.where(valid, _logsigmoid(tl.load(F + t, mask=valid, other=0.0).to(tl.float32)), 0.0)
+    igate = tl.where(valid, tl.load(I + t, mask=valid, other=0.0).to(tl.float32), float("-inf"))
+    return logf, igate
+
+
+@triton.jit
+def chunk_states_kernel(
+    K, V, I, F,  # (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S)
+    C0, N0, M0,  # (BH, DQK, DV), (BH, DQK), (BH)
+    Cs, Ns, Ms,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK), (BH, NC + 1)
+    Bv,  # out: (BH, NC·L)
+    S, NC,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (BH, cdiv(DQK, BK), cdiv(DV, BV)): one (BK, BV) tile of C through all chunks in order."""
+    bh = tl.program_id(0).to(tl.int64)
+    pk, pv = tl.program_id(1), tl.program_id(2)
+    offs_k = pk * BK + tl.arange(0, BK)
+    offs_v = pv * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    tile_kv = offs_k[:, None] * DV + offs_v[None, :]
+    lead = (pk == 0) & (pv == 0)  # the program that writes m and b
+    K, V, I, F = K + bh * S * DQK, V + bh * S * DV, I + bh * S, F + bh * S
+    Cs, Ns, Ms, Bv = Cs + bh * (NC + 1) * DQK * DV, Ns + bh * (NC + 1) * DQK, Ms + bh * (NC + 1), Bv + bh * NC * L
+
+    matC = tl.load(C0 + bh * DQK * DV + tile_kv, mask=mask_kv, other=0.0)  # (BK, BV)
+    vecN = tl.load(N0 + bh * DQK + offs_k, mask=mask_k, other=0.0)  # (BK,)
+    scaM = tl.load(M0 + bh)
+    for c in range(NC):
+        tl.store(Cs + c * DQK * DV + tile_kv, matC, mask=mask_kv)
+        tl.store(Ns + c * DQK + offs_k, vecN, mask=mask_k & (pv == 0))
+        tl.store(Ms + c, scaM, mask=lead)
+        # pass 1: b inside the chunk, g = b_L and max_s (ĩ_s - b_s), so that max_s a_s = g + that
+        carry = 0.0
+        max_ib = float("-inf")
+        for j in range(L // BLC):
+            t = c * L + j * BLC + tl.arange(0, BLC)
+            logf, igate = _gates(I, F, t, S)
+            vecB = carry + tl.associative_scan(logf, 0, _ADD)
+            tl.store(Bv + t, vecB, mask=(t >= 0) & lead)
+            max_ib = tl.maximum(max_ib, tl.reduce(igate - vecB, 0, _MAX))
+            carry += tl.reduce(logf, 0, _ADD)
+        scaG = carry
+        scaMnew = tl.maximum(scaG + scaM, scaG + max_ib)
+        scaDecay = tl.exp(scaG + scaM - scaMnew)
+        matC = scaDecay * matC
+        vecN = scaDecay * vecN
+        # pass 2: add Σ_s exp(a_s - m_new) k_s v_sᵀ
+        carry = 0.0
+        for j in range(L // BLC):
+            t = c * L + j * BLC + tl.arange(0, BLC)
+            logf, igate = _gates(I, F, t, S)
+            vecB = carry + tl.associative_scan(logf, 0, _ADD)
+            carry += tl.reduce(logf, 0, _ADD)
+            vecW = tl.exp(scaG - vecB + igate - scaMnew)  # (BLC,), 0 at masked steps
+            valid = t < S
+            matK = tl.load(K + t[:, None] * DQK + offs_k[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
+            matV = tl.load(V + t[:, None] * DV + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
+            matKw = matK.to(tl.float32) * vecW[:, None]  # (BLC, BK)
+            matC += _dot(tl.trans(matKw), matV, DOT_DTYPE, PRECISION)
+            vecN += tl.reduce(matKw, 0, _ADD)
+        scaM = scaMnew
+    tl.store(Cs + NC * DQK * DV + tile_kv, matC, mask=mask_kv)
+    tl.store(Ns + NC * DQK + offs_k, vecN, mask=mask_k & (pv == 0))
+    tl.store(Ms + NC, scaM, mask=lead)
+
+
+@triton.jit
+def _decay(Bv, I, t_r, t_s, S, vecM_r, TRANSPOSE: tl.constexpr):
+    """D'_rs = exp(b_r - b_s + ĩ_s - m_r) for s ≤ r < S, else 0: (len(t_r), len(t_s)), or its transpose."""
+    vecB_r = tl.load(Bv + t_r)
+    vecB_s = tl.load(Bv + t_s)
+    igate = tl.load(I + t_s, mask=t_s < S, other=0.0).to(tl.float32)
+    if TRANSPOSE:
+        keep = (t_s[:, None] <= t_r[None, :]) & (t_r[None, :] < S)
+        logD = vecB_r[None, :] - vecB_s[:, None] + igate[:, None] - vecM_r[None, :]
+    else:
+        keep = (t_s[None, :] <= t_r[:, None]) & (t_r[:, None] < S)
+        logD = vecB_r[:, None] - vecB_s[None, :] + igate[None, :] - vecM_r[:, None]
+    return tl.exp(tl.where(keep, logD, float("-inf")))
+
+
+@triton.jit
+def _rows(pid, NC, L: tl.constexpr, BLQ: tl.constexpr):
+    """(bh, chunk c, block index j of BLQ rows inside it, steps t) of a program over BH·NC·(L / BLQ)."""
+    NQ: tl.constexpr = L // BLQ
+    bh = (pid // (NC * NQ)).to(tl.int64)
+    c = (pid // NQ) % NC
+    j = pid % NQ
+    return bh, c, j, c * L + j * BLQ + tl.arange(0, BLQ)
+
+
+@triton.jit
+def chunk_outputs_kernel(
+    Q, K, V, I,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S)
+    Bv, Cs, Ns, Ms,  # from chunk_states_kernel
+    H,  # out: (BH, S, DV)
+    Mr, Den,  # out: (BH, S) row stabilizer m_r and den_r, for the backward
+    S, NC, scale, eps,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (BH·NC·(L / BLQ), cdiv(DV, BV)): h for BLQ rows of one chunk and BV value columns."""
+    bh, c, jq, t_r = _rows(tl.program_id(0), NC, L, BLQ)
+    pv = tl.program_id(1)
+    offs_v = pv * BV + tl.arange(0, BV)
+    mask_v = offs_v < DV
+    valid_r = t_r < S
+    Q, K, V, I, Bv = Q + bh * S * DQK, K + bh * S * DQK, V + bh * S * DV, I + bh * S, Bv + bh * NC * L
+    state = bh * (NC + 1) + c
+    scaM = tl.load(Ms + state)
+    vecB_r = tl.load(Bv + t_r)  # (BLQ,)
+    # row stabilizer: max(b_r + m_prev, max_s logD_rs)
+    vecM = vecB_r + scaM
+    for js in range(jq + 1):
+        t_s = c * L + js * BLQ + tl.arange(0, BLQ)
+        vecB_s = tl.load(Bv + t_s)
+        igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float32)
+        matLogD = tl.where(t_s[None, :] <= t_r[:, None], vecB_r[:, None] - vecB_s[None, :] + igate[None, :],
+                           float("-inf"))
+        vecM = tl.maximum(vecM, tl.reduce(matLogD, 1, _MAX))
+    vecBeta = tl.exp(vecB_r + scaM - vecM)
+    # inter-chunk part: β q̂ᵀ C_prev, β q̂ᵀ n_prev
+    matNum = tl.full((BLQ, BV), 0.0, tl.float32)
+    vecDen = tl.full((BLQ,), 0.0, tl.float32)
+    for kk in range((DQK + BK - 1) // BK):
+        offs_k = kk * BK + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
+        matC = tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                       mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        vecN = tl.load(Ns + state * DQK + offs_k, mask=mask_k, other=0.0)
+        matNum += _dot(matQ, matC, DOT_DTYPE, PRECISION)
+        vecDen += tl.reduce(matQ.to(tl.float32) * vecN[None, :], 1, _ADD)
+    matNum *= (scale * vecBeta)[:, None]
+    vecDen *= scale * vecBeta
+    # intra-chunk part: Σ_s D'_rs (q̂_r·k_s) [v_s, 1]
+    for js in range(jq + 1):
+        t_s = c * L + js * BLQ + tl.arange(0, BLQ)
+        valid_s = t_s < S
+        matP = tl.full((BLQ, BLQ), 0.0, tl.float32)
+        for kk in range((DQK + BK - 1) // BK):
+            offs_k = kk * BK + tl.arange(0, BK)
+            mask_k = offs_k < DQK
+            matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
+            matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
+            matP += _dot(matQ, tl.trans(matK), DOT_DTYPE, PRECISION)
+        matS = matP * scale * _decay(Bv, I, t_r, t_s, S, vecM, False)  # (BLQ, BLQ)
+        matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
+        matNum += _dot(matS, matV, DOT_DTYPE, PRECISION)
+        vecDen += tl.reduce(matS, 1, _ADD)
+    vecNorm = tl.maximum(tl.abs(vecDen), tl.exp(-vecM)) + eps
+    matH = matNum / vecNorm[:, None]
+    tl.store(H + bh * S * DV + t_r[:, None] * DV + offs_v[None, :], matH.to(H.dtype.element_ty),
+             mask=valid_r[:, None] & mask_v[None, :])
+    tl.store(Mr + bh * S + t_r, vecM, mask=valid_r & (pv == 0))
+    tl.store(Den + bh * S + t_r, vecDen, mask=valid_r & (pv == 0))
+
+
+@triton.jit
+def row_scales_kernel(
+    H, dH,  # (BH, S, DV)
+    Mr, Den,  # (BH, S)
+    InvN, Delta,  # out: (BH, S)
+    S, eps,
+    DV: tl.constexpr, BLS: tl.constexpr, BV: tl.constexpr,
+):
+    """Grid (BH, cdiv(S, BLS)): 1/N_r and δ_r = -(dh_r·h_r)/N_r · sign(den_r) · [|den_r| > exp(-m_r)]."""
+    bh = tl.program_id(0).to(tl.int64)
+    t = tl.program_id(1) * BLS + tl.arange(0, BLS)
+    valid = t < S
+    dot = tl.full((BLS,), 0.0, tl.float32)
+    for vv in range((DV + BV - 1) // BV):
+        offs_v = vv * BV + tl.arange(0, BV)
+        rows = bh * S * DV + t[:, None] * DV + offs_v[None, :]
+        mask = valid[:, None] & (offs_v < DV)[None, :]
+        matH = tl.load(H + rows, mask=mask, other=0.0).to(tl.float32)
+        matdH = tl.load(dH + rows, mask=mask, other=0.0).to(tl.float32)
+        dot += tl.reduce(matH * matdH, 1, _ADD)
+    vecM = tl.load(Mr + bh * S + t, mask=valid, other=0.0)
+    vecDen = tl.load(Den + bh * S + t, mask=valid, other=0.0)
+    floor = tl.exp(-vecM)
+    vecInvN = 1.0 / (tl.maximum(tl.abs(vecDen), floor) + eps)
+    tl.store(InvN + bh * S + t, vecInvN, mask=valid)
+    sign = tl.where(vecDen >= 0, 1.0, -1.0)
+    vecDelta = tl.where(tl.abs(vecDen) > floor, -dot * vecInvN * sign, 0.0)
+    tl.store(Delta + bh * S + t, vecDelta, mask=valid)
+
+
+@triton.jit
+def state_grads_kernel(
+    Q, dH,  # (BH, S, DQK), (BH, S, DV)
+    InvN, Delta, Mr,  # (BH, S) from row_scales_kernel and the forward
+    Bv, Ms,  # from chunk_states_kernel
+    dCS, dNS,  # (BH, DQK, DV), (BH, DQK) gradient of the final state
+    dCs, dNs,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK): gradient of the state before chunk c
+    S, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (BH, cdiv(DQK, BK), cdiv(DV, BV)), chunks in reverse:
+    dC_prev = exp(g + m_prev - m_next) dC_next + Σ_r β_r q̂_r (dh_r / N_r)ᵀ,  dn_prev alike with δ_r."""
+    bh = tl.program_id(0).to(tl.int64)
+    pk, pv = tl.program_id(1), tl.program_id(2)
+    offs_k = pk * BK + tl.arange(0, BK)
+    offs_v = pv * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    tile_kv = offs_k[:, None] * DV + offs_v[None, :]
+    Q, dH, Bv, Ms = Q + bh * S * DQK, dH + bh * S * DV, Bv + bh * NC * L, Ms + bh * (NC + 1)
+    InvN, Delta, Mr = InvN + bh * S, Delta + bh * S, Mr + bh * S
+    dCs, dNs = dCs + bh * (NC + 1) * DQK * DV, dNs + bh * (NC + 1) * DQK
+
+    matdC = tl.load(dCS + bh * DQK * DV + tile_kv, mask=mask_kv, other=0.0)  # (BK, BV)
+    vecdN = tl.load(dNS + bh * DQK + offs_k, mask=mask_k, other=0.0)  # (BK,)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        tl.store(dCs + (c + 1) * DQK * DV + tile_kv, matdC, mask=mask_kv)
+        tl.store(dNs + (c + 1) * DQK + offs_k, vecdN, mask=mask_k & (pv == 0))
+        scaM = tl.load(Ms + c)
+        scaDecay = tl.exp(tl.load(Bv + c * L + L - 1) + scaM - tl.load(Ms + c + 1))
+        matdC = scaDecay * matdC
+        vecdN = scaDecay * vecdN
+        for j in range(L // BLC):
+            t = c * L + j * BLC + tl.arange(0, BLC)
+            valid = t < S
+            vecM = tl.load(Mr + t, mask=valid, other=0.0)
+            vecBeta = tl.exp(tl.where(valid, tl.load(Bv + t) + scaM - vecM, float("-inf"))) * scale
+            matQ = tl.load(Q + t[:, None] * DQK + offs_k[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
+            matdH = tl.load(dH + t[:, None] * DV + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
+            vecInvN = tl.load(InvN + t, mask=valid, other=0.0)
+            matQb = matQ.to(tl.float32) * vecBeta[:, None]  # (BLC, BK)
+            matdC += _dot(tl.trans(matQb), matdH.to(tl.float32) * vecInvN[:, None], DOT_DTYPE, PRECISION)
+            vecdN += tl.reduce(matQb * tl.load(Delta + t, mask=valid, other=0.0)[:, None], 0, _ADD)
+    tl.store(dCs + tile_kv, matdC, mask=mask_kv)
+    tl.store(dNs + offs_k, vecdN, mask=mask_k & (pv == 0))
+
+
+@triton.jit
+def grad_q_kernel(
+    K, V, I, dH,  # (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
+    InvN, Delta, Mr,  # (BH, S)
+    Bv, Cs, Ns, Ms,  # from chunk_states_kernel
+    dQ,  # out: (BH, S, DQK) fp32
+    S, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (BH·NC·(L / BLQ), cdiv(DQK, BK)), rows r of a chunk:
+    dq̂_r = β_r (C_prev dnum_r + δ_r n_prev) + Σ_s D'_rs (dnum_r·v_s + δ_r) k_s,  dnum_r = dh_r / N_r."""
+    bh, c, jq, t_r = _rows(tl.program_id(0), NC, L, BLQ)
+    offs_k = tl.program_id(1) * BK + tl.arange(0, BK)
+    mask_k = offs_k < DQK
+    valid_r = t_r < S
+    K, V, I, dH, Bv = K + bh * S * DQK, V + bh * S * DV, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
+    state = bh * (NC + 1) + c
+    vecM = tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0)
+    vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
+    vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
+    vecBeta = tl.exp(tl.where(valid_r, tl.load(Bv + t_r) + tl.load(Ms + state) - vecM, float("-inf")))
+    acc = tl.full((BLQ, BK), 0.0, tl.float32)
+    for vv in range((DV + BV - 1) // BV):
+        offs_v = vv * BV + tl.arange(0, BV)
+        mask_v = offs_v < DV
+        matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
+        matC = tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                       mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += _dot(matdH.to(tl.float32) * vecInvN[:, None], tl.trans(matC), DOT_DTYPE, PRECISION)
+    vecN = tl.load(Ns + state * DQK + offs_k, mask=mask_k, other=0.0)
+    acc = (acc + vecDelta[:, None] * vecN[None, :]) * vecBeta[:, None]
+    for js in range(jq + 1):
+        t_s = c * L + js * BLQ + tl.arange(0, BLQ)
+        valid_s = t_s < S
+        matG = tl.full((BLQ, BLQ), 0.0, tl.float32)
+        for vv in range((DV + BV - 1) // BV):
+            offs_v = vv * BV + tl.arange(0, BV)
+            mask_v = offs_v < DV
+            matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :],
+                            other=0.0)
+            matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
+            matG += _dot(matdH.to(tl.float32) * vecInvN[:, None], tl.trans(matV), DOT_DTYPE, PRECISION)
+        matdS = (matG + vecDelta[:, None]) * _decay(Bv, I, t_r, t_s, S, vecM, False)  # (BLQ, BLQ)
+        matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
+        acc += _dot(matdS, matK, DOT_DTYPE, PRECISION)
+    tl.store(dQ + bh * S * DQK + t_r[:, None] * DQK + offs_k[None, :], acc * scale,
+             mask=valid_r[:, None] & mask_k[None, :])
+
+
+@triton.jit
+def _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L: tl.constexpr):
+    """e_s = exp(a_s - m_next): the weight of step s of chunk c in the state after it (0 past S)."""
+    igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float32)
+    logA = tl.load(Bv + c * L + L - 1) - tl.load(Bv + t_s) + igate
+    return tl.exp(logA - tl.load(Ms + bh * (NC + 1) + c + 1))
+
+
+@triton.jit
+def grad_k_kernel(
+    Q, V, I, dH,  # (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
+    InvN, Delta, Mr,  # (BH, S)
+    Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
+    dK,  # out: (BH, S, DQK) fp32
+    S, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (BH·NC·(L / BLQ), cdiv(DQK, BK)), columns s of a chunk:
+    dk_s = e_s (dC_next v_s + dn_next) + Σ_{r≥s} D'_rs (dnum_r·v_s + δ_r) q̂_r."""
+    bh, c, js, t_s = _rows(tl.program_id(0), NC, L, BLQ)
+    offs_k = tl.program_id(1) * BK + tl.arange(0, BK)
+    mask_k = offs_k < DQK
+    valid_s = t_s < S
+    Q, V, I, dH, Bv = Q + bh * S * DQK, V + bh * S * DV, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
+    state = bh * (NC + 1) + c + 1
+    acc = tl.full((BLQ, BK), 0.0, tl.float32)
+    for vv in range((DV + BV - 1) // BV):
+        offs_v = vv * BV + tl.arange(0, BV)
+        mask_v = offs_v < DV
+        matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
+        matdC = tl.load(dCs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += _dot(matV, tl.trans(matdC), DOT_DTYPE, PRECISION)
+    vecdN = tl.load(dNs + state * DQK + offs_k, mask=mask_k, other=0.0)
+    acc = (acc + vecdN[None, :]) * _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    for jr in range(js, L // BLQ):
+        t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
+        valid_r = t_r < S
+        vecM = tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0)
+        vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
+        vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
+        matGt = tl.full((BLQ, BLQ), 0.0, tl.float32)  # (s, r)
+        for vv in range((DV + BV - 1) // BV):
+            offs_v = vv * BV + tl.arange(0, BV)
+            mask_v = offs_v < DV
+            matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
+            matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :],
+                            other=0.0)
+            matGt += _dot(matV, tl.trans(matdH.to(tl.float32) * vecInvN[:, None]), DOT_DTYPE, PRECISION)
+        matdSt = (matGt + vecDelta[None, :]) * _decay(Bv, I, t_r, t_s, S, vecM, True) * scale
+        matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
+        acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
+    tl.store(dK + bh * S * DQK + t_s[:, None] * DQK + offs_k[None, :], acc, mask=valid_s[:, None] & mask_k[None, :])
+
+
+@triton.jit
+def grad_v_kernel(
+    Q, K, I, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S), (BH, S, DV)
+    InvN, Mr,  # (BH, S)
+    Bv, Ms, dCs,  # from chunk_states_kernel and state_grads_kernel
+    dV,  # out: (BH, S, DV) fp32
+    S, NC, scale,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (BH·NC·(L / BLQ), cdiv(DV, BV)), columns s of a chunk:
+    dv_s = e_s dC_nextᵀ k_s + Σ_{r≥s} D'_rs (q̂_r·k_s) dnum_r."""
+    bh, c, js, t_s = _rows(tl.program_id(0), NC, L, BLQ)
+    offs_v = tl.program_id(1) * BV + tl.arange(0, BV)
+    mask_v = offs_v < DV
+    valid_s = t_s < S
+    Q, K, I, dH, Bv = Q + bh * S * DQK, K + bh * S * DQK, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
+    state = bh * (NC + 1) + c + 1
+    acc = tl.full((BLQ, BV), 0.0, tl.float32)
+    for kk in range((DQK + BK - 1) // BK):
+        offs_k = kk * BK + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
+        matdC = tl.load(dCs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += _dot(matK, matdC, DOT_DTYPE, PRECISION)
+    acc *= _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    for jr in range(js, L // BLQ):
+        t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
+        valid_r = t_r < S
+        vecM = tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0)
+        matPt = tl.full((BLQ, BLQ), 0.0, tl.float32)  # (s, r)
+        for kk in range((DQK + BK - 1) // BK):
+            offs_k = kk * BK + tl.arange(0, BK)
+            mask_k = offs_k < DQK
+            matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :],
+                           other=0.0)
+            matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :],
+                           other=0.0)
+            matPt += _dot(matK, tl.trans(matQ), DOT_DTYPE, PRECISION)
+        matSt = matPt * scale * _decay(Bv, I, t_r, t_s, S, vecM, True)
+        vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
+        matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
+        acc += _dot(matSt, matdH.to(tl.float32) * vecInvN[:, None], DOT_DTYPE, PRECISION)
+    tl.store(dV + bh * S * DV + t_s[:, None] * DV + offs_v[None, :], acc, mask=valid_s[:, None] & mask_v[None, :])
+
+
+@triton.jit
+def grad_gates_kernel(
+    Q, K, F,  # (BH, S, DQK), (BH, S, DQK), (BH, S)
+    dQ, dK,  # (BH, S, DQK) fp32
+    dBfinal,  # (BH,) Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S
+    dI, dF,  # out: (BH, S) fp32
+    S,
+    DQK: tl.constexpr, BLS: tl.constexpr, BK: tl.constexpr,
+):
+    """Grid (BH,), blocks of BLS steps from the end: dĩ_t = k_t·dk_t and
+    df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + dBfinal)."""
+    bh = tl.program_id(0).to(tl.int64)
+    carry = tl.load(dBfinal + bh)
+    nblocks = (S + BLS - 1) // BLS
+    for jj in range(nblocks):
+        t = (nblocks - 1 - jj) * BLS + tl.arange(0, BLS)
+        valid = t < S
+        qdq = tl.full((BLS,), 0.0, tl.float32)
+        kdk = tl.full((BLS,), 0.0, tl.float32)
+        for kk in range((DQK + BK - 1) // BK):
+            offs_k = kk * BK + tl.arange(0, BK)
+            rows = bh * S * DQK + t[:, None] * DQK + offs_k[None, :]
+            mask = valid[:, None] & (offs_k < DQK)[None, :]
+            matQ = tl.load(Q + rows, mask=mask, other=0.0).to(tl.float32)
+            matK = tl.load(K + rows, mask=mask, other=0.0).to(tl.float32)
+            qdq += tl.reduce(matQ * tl.load(dQ + rows, mask=mask, other=0.0), 1, _ADD)
+            kdk += tl.reduce(matK * tl.load(dK + rows, mask=mask, other=0.0), 1, _ADD)
+        vecdB = qdq - kdk
+        suffix = tl.associative_scan(vecdB, 0, _ADD, reverse=True) + carry
+        carry += tl.reduce(vecdB, 0, _ADD)
+        fgate = tl.load(F + bh * S + t, mask=valid, other=0.0).to(tl.float32)
+        tl.store(dI + bh * S + t, kdk, mask=valid)
+        tl.store(dF + bh * S + t, suffix / (1.0 + tl.exp(fgate)), mask=valid)
+
+
+@triton.jit
+def step_kernel(
+    Q, K, V, I, F,  # (BH, DQK), (BH, DQK), (BH, DV), (BH,), (BH,)
+    C0, N0, M0,  # (BH, DQK, DV), (BH, DQK), (BH,)
+    H, C1, N1, M1,  # out: (BH, DV) and the new state
+    scale, eps,
+    DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    """Grid (BH, cdiv(DV, BV)); BK >= DQK: one recurrent step (DESIGN.md §4) on a (DQK, BV) tile of C."""
+    bh = tl.program_id(0).to(tl.int64)
+    pv = tl.program_id(1)
+    offs_k = tl.arange(0, BK)
+    offs_v = pv * BV + tl.arange(0, BV)
+    mask_k, mask_v = offs_k < DQK, offs_v < DV
+    mask_kv = mask_k[:, None] & mask_v[None, :]
+    tile_kv = bh * DQK * DV + offs_k[:, None] * DV + offs_v[None, :]
+    vecQ = tl.load(Q + bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    vecK = tl.load(K + bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+    vecV = tl.load(V + bh * DV + offs_v, mask=mask_v, other=0.0).to(tl.float32)
+    igate = tl.load(I + bh).to(tl.float32)
+    logf = _logsigmoid(tl.load(F + bh).to(tl.float32))
+    scaM = tl.load(M0 + bh)
+    scaMnew = tl.maximum(logf + scaM, igate)
+    scaDecay = tl.exp(logf + scaM - scaMnew)
+    scaGain = tl.exp(igate - scaMnew)
+    matC = scaDecay * tl.load(C0 + tile_kv, mask=mask_kv, other=0.0) + scaGain * vecK[:, None] * vecV[None, :]
+    vecN = scaDecay * tl.load(N0 + bh * DQK + offs_k, mask=mask_k, other=0.0) + scaGain * vecK
+    vecNum = tl.reduce(vecQ[:, None] * matC, 0, _ADD) * scale  # (BV,)
+    scaDen = tl.reduce(vecQ * vecN, 0, _ADD) * scale
+    vecH = vecNum / (tl.maximum(tl.abs(scaDen), tl.exp(-scaMnew)) + eps)
+    tl.store(H + bh * DV + offs_v, vecH.to(H.dtype.element_ty), mask=mask_v)
+    tl.store(C1 + tile_kv, matC, mask=mask_kv)
+    tl.store(N1 + bh * DQK + offs_k, vecN, mask=mask_k & (pv == 0))
+    tl.store(M1 + bh, scaMnew, mask=pv == 0)

@@ -1,0 +1,135 @@
+"""The fused Triton sLSTM backend: launchers and the autograd function (DESIGN.md §5, §8, §13).
+
+The forward kernel runs the whole sequence in one launch and, when a gradient is needed, saves the gate
+pre-activations and the states (c, n, m) of every step (O(S) memory per batch row and head, like the
+activations themselves). The backward kernel runs backpropagation through time in one launch, in reverse,
+with R on chip, and writes ∂L/∂gates_x for every step and ∂L/∂ of the initial state.
+
+Note: ∂L/∂R and ∂L/∂b are not accumulated inside the backward kernel. ∂L/∂R[g, h] = Σ_{b,t} y_{t-1}ᵀ
+∂L/∂pre_g is a (DH, DH) sum per gate: for DH = 128 the four fp32 accumulators alone are 256 KiB per
+program, more than the registers and the shared memory of an SM, next to R itself. One batched matmul
+over all B·S rows after the kernel computes the same sum from tensors that exist anyway (the outputs y and
+the kernel's ∂L/∂gates_x), at full tensor-core size, with no cross-program reduction.
+
+Notation:
+    B batch, S sequence length, NH heads, DH head dim (a power of two, 16..128); gates (i, f, z, o).
+    State (y, c, n, m), each (B, NH, DH); m carries no gradient. See `triton_kernels` for the kernels'
+    tiles and memory layouts.
+"""
+
+import torch
+import triton
+
+from .native import SLSTMState
+
+BATCH_TILE = 16  # rows of y per program: tl.dot needs at least 16 on a GPU
+MIN_DH, MAX_DH = 16, 128
+
+
+def _launch_config(B: int, NH: int, DH: int) -> tuple[tuple[int, int], dict]:
+    """Grid and meta-parameters shared by the forward and the backward launches.
+
+    Note: sm_90 compiles (tests/kernels/test_slstm_triton.py) chose them: one warp per 8 rows of R
+    (4 warps up to DH = 32, 8 at 64, 16 at 128) is the fewest with no register spills, and a single
+    stage (no software pipelining of the per-step loads) keeps the backward at DH = 128 within shared
+    memory (three stages need about 300 KiB).
+    """
+    return (triton.cdiv(B, BATCH_TILE), NH), {"DH": DH, "BB": BATCH_TILE, "num_warps": max(4, DH // 8), "num_stages": 1}
+
+
+class _SLSTMFunction(torch.autograd.Function):
+    """(save, gates_x, R, b, y0, c0, n0, m0) -> (y, y_S, c_S, n_S, m_S); m0 and m_S carry no gradient.
+    save: keep what the backward needs (off under torch.no_grad, where nothing is saved)."""
+
+    @staticmethod
+    def forward(ctx, save, gates_x, R, b, y0, c0, n0, m0):
+        # Note: imported here, not at the top: triton reads TRITON_INTERPRET when a kernel is decorated,
+        # so a process (a CPU test session) can still switch the interpreter on after importing the package.
+        from .triton_kernels import slstm_fw_kernel
+
+        B, S, _, NH, DH = gates_x.shape
+        grid, config = _launch_config(B, NH, DH)
+        # the interpreter's bf16 arithmetic is broken (DESIGN.md §9): there the products stay fp32
+        dot_bf16 = gates_x.dtype in (torch.bfloat16, torch.float16) and not triton.knobs.runtime.interpret
+        # bf16 in memory, so the products read R as stored (a conversion in the kernel would make
+        # Triton hold R in registers as the matrix operand, and DH = 128 would spill)
+        R_dot = R.to(torch.bfloat16) if dot_bf16 else R
+        f32 = {"dtype": torch.float32, "device": gates_x.device}
+        y = torch.empty((B, S, NH, DH), **f32)
+        final = [torch.empty((B, NH, DH), **f32) for _ in range(4)]
+        if save:
+            pre = torch.empty((B, S, 4, NH, DH), **f32)
+            saved = [torch.empty((B, S + 1, NH, DH), **f32) for _ in range(3)]  # c, n, m; initial at 0
+            for buffer, initial in zip(saved, (c0, n0, m0)):
+                buffer[:, 0] = initial
+        else:  # never written: SAVE is off
+            pre, saved = y, [y] * 3
+        slstm_fw_kernel[grid](
+            gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH,
+            DOT_BF16=dot_bf16, SAVE=save, **config,
+        )
+        if save:
+            ctx.save_for_backward(R_dot, y0, y, pre, *saved)
+            ctx.gates_dtype, ctx.dot_bf16 = gates_x.dtype, dot_bf16
+        ctx.mark_non_differentiable(final[3])
+        return y, *final
+
+    @staticmethod
+    def backward(ctx, dy, dy_S, dc_S, dn_S, _dm_S):
+        from .triton_kernels import slstm_bw_kernel
+
+        R_dot, y0, y, pre, c, n, m = ctx.saved_tensors
+        B, S, _, NH, DH = pre.shape
+        grid, config = _launch_config(B, NH, DH)
+        zeros = torch.zeros((B, NH, DH), dtype=torch.float32, device=y.device)
+        dy = torch.zeros_like(y) if dy is None else dy.contiguous()
+        final_grads = [zeros if g is None else g.float().contiguous() for g in (dy_S, dc_S, dn_S)]
+        dgates = torch.empty_like(pre)
+        initial_grads = [torch.empty_like(zeros) for _ in range(3)]
+        slstm_bw_kernel[grid](
+            dy, *final_grads, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
+            DOT_BF16=ctx.dot_bf16, **config,
+        )
+        # ∂L/∂R[g, h, d, e] = Σ_{b,t} y_{t-1}[b, h, d] ∂L/∂pre[b, t, g, h, e]
+        y_prev = torch.cat([y0[:, None], y[:, :-1]], dim=1)  # (B, S, NH, DH)
+        dR = torch.einsum("bshd,bsghe->ghde", y_prev, dgates)
+        db = dgates.sum(dim=(0, 1))  # (4, NH, DH)
+        return None, dgates.to(ctx.gates_dtype), dR, db, *initial_grads, None
+
+
+def slstm_triton(
+    gates_x: torch.Tensor,  # (B, S, 4, NH, DH)
+    R: torch.Tensor,  # (4, NH, DH, DH)
+    b: torch.Tensor,  # (4, NH, DH)
+    state: SLSTMState,  # each (B, NH, DH)
+) -> tuple[torch.Tensor, SLSTMState]:
+    """sLSTM over a sequence in two fused Triton kernels (forward, backward through time).
+
+    Args:
+        gates_x: (B, S, 4, NH, DH) input-side pre-activations, float32, or bfloat16 / float16, which
+            make the recurrent products bfloat16 with fp32 accumulation (on a GPU; the interpreter keeps
+            them fp32).
+        R, b: as in `xlstm_lm.kernels.slstm.slstm`; computed in float32.
+        state: initial (y, c, n, m).
+
+    Returns:
+        y (B, S, NH, DH) and the final state, float32.
+
+    Raises:
+        RuntimeError: CPU tensors while the Triton interpreter is off (TRITON_INTERPRET=1 turns it on).
+        ValueError: a head dim that is not a power of two in [16, 128], or float64 inputs.
+    """
+    DH = gates_x.shape[-1]
+    if not gates_x.is_cuda and not triton.knobs.runtime.interpret:
+        raise RuntimeError(
+            "the triton sLSTM backend needs CUDA tensors (or TRITON_INTERPRET=1 for the Triton interpreter); "
+            "use backend='native' on the CPU"
+        )
+    if DH & (DH - 1) or not MIN_DH <= DH <= MAX_DH:
+        raise ValueError(f"the triton sLSTM backend needs a head dim DH that is a power of two in [16, 128], got {DH}")
+    if gates_x.dtype == torch.float64:
+        raise ValueError("the triton sLSTM backend computes in float32; use backend='native' for float64")
+    f32 = [x.float().contiguous() for x in (R, b, *state)]
+    save = torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, *f32))
+    y, *final = _SLSTMFunction.apply(save, gates_x.contiguous(), *f32)
+    return y, tuple(final)

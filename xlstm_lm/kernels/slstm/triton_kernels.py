@@ -1,0 +1,216 @@
+"""Fused sLSTM kernels in Triton: the whole sequence in one launch, forward and backward (DESIGN.md §5, §13).
+
+One program owns one (batch tile, head): it loads that head's recurrent weights R[:, h] once and keeps
+them on chip for every time step, so a step costs four small matrix products and the pointwise update,
+with no launch and no round trip of R through memory. Launchers and autograd live in `triton.py`.
+
+Forward step (m carries no gradient; a fresh state has m = -inf, so m_1 = ĩ_1 and f = 0):
+
+    (ĩ, f̃, z̃, õ) = gates_x_t + y_{t-1} R + b
+    m_t = max(logσ(f̃) + m_{t-1}, ĩ),   i = exp(ĩ - m_t),   f = exp(logσ(f̃) + m_{t-1} - m_t)
+    c_t = f c_{t-1} + i tanh(z̃),   n_t = f n_{t-1} + i,   y_t = σ(õ) c_t / n_t
+
+Backward step, with dy = ∂L/∂y_t (from the output and from step t+1), dc, dn carried from step t+1:
+
+    dõ = dy (c_t/n_t) σ(õ)(1 - σ(õ)),   dc += dy σ(õ) / n_t,   dn -= dy σ(õ) (c_t/n_t) / n_t
+    dĩ = (dc tanh(z̃) + dn) i,   dz̃ = dc i (1 - tanh²(z̃)),   df̃ = (dc c_{t-1} + dn n_{t-1}) f σ(-f̃)
+    ∂L/∂y_{t-1} += R (dĩ, df̃, dz̃, dõ),   dc ← f dc,   dn ← f dn
+
+Notation:
+    B batch, S sequence length, NH heads, DH head dim (a power of two, 16..128); gates (i, f, z, o).
+    BB batch tile (>= 16: tl.dot needs 16 rows on a GPU; rows past B are masked).
+    Tiles are held transposed, units × batch (DH, BB), so every product is R_gᵀ (DH, DH) @ y (DH, BB):
+    the head dim, not the small batch tile, is the M dimension of the matrix instruction.
+    Memory layouts (all contiguous): gates_x, pre, dgates_x (B, S, 4, NH, DH); y, dy (B, S, NH, DH);
+    the per-step states c, n, m (B, S + 1, NH, DH) with the initial state at index 0; R (4, NH, DH, DH)
+    with R[g, h, d, e] mapping unit d of y_{t-1} to unit e of gate g; b (4, NH, DH); states (B, NH, DH).
+    DOT_BF16: the recurrent products take bfloat16 operands (fp32 accumulation), else exact fp32
+    ("ieee", no TF32). Everything else is fp32: inputs are upcast right after loading.
+"""
+
+import triton
+import triton.language as tl
+
+
+# Note: σ is written out rather than tl.sigmoid: Triton's own @jit library functions are decorated when
+# triton is imported, so in a process that imports triton before setting TRITON_INTERPRET=1 they cannot
+# run in the interpreter, while these helpers are decorated with the kernels (at their first launch).
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _logsigmoid(x):
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _tanh(x):
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def _load(ptr, offsets, mask, other: tl.constexpr = 0.0):
+    return tl.load(ptr + offsets, mask=mask, other=other).to(tl.float32)
+
+
+@triton.jit
+def _load_weights(R_ptr, h, NH, DH: tl.constexpr, TRANSPOSE: tl.constexpr, DOT_BF16: tl.constexpr):
+    """The four (DH, DH) blocks R[g, h], or their transposes, in the dtype of the products."""
+    rows = tl.arange(0, DH)[:, None]
+    cols = tl.arange(0, DH)[None, :]
+    offsets = h * DH * DH + (cols * DH + rows if TRANSPOSE else rows * DH + cols)
+    gate_stride = NH * DH * DH
+    dtype = tl.bfloat16 if DOT_BF16 else tl.float32
+    R_i = tl.load(R_ptr + offsets).to(dtype)
+    R_f = tl.load(R_ptr + gate_stride + offsets).to(dtype)
+    R_z = tl.load(R_ptr + 2 * gate_stride + offsets).to(dtype)
+    R_o = tl.load(R_ptr + 3 * gate_stride + offsets).to(dtype)
+    return R_i, R_f, R_z, R_o
+
+
+@triton.jit
+def _matmul(matR, vec, DOT_BF16: tl.constexpr):
+    """matR (DH, DH) @ vec (DH, BB), fp32 result."""
+    if DOT_BF16:
+        out = tl.dot(matR, vec.to(tl.bfloat16))
+    else:
+        out = tl.dot(matR, vec, input_precision="ieee")
+    return out
+
+
+@triton.jit
+def _tile(B, NH, DH: tl.constexpr, BB: tl.constexpr):
+    """This program's head h, its batch rows' offsets b·NH·DH (1, BB) (int64), its units' offsets
+    h·DH + d (DH, 1) and the mask of rows < B (1, BB). Their sum indexes a (B, NH, DH) state; a
+    (B, L, NH, DH) tensor takes L times the row offsets, a (B, S, 4, NH, DH) one 4·S times."""
+    h = tl.program_id(1)
+    batch = tl.program_id(0) * BB + tl.arange(0, BB)[None, :]
+    return h, batch.to(tl.int64) * NH * DH, h * DH + tl.arange(0, DH)[:, None], batch < B
+
+
+@triton.jit
+def slstm_fw_kernel(
+    gx_ptr,  # (B, S, 4, NH, DH) input-side pre-activations, any float dtype
+    R_ptr,  # (4, NH, DH, DH) fp32, or bf16 with DOT_BF16
+    b_ptr,  # (4, NH, DH) fp32
+    y0_ptr, c0_ptr, n0_ptr, m0_ptr,  # (B, NH, DH) fp32 initial state
+    y_ptr,  # (B, S, NH, DH) fp32 out
+    yS_ptr, cS_ptr, nS_ptr, mS_ptr,  # (B, NH, DH) fp32 out: final state
+    pre_ptr,  # (B, S, 4, NH, DH) fp32 out if SAVE: all gate pre-activations
+    c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32 if SAVE: index 0 holds the initial state, t + 1 step t
+    B, S, NH,
+    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr, SAVE: tl.constexpr,
+):
+    h, rows, units, mask = _tile(B, NH, DH, BB)
+    state = rows + units  # (DH, BB) offsets into (B, NH, DH)
+    seq = rows * S + units  # into (B, S, NH, DH) at t = 0
+    gates = rows * S * 4 + units  # into (B, S, 4, NH, DH) at t = 0, gate i
+    saved = rows * (S + 1) + units  # into (B, S + 1, NH, DH) at index 0
+    gate_stride = NH * DH
+    R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, True, DOT_BF16)
+    b_i = tl.load(b_ptr + units)
+    b_f = tl.load(b_ptr + gate_stride + units)
+    b_z = tl.load(b_ptr + 2 * gate_stride + units)
+    b_o = tl.load(b_ptr + 3 * gate_stride + units)
+    y = _load(y0_ptr, state, mask)  # (DH, BB)
+    c = _load(c0_ptr, state, mask)
+    n = _load(n0_ptr, state, mask)
+    m = _load(m0_ptr, state, mask)
+    for t in range(S):
+        x = gx_ptr + gates + t * 4 * gate_stride
+        ig = _load(x, 0, mask) + _matmul(R_i, y, DOT_BF16) + b_i
+        fg = _load(x, gate_stride, mask) + _matmul(R_f, y, DOT_BF16) + b_f
+        zg = _load(x, 2 * gate_stride, mask) + _matmul(R_z, y, DOT_BF16) + b_z
+        og = _load(x, 3 * gate_stride, mask) + _matmul(R_o, y, DOT_BF16) + b_o
+        logf_m = _logsigmoid(fg) + m
+        m = tl.maximum(logf_m, ig)
+        i = tl.exp(ig - m)
+        f = tl.exp(logf_m - m)
+        c = f * c + i * _tanh(zg)
+        n = f * n + i
+        y = _sigmoid(og) * c / n
+        tl.store(y_ptr + seq + t * gate_stride, y, mask=mask)
+        if SAVE:
+            p = pre_ptr + gates + t * 4 * gate_stride
+            tl.store(p, ig, mask=mask)
+            tl.store(p + gate_stride, fg, mask=mask)
+            tl.store(p + 2 * gate_stride, zg, mask=mask)
+            tl.store(p + 3 * gate_stride, og, mask=mask)
+            s = saved + (t + 1) * gate_stride
+            tl.store(c_ptr + s, c, mask=mask)
+            tl.store(n_ptr + s, n, mask=mask)
+            tl.store(m_ptr + s, m, mask=mask)
+    tl.store(yS_ptr + state, y, mask=mask)
+    tl.store(cS_ptr + state, c, mask=mask)
+    tl.store(nS_ptr + state, n, mask=mask)
+    tl.store(mS_ptr + state, m, mask=mask)
+
+
+@triton.jit
+def slstm_bw_kernel(
+    dy_ptr,  # (B, S, NH, DH) ∂L/∂y, any float dtype
+    dyS_ptr, dcS_ptr, dnS_ptr,  # (B, NH, DH) fp32: ∂L/∂ of the final state
+    R_ptr,  # (4, NH, DH, DH) fp32, or bf16 with DOT_BF16
+    pre_ptr,  # (B, S, 4, NH, DH) fp32 from the forward
+    c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32 from the forward
+    dgx_ptr,  # (B, S, 4, NH, DH) fp32 out: ∂L/∂ of the pre-activations (= of gates_x)
+    dy0_ptr, dc0_ptr, dn0_ptr,  # (B, NH, DH) fp32 out: ∂L/∂ of the initial state
+    B, S, NH,
+    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr,
+):
+    h, rows, units, mask = _tile(B, NH, DH, BB)
+    state = rows + units  # (DH, BB) offsets as in the forward
+    seq = rows * S + units
+    gates = rows * S * 4 + units
+    saved = rows * (S + 1) + units
+    gate_stride = NH * DH
+    R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, False, DOT_BF16)
+    dy_next = _load(dyS_ptr, state, mask)  # (DH, BB) ∂L/∂y_t through step t + 1 (and the final state)
+    dc = _load(dcS_ptr, state, mask)
+    dn = _load(dnS_ptr, state, mask)
+    for step in range(S):
+        t = S - 1 - step
+        p = pre_ptr + gates + t * 4 * gate_stride
+        ig = _load(p, 0, mask)
+        fg = _load(p, gate_stride, mask)
+        zg = _load(p, 2 * gate_stride, mask)
+        og = _load(p, 3 * gate_stride, mask)
+        s = saved + t * gate_stride  # the state before step t; after it at + gate_stride
+        c_prev = _load(c_ptr, s, mask)
+        n_prev = _load(n_ptr, s, mask)
+        m_prev = _load(m_ptr, s, mask)
+        c = _load(c_ptr, s + gate_stride, mask)
+        n = _load(n_ptr, s + gate_stride, mask, 1.0)  # masked rows: c / n = 0, not 0 / 0
+        m = _load(m_ptr, s + gate_stride, mask)
+        dy = _load(dy_ptr, seq + t * gate_stride, mask) + dy_next
+        logf = _logsigmoid(fg)
+        i = tl.exp(ig - m)
+        f = tl.exp(logf + m_prev - m)
+        z = _tanh(zg)
+        o = _sigmoid(og)
+        h_t = c / n
+        dh = dy * o
+        dc += dh / n
+        dn -= dh * h_t / n
+        dig = (dc * z + dn) * i
+        dfg = (dc * c_prev + dn * n_prev) * f * tl.exp(logf - fg)  # σ(-f̃) = σ(f̃) e^{-f̃}
+        dzg = dc * i * (1.0 - z * z)
+        dog = dy * h_t * o * (1.0 - o)
+        d = dgx_ptr + gates + t * 4 * gate_stride
+        tl.store(d, dig, mask=mask)
+        tl.store(d + gate_stride, dfg, mask=mask)
+        tl.store(d + 2 * gate_stride, dzg, mask=mask)
+        tl.store(d + 3 * gate_stride, dog, mask=mask)
+        dy_next = (
+            _matmul(R_i, dig, DOT_BF16) + _matmul(R_f, dfg, DOT_BF16)
+            + _matmul(R_z, dzg, DOT_BF16) + _matmul(R_o, dog, DOT_BF16)
+        )
+        dc = f * dc
+        dn = f * dn
+    tl.store(dy0_ptr + state, dy_next, mask=mask)
+    tl.store(dc0_ptr + state, dc, mask=mask)
+    tl.store(dn0_ptr + state, dn, mask=mask)
