@@ -17,6 +17,5 @@ def test_bench_kernels_smoke_run_writes_rows(tmp_path, family):
                              "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(out.read_text())
-    rows = rows["rows"] if isinstance(rows, dict) else rows
     assert rows and all(row.get("fwd_ms") not in (None, "-") for row in rows if not row.get("error"))
     assert "|" in result.stdout  # the table
