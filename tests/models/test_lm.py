@@ -126,3 +126,11 @@ def test_state_must_match_the_number_of_blocks():
     model = tiny_model()
     with pytest.raises(ValueError, match="blocks"):
         model(torch.zeros(1, 3, dtype=torch.long), state=[None])
+
+
+def test_backend_must_exist_for_every_cell_of_the_stack():
+    assert XLSTMConfig(**{**TINY, "ratio": "1:0", "backend": "reference"}).backend == "reference"
+    with pytest.raises(ValueError, match=r"model.backend='reference' is not one of \['auto', 'native', 'triton'\]"):
+        XLSTMConfig(**{**TINY, "ratio": "1:1", "backend": "reference"})
+    with pytest.raises(ValueError, match="model.backend='cuda'"):
+        XLSTMConfig(**{**TINY, "backend": "cuda"})

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from xlstm_lm.kernels import MLSTM_BACKENDS, SLSTM_BACKENDS
 from xlstm_lm.models.base import LanguageModel
 from xlstm_lm.models.components import layer_norm, rms_norm, round_up, small_init_
 from xlstm_lm.models.mlstm import MLSTMBlock
@@ -47,7 +48,7 @@ class XLSTMConfig:
     logit_soft_cap: Optional[float] = None  # 30 for the 7B-style model
     tie_embeddings: bool = False
     chunk_size: int = 64
-    backend: str = "auto"  # kernel backend: auto | native | reference | recurrent (see xlstm_lm.kernels)
+    backend: str = "auto"  # cell kernels: auto (triton on CUDA, native elsewhere), native, triton, ...
 
     def __post_init__(self):
         if self.architecture not in ARCHITECTURES:
@@ -64,6 +65,10 @@ class XLSTMConfig:
                 )
             if self.architecture == "xlstm_large" and self.slstm_at:
                 raise ValueError("model.slstm_at must be empty for architecture xlstm_large (mLSTM blocks only)")
+        cells = [MLSTM_BACKENDS] + ([SLSTM_BACKENDS] if self.slstm_positions else [])
+        valid = sorted({"auto"} | set.intersection(*(set(cell) for cell in cells)))
+        if self.backend not in valid:
+            raise ValueError(f"model.backend={self.backend!r} is not one of {valid} (for this block mix)")
         if self.embedding_dim % self.num_heads:
             raise ValueError(
                 f"model.num_heads={self.num_heads} does not divide model.embedding_dim={self.embedding_dim}; "
