@@ -117,3 +117,24 @@ def test_chunk_size_is_rounded_up_to_a_power_of_two(chunk_size, mlstm_inputs):
     sequence = [inputs[name].float().to(DEVICE) for name in "qkvif"]
     h = mlstm(*sequence, backend="triton", chunk_size=chunk_size)
     assert relative_error(h.cpu(), mlstm(*(x.cpu() for x in sequence), backend="native", chunk_size=8)) < 1e-5
+
+
+def test_dispatcher_runs_single_tokens_without_grad_through_the_step_kernel(monkeypatch):
+    """Generation calls mlstm with S = 1 under no_grad: the one-token kernel must serve it, with equal results."""
+    import sys
+
+    dispatcher = sys.modules["xlstm_lm.kernels.mlstm"]  # the package; its name `mlstm` is shadowed by the function
+    calls = []
+    step = dispatcher.mlstm_triton_step
+    monkeypatch.setattr(dispatcher, "mlstm_triton_step", lambda *a, **kw: calls.append(1) or step(*a, **kw))
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 2, 1, 16, device=DEVICE), torch.randn(2, 2, 1, 16, device=DEVICE)
+    v, i, f = torch.randn(2, 2, 1, 32, device=DEVICE), torch.randn(2, 2, 1, device=DEVICE), torch.randn(2, 2, 1, device=DEVICE) + 4
+    state = (torch.randn(2, 2, 16, 32, device=DEVICE), torch.randn(2, 2, 16, device=DEVICE), torch.zeros(2, 2, device=DEVICE))
+    with torch.no_grad():
+        h, new_state = dispatcher.mlstm(q, k, v, i, f, state, backend="triton", return_state=True)
+        h_native, native_state = dispatcher.mlstm(q, k, v, i, f, state, backend="native", return_state=True)
+    assert calls == [1]
+    torch.testing.assert_close(h, h_native, rtol=1e-5, atol=1e-6)
+    for ours, reference in zip(new_state, native_state):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)

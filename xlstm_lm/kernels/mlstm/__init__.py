@@ -16,7 +16,7 @@ from .chunkwise import mlstm_chunkwise
 from .recurrent import mlstm_recurrent, mlstm_step
 from .reference import mlstm_reference
 from .stabilized import MLSTMState, prepare_state
-from .triton import mlstm_triton
+from .triton import mlstm_triton, mlstm_triton_step
 
 MLSTM_BACKENDS = {
     "reference": mlstm_reference, "recurrent": mlstm_recurrent, "native": mlstm_chunkwise, "triton": mlstm_triton
@@ -77,7 +77,11 @@ def mlstm(
     # the Triton kernels take bf16 activations as they are (bf16 matrix products, float32 accumulation)
     activation_dtype = v.dtype if kernel is mlstm_triton and v.dtype == torch.bfloat16 else dtype
     inputs = [x.to(activation_dtype) for x in (q, k, v)] + [x.to(dtype) for x in (i, f)]
-    h, state = kernel(*inputs, state, chunk_size=chunk_size, eps=eps)
+    if kernel is mlstm_triton and S == 1 and not torch.is_grad_enabled():  # generation: the step kernel
+        h, state = mlstm_triton_step(*(x[:, :, 0] for x in inputs), state, eps=eps)
+        h = h[:, :, None]
+    else:
+        h, state = kernel(*inputs, state, chunk_size=chunk_size, eps=eps)
     h = h.to(v.dtype)
     return (h, state) if return_state else h
 
