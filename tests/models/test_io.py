@@ -40,7 +40,7 @@ def test_state_dict_keys_are_stable():
     """Checkpoints depend on these names: change them only with a conversion for old checkpoints."""
     keys = list(XLSTMLM(XLSTMConfig(**CONFIG)).state_dict())
     assert keys == [
-        "embedding.weight",
+        "embedding.weight", "head.weight",
         "blocks.0.norm.weight",
         "blocks.0.layer.skip", "blocks.0.layer.up.weight",
         "blocks.0.layer.conv.weight", "blocks.0.layer.conv.bias",
@@ -55,5 +55,5 @@ def test_state_dict_keys_are_stable():
         "blocks.1.layer.gate_inputs.2.weight", "blocks.1.layer.gate_inputs.3.weight",
         "blocks.1.layer.norm.weight",
         "blocks.1.ffn_norm.weight", "blocks.1.ffn.up.weight", "blocks.1.ffn.down.weight",
-        "final_norm.weight", "head.weight",
+        "final_norm.weight",
     ]

@@ -9,12 +9,27 @@ from __future__ import annotations
 
 from torch import nn
 
+from xlstm_lm.models.components import small_init_
+
 
 class LanguageModel(nn.Module):
     """Base class: subclasses define `embedding`, `head`, `config` (with `tie_embeddings`) and `forward`."""
 
     is_recurrent: bool = True  # constant-size state; False for the Transformer's growing KV cache
     supports_doc_starts: bool = True  # can reset (or mask) at document starts inside a window
+
+    def build_embedding_and_head(self, vocab_size: int, dim: int, tie: bool) -> None:
+        """The token embedding and the LM head (bias-free), sharing one matrix when `tie`."""
+        self.embedding = nn.Embedding(vocab_size, dim)
+        self.head = nn.Linear(dim, vocab_size, bias=False)
+        if tie:
+            self.head.weight = self.embedding.weight
+
+    def init_embedding_and_head(self) -> None:
+        """Small init (DESIGN §6) for the embedding and, when untied, the head."""
+        small_init_(self.embedding.weight, self.config.embedding_dim)
+        if not self.config.tie_embeddings:
+            small_init_(self.head.weight, self.config.embedding_dim)
 
     def num_parameters(self, exclude_embedding: bool = False) -> int:
         """Parameter count; `exclude_embedding` leaves out the input embedding table (not the head)."""

@@ -126,21 +126,16 @@ class LlamaLM(LanguageModel):
             raise ValueError("LlamaConfig.vocab_size is not set: give the tokenizer's vocabulary size")
         self.config = config
         D = config.embedding_dim
-        self.embedding = nn.Embedding(config.vocab_size, D)
+        self.build_embedding_and_head(config.vocab_size, D, config.tie_embeddings)
         self.layers = nn.ModuleList(
             TransformerLayer(D, config.num_heads, config.ffn_factor, config.rope_base) for _ in range(config.layers)
         )
         self.final_norm = rms_norm(D)
-        self.head = nn.Linear(D, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.head.weight = self.embedding.weight
         self.init_weights()
 
     def init_weights(self) -> None:
         D = self.config.embedding_dim
-        small_init_(self.embedding.weight, D)
-        if not self.config.tie_embeddings:
-            small_init_(self.head.weight, D)
+        self.init_embedding_and_head()
         for layer in self.layers:
             layer.init_weights(D, len(self.layers))
         nn.init.ones_(self.final_norm.weight)

@@ -16,7 +16,7 @@ from torch import nn
 
 from xlstm_lm.kernels import MLSTM_BACKENDS, SLSTM_BACKENDS
 from xlstm_lm.models.base import LanguageModel
-from xlstm_lm.models.components import layer_norm, rms_norm, round_up, small_init_
+from xlstm_lm.models.components import layer_norm, rms_norm, round_up
 from xlstm_lm.models.mlstm import MLSTMBlock
 from xlstm_lm.models.mlstm_large import LargeMLSTMBlock, soft_cap
 from xlstm_lm.models.slstm import SLSTMBlock
@@ -136,22 +136,16 @@ class XLSTMLM(LanguageModel):
                 block = MLSTMBlock(D, config.inner_dim, NH, conv_kernel=config.conv_kernel,
                                    qkv_block_size=config.qkv_block_size, **kernel_args)
             blocks.append(block)
-        self.embedding = nn.Embedding(config.vocab_size, D)
+        self.build_embedding_and_head(config.vocab_size, D, config.tie_embeddings)
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = rms_norm(D) if config.architecture == "xlstm_large" else layer_norm(D)
-        self.head = nn.Linear(D, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.head.weight = self.embedding.weight
         self.init_weights()
 
     def init_weights(self) -> None:
         """Small init for embedding and head, each block's own init (DESIGN §6)."""
-        D, N = self.config.embedding_dim, self.config.num_blocks
-        small_init_(self.embedding.weight, D)
-        if not self.config.tie_embeddings:
-            small_init_(self.head.weight, D)
+        self.init_embedding_and_head()
         for index, block in enumerate(self.blocks):
-            block.init_weights(index, N)
+            block.init_weights(index, self.config.num_blocks)
         nn.init.ones_(self.final_norm.weight)
 
     def forward(self, input_ids: torch.Tensor, state: Optional[list] = None,

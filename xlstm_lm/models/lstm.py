@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from xlstm_lm.models.base import LanguageModel
-from xlstm_lm.models.components import small_init_
 
 
 def lstm_pointwise(forget, input, output, candidate, c_prev):
@@ -86,18 +85,12 @@ class LSTMLM(LanguageModel):
             raise ValueError("LSTMConfig.vocab_size is not set: give the tokenizer's vocabulary size")
         self.config = config
         D = config.embedding_dim
-        self.embedding = nn.Embedding(config.vocab_size, D)
+        self.build_embedding_and_head(config.vocab_size, D, config.tie_embeddings)
         self.lstm = nn.LSTM(D, D, num_layers=config.layers, batch_first=True)
-        self.head = nn.Linear(D, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.head.weight = self.embedding.weight
         self.init_weights()
 
     def init_weights(self) -> None:
-        D = self.config.embedding_dim
-        small_init_(self.embedding.weight, D)
-        if not self.config.tie_embeddings:
-            small_init_(self.head.weight, D)
+        self.init_embedding_and_head()
         self.lstm.reset_parameters()
 
     def forward(self, input_ids: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):

@@ -12,8 +12,8 @@ Notation:
 import torch
 import torch.nn.functional as F
 
-from .._dispatch import check_shape, compute_dtype
-from .stabilized import MLSTMState, normalized_output, prepare_state, stabilized_update
+from .._dispatch import compute_dtype
+from .stabilized import MLSTMState, check_step_shapes, normalized_output, prepare_state, stabilized_update
 
 
 def _step(
@@ -51,14 +51,7 @@ def mlstm_step(
     Raises:
         ValueError: mismatched shapes.
     """
-    if q.dim() != 3:
-        raise ValueError(f"q must have shape (B, NH, DQK), got {tuple(q.shape)}")
-    B, NH, DQK = q.shape
-    DV = v.shape[-1]
-    check_shape("k", k, (B, NH, DQK), "(B, NH, DQK)")
-    check_shape("v", v, (B, NH, DV), "(B, NH, DV)")
-    check_shape("i", i, (B, NH), "(B, NH)")
-    check_shape("f", f, (B, NH), "(B, NH)")
+    B, NH, DQK, DV = check_step_shapes(q, k, v, i, f)
     dtype = compute_dtype(v.dtype)
     state = prepare_state(state, (B, NH, DQK, DV), dtype, q.device)
     h, state = _step(q.to(dtype), k.to(dtype), v.to(dtype), i.to(dtype), f.to(dtype), state, eps)

@@ -39,6 +39,23 @@ def prepare_state(
     return matC.to(dtype), vecN.to(dtype), scaM.to(dtype).detach()
 
 
+def check_step_shapes(q, k, v, i, f) -> tuple[int, int, int, int]:
+    """Validate one token's q, k (B, NH, DQK), v (B, NH, DV), i, f (B, NH); returns (B, NH, DQK, DV).
+
+    Raises:
+        ValueError: a tensor of the wrong shape, named with the expected one.
+    """
+    if q.dim() != 3:
+        raise ValueError(f"q must have shape (B, NH, DQK), got {tuple(q.shape)}")
+    B, NH, DQK = q.shape
+    DV = v.shape[-1]
+    check_shape("k", k, (B, NH, DQK), "(B, NH, DQK)")
+    check_shape("v", v, (B, NH, DV), "(B, NH, DV)")
+    check_shape("i", i, (B, NH), "(B, NH)")
+    check_shape("f", f, (B, NH), "(B, NH)")
+    return B, NH, DQK, DV
+
+
 def normalized_output(matNum: torch.Tensor, vecDen: torch.Tensor, vecM: torch.Tensor, eps: float) -> torch.Tensor:
     """h = num / (max(|den|, exp(-m)) + eps).
 

@@ -25,8 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._dispatch import check_shape
-from .stabilized import MLSTMState, prepare_state
+from .stabilized import MLSTMState, check_step_shapes, prepare_state
 
 NUM_WARPS = 4  # one warp group: Hopper HGMMA runs per warp group (8 warps miscompute dq on an H100, triton 3.6)
 
@@ -293,14 +292,7 @@ def mlstm_triton_step(
     Raises:
         RuntimeError, ValueError: as `mlstm_triton`, and for mismatched shapes.
     """
-    if q.dim() != 3:
-        raise ValueError(f"q must have shape (B, NH, DQK), got {tuple(q.shape)}")
-    B, NH, DQK = q.shape
-    DV = v.shape[-1]
-    check_shape("k", k, (B, NH, DQK), "(B, NH, DQK)")
-    check_shape("v", v, (B, NH, DV), "(B, NH, DV)")
-    check_shape("i", i, (B, NH), "(B, NH)")
-    check_shape("f", f, (B, NH), "(B, NH)")
+    B, NH, DQK, DV = check_step_shapes(q, k, v, i, f)
     _check_runnable(q, k, v)
     matC, vecN, scaM = (x.contiguous() for x in prepare_state(state, (B, NH, DQK, DV), torch.float32, q.device))
     h = torch.empty_like(v)
