@@ -97,3 +97,11 @@ def test_xlstm_eval_console_script_points_at_the_cli_main():
 
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "xlstm-eval"]
     assert script.load() is main
+
+
+def test_plot_labels_are_short_run_names():
+    from xlstm_lm.cli.eval import checkpoint_label
+
+    assert checkpoint_label("outputs/extrapolation/llama/export") == "llama"
+    assert checkpoint_label("outputs/2026-11-25/10-00-00/checkpoints/last.ckpt") == "10-00-00/last.ckpt"
+    assert checkpoint_label("models/tiny") == "tiny"

@@ -131,7 +131,7 @@ def test_label_bytes_sum_to_the_text_bytes(tokenizer):
 
 def test_position_buckets_are_log_spaced_up_to_the_context():
     assert position_buckets(1) == [(1, 1)]
-    assert position_buckets(8) == [(1, 1), (2, 3), (4, 7), (8, 8)]
+    assert position_buckets(8) == [(1, 1), (2, 3), (4, 8)]  # a lone last position joins its neighbour
     assert position_buckets(10) == [(1, 1), (2, 3), (4, 7), (8, 10)]
 
 

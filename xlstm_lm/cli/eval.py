@@ -72,11 +72,21 @@ def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    plot_results(results, run_dir / PLOT_FILE)
+    plot_results([(checkpoint_label(path), rows) for path, rows in results], run_dir / PLOT_FILE)
     print(format_table(results))
     print(f"peak memory: {report['memory']}")
     print(f"wrote {run_dir / JSON_FILE} and {run_dir / PLOT_FILE}")
     return report
+
+
+def checkpoint_label(path: str) -> str:
+    """A short legend name: the run folder of `<run>/export`, `<run>/<file>` for a checkpoint file."""
+    path = Path(path)
+    if path.name == "export":
+        return path.parent.name
+    if path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
 
 
 def format_table(results: list[tuple[str, list[ContextResult]]]) -> str:

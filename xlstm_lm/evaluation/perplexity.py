@@ -203,8 +203,15 @@ def score_window(model: LanguageModel, input_ids: torch.Tensor, labels: torch.Te
 
 
 def position_buckets(length: int) -> list[tuple[int, int]]:
-    """Log-spaced position ranges covering 1..length: (1, 1), (2, 3), (4, 7), ..., the last cut at length."""
-    return [(2**k, min(2 ** (k + 1) - 1, length)) for k in range(length.bit_length())]
+    """Log-spaced position ranges covering 1..length: (1, 1), (2, 3), (4, 7), ..., the last cut at length.
+
+    A last range holding only position `length` (a power of two) joins the range before it: one token per
+    window is too few to plot as a point of its own.
+    """
+    buckets = [(2**k, min(2 ** (k + 1) - 1, length)) for k in range(length.bit_length())]
+    if len(buckets) > 1 and buckets[-1][0] == length:
+        buckets[-2:] = [(buckets[-2][0], length)]
+    return buckets
 
 
 def window_spans(documents: Sequence[EncodedDocument], context_length: int) -> list[tuple[int, int, int]]:
