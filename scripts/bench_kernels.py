@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--dv", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, default=Path("bench_kernels.json"), help="where to write the rows")
+    parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench_kernels.json"),
+                        help="where to write the rows")
     args = parser.parse_args()
     if args.family == "slstm":
         rows = bench_slstm(batch=2, heads=2, head_dims=(16,), seq_lens=(16,), dtype=torch.float32, repeats=1) \
@@ -133,6 +134,7 @@ def main() -> None:
         rows = bench_mlstm(tokens=args.tokens, seq_lens=tuple(args.seq_lens), heads=args.heads, dqk=args.dqk,
                            dv=args.dv, chunk_size=args.chunk_size, repeats=args.repeats)
     print(markdown(rows))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
 
 
