@@ -18,6 +18,7 @@ def test_weight_decay_only_on_weight_matrices():
     assert decayed.isdisjoint(not_decayed) and len(decayed | not_decayed) == len(names)
     assert "embedding.weight" in not_decayed and "head.weight" in decayed
     assert {"blocks.0.layer.up.weight", "blocks.0.layer.q.weight", "blocks.1.layer.recurrent"} <= decayed
+    assert "blocks.1.layer.bias" in not_decayed  # the sLSTM gate biases, although 3-dimensional
     assert all(n.endswith(("norm.weight", "bias", "skip")) for n in not_decayed - {"embedding.weight"})
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     optimizer = build_optimizer(model, OptimizerConfig(lr=1e-3, weight_decay=0.1))

@@ -24,6 +24,8 @@ from xlstm_lm.cli.schemas import TrainConfig, register_configs
 from xlstm_lm.data import TokenDataModule
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
+from xlstm_lm.training.callbacks import TokenThroughput
+from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.trainer import build_trainer
 
@@ -89,7 +91,11 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     if config.ckpt_path:
         check_resume_compatible(config.ckpt_path, module)
 
-    trainer = build_trainer(config.trainer, config.logger, run_dir)
+    device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
+        and torch.cuda.is_available() else "cpu"
+    throughput = TokenThroughput(flops_per_token=training_flops_per_token(module.model, config.data.seq_len),
+                                 peak_flops_per_device=peak_flops(device_name, config.trainer.peak_tflops))
+    trainer = build_trainer(config.trainer, config.logger, run_dir, throughput)
     trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if module.last_validated_step != trainer.global_step:  # always report the final weights

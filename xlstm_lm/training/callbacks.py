@@ -8,13 +8,16 @@ import lightning as L
 
 
 class TokenThroughput(L.Callback):
-    """Logs `train/tokens_per_s`: tokens of all ranks per second of wall time, smoothed over steps.
+    """Logs `train/tokens_per_s`: tokens of all ranks per second of wall time, smoothed over steps, and
+    `train/mfu` (model FLOPs utilization) when the FLOPs per token and the device's peak are known.
 
     The first step is left out of the average: it pays one-off costs (allocations, warm-up).
     """
 
-    def __init__(self, smoothing: float = 0.9):
+    def __init__(self, smoothing: float = 0.9, flops_per_token: float | None = None,
+                 peak_flops_per_device: float | None = None):
         self.smoothing = smoothing
+        self.flops_per_token, self.peak_flops_per_device = flops_per_token, peak_flops_per_device
         self._start = None
         self._rate = None
 
@@ -30,3 +33,6 @@ class TokenThroughput(L.Callback):
             return
         self._rate = rate if not self._rate else self.smoothing * self._rate + (1 - self.smoothing) * rate
         pl_module.log("train/tokens_per_s", self._rate, prog_bar=True)
+        if self.flops_per_token and self.peak_flops_per_device:
+            mfu = self._rate * self.flops_per_token / (self.peak_flops_per_device * trainer.world_size)
+            pl_module.log("train/mfu", mfu, prog_bar=True)

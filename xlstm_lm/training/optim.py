@@ -44,10 +44,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Decay the weight matrices (ndim >= 2) only; norms, biases, gate biases and embeddings are not decayed."""
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     decay, no_decay = [], []
-    for param in model.parameters():
+    for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (decay if param.ndim >= 2 and id(param) not in embeddings else no_decay).append(param)
+        is_matrix = param.ndim >= 2 and not name.endswith("bias")  # sLSTM's (4, NH, DH) bias is not a matrix
+        (decay if is_matrix and id(param) not in embeddings else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},

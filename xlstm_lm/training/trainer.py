@@ -33,6 +33,7 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 100
     deterministic: bool = False
+    peak_tflops: Optional[float] = None  # peak FLOP/s of one device for MFU; None: A100/H100/H200 by name
 
     def __post_init__(self):
         if self.max_steps <= 0:
@@ -64,7 +65,7 @@ def build_logger(config: LoggerConfig, run_dir: Path):
     return False
 
 
-def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, callbacks=()) -> L.Trainer:
+def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, throughput: TokenThroughput) -> L.Trainer:
     """Trainer with `last.ckpt` + periodic checkpoints in run_dir/checkpoints and the throughput callback."""
     checkpoints = ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
@@ -90,7 +91,7 @@ def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, ca
         log_every_n_steps=config.log_every_n_steps,
         deterministic=config.deterministic,
         logger=build_logger(logger, run_dir),
-        callbacks=[checkpoints, TokenThroughput(), TQDMProgressBar(refresh_rate=1), *callbacks],
+        callbacks=[checkpoints, throughput, TQDMProgressBar(refresh_rate=1)],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
     )
