@@ -27,6 +27,7 @@ from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.callbacks import TokenThroughput
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
+from xlstm_lm.training.parallelize import parallelize
 from xlstm_lm.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
                     model_config.architecture)
     if config.ckpt_path:
         check_resume_compatible(config.ckpt_path, module)
+    parallelize(module.model, config.trainer.activation_checkpointing, config.trainer.compile)
 
     device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
         and torch.cuda.is_available() else "cpu"

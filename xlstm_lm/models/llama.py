@@ -153,7 +153,7 @@ class LlamaLM(LanguageModel):
         x = self.embedding(input_ids)
         caches = []
         for index, layer in enumerate(self.layers):
-            x, cache = layer(x, None if state is None else state[index], doc_starts)
+            x, cache = self.run_block(layer, x, None if state is None else state[index], doc_starts)
             caches.append(cache)
         logits = self.head(self.final_norm(x)).float()
         return (logits, caches) if return_state else logits

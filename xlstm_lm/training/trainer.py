@@ -33,6 +33,8 @@ class TrainerConfig:
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 100
     deterministic: bool = False
+    activation_checkpointing: bool = False  # recompute each block in the backward: less memory, ~1/3 more compute
+    compile: bool = False  # torch.compile the model (in place; parameter names unchanged)
     peak_tflops: Optional[float] = None  # peak FLOP/s of one device for MFU; None: A100/H100/H200 by name
 
     def __post_init__(self):

@@ -67,10 +67,35 @@ class _Blocks:
     BVS: int  # DV block of the state tile in the sequential kernels
     dot_dtype: tl.dtype
     precision: str
+    BKO: int = 64  # DQK block of the output tile of grad_q_kernel, grad_k_kernel (at most BK)
+    BVO: int = 64  # DV block of the output tile of chunk_outputs_kernel (at most BV)
+    BLS: int = 32  # steps per block in row_scales_kernel and grad_gates_kernel
+    BR: int = 32  # DV (DQK) block of the row reductions in row_scales_kernel (grad_gates_kernel)
 
     @property
     def constexprs(self) -> dict:
         return {"L": self.L, "BK": self.BK, "BV": self.BV, "DOT_DTYPE": self.dot_dtype, "PRECISION": self.precision}
+
+    def kernel_constexprs(self, name: str) -> dict:
+        """The tile constexprs of kernel `name`.
+
+        Note: at 4 warps (255 registers a thread) the parallel kernels fit without spilling when the
+        accumulator tile they write is narrow (64 columns) and the dimension they reduce over is loaded in
+        wide blocks (128): smaller reduction blocks make more, not fewer, values live (checked ahead of time
+        for sm_90 in tests/kernels/test_triton_aot.py). The row reductions load four (BLS, BR) tiles at once.
+        """
+        values = self.constexprs
+        if name in ("chunk_states_kernel", "state_grads_kernel"):
+            values |= {"BK": self.BKS, "BV": self.BVS}
+        elif name == "chunk_outputs_kernel":
+            values |= {"BV": self.BVO}
+        elif name in ("grad_q_kernel", "grad_k_kernel"):
+            values |= {"BK": self.BKO}
+        elif name == "row_scales_kernel":
+            values |= {"BV": self.BR, "BLS": self.BLS}
+        elif name == "grad_gates_kernel":
+            values |= {"BK": self.BR, "BLS": self.BLS}
+        return values
 
 
 def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype) -> _Blocks:
@@ -95,6 +120,7 @@ def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype) -> _Blocks:
     return _Blocks(
         L=chunk_size, BLQ=min(chunk_size, 64), BLC=min(chunk_size, 64), BK=block(DQK, 128), BV=block(DV, 128),
         BKS=block(DQK, 64), BVS=block(DV, 64), dot_dtype=tl.bfloat16 if bf16 else tl.float32, precision="tf32x3",
+        BKO=block(DQK, 64), BVO=block(DV, 64), BLS=32, BR=block(max(DQK, DV), 32),
     )
 
 
@@ -119,7 +145,7 @@ def _chunk_states(
     grid = (BH, triton.cdiv(DQK, blocks.BKS), triton.cdiv(DV, blocks.BVS))
     _kernels().chunk_states_kernel[grid](
         k, v, i, f, *state, Cs, Ns, Ms, Bv, S, NC, DQK=DQK, DV=DV, BLC=blocks.BLC,
-        **blocks.constexprs | {"BK": blocks.BKS, "BV": blocks.BVS}, num_warps=NUM_WARPS,
+        **blocks.kernel_constexprs("chunk_states_kernel"), num_warps=NUM_WARPS,
     )
     return Cs, Ns, Ms, Bv
 
@@ -140,10 +166,10 @@ def _forward(
     h = torch.empty_like(v)
     Mr = q.new_empty((BH, S), dtype=torch.float32)
     Den = torch.empty_like(Mr)
-    grid = (BH * NC * (blocks.L // blocks.BLQ), triton.cdiv(DV, blocks.BV))
+    grid = (BH * NC * (blocks.L // blocks.BLQ), triton.cdiv(DV, blocks.BVO))
     _kernels().chunk_outputs_kernel[grid](
         q, k, v, i, Bv, Cs, Ns, Ms, h, Mr, Den, S, NC, DQK**-0.5, eps, DQK=DQK, DV=DV, BLQ=blocks.BLQ,
-        **blocks.constexprs, num_warps=NUM_WARPS,
+        **blocks.kernel_constexprs("chunk_outputs_kernel"), num_warps=NUM_WARPS,
     )
     final = (Cs[:, NC].clone(), Ns[:, NC].clone(), Ms[:, NC].clone())  # not views: Cs is freed here
     return h, final, Mr, Den
@@ -169,33 +195,34 @@ def _backward(
     scale = DQK**-0.5
     Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, blocks)
     NC = Cs.shape[1] - 1
-    BLS = 64
     InvN, Delta = torch.empty_like(Mr), torch.empty_like(Mr)
-    kernels.row_scales_kernel[(BH, triton.cdiv(S, BLS))](
-        h, dh, Mr, Den, InvN, Delta, S, eps, DV=DV, BLS=BLS, BV=blocks.BV, num_warps=NUM_WARPS
+    kernels.row_scales_kernel[(BH, triton.cdiv(S, blocks.BLS))](
+        h, dh, Mr, Den, InvN, Delta, S, eps, DV=DV, BLS=blocks.BLS, BV=blocks.BR, num_warps=NUM_WARPS
     )
     dCs, dNs = torch.empty_like(Cs), torch.empty_like(Ns)
     kernels.state_grads_kernel[(BH, triton.cdiv(DQK, blocks.BKS), triton.cdiv(DV, blocks.BVS))](
         q, dh, InvN, Delta, Mr, Bv, Ms, dC, dn, dCs, dNs, S, NC, scale, DQK=DQK, DV=DV, BLC=blocks.BLC,
-        **blocks.constexprs | {"BK": blocks.BKS, "BV": blocks.BVS}, num_warps=NUM_WARPS,
+        **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
     )
     dq, dk = (q.new_empty(q.shape, dtype=torch.float32) for _ in range(2))
     dv = v.new_empty(v.shape, dtype=torch.float32)
     rows = BH * NC * (blocks.L // blocks.BLQ)
-    common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, **blocks.constexprs, "num_warps": NUM_WARPS}
-    kernels.grad_q_kernel[(rows, triton.cdiv(DQK, blocks.BK))](
-        k, v, i, dh, InvN, Delta, Mr, Bv, Cs, Ns, Ms, dq, S, NC, scale, **common
+    common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS}
+    kernels.grad_q_kernel[(rows, triton.cdiv(DQK, blocks.BKO))](
+        k, v, i, dh, InvN, Delta, Mr, Bv, Cs, Ns, Ms, dq, S, NC, scale,
+        **common, **blocks.kernel_constexprs("grad_q_kernel"),
     )
-    kernels.grad_k_kernel[(rows, triton.cdiv(DQK, blocks.BK))](
-        q, v, i, dh, InvN, Delta, Mr, Bv, Ms, dCs, dNs, dk, S, NC, scale, **common
+    kernels.grad_k_kernel[(rows, triton.cdiv(DQK, blocks.BKO))](
+        q, v, i, dh, InvN, Delta, Mr, Bv, Ms, dCs, dNs, dk, S, NC, scale,
+        **common, **blocks.kernel_constexprs("grad_k_kernel"),
     )
     kernels.grad_v_kernel[(rows, triton.cdiv(DV, blocks.BV))](
-        q, k, i, dh, InvN, Mr, Bv, Ms, dCs, dv, S, NC, scale, **common
+        q, k, i, dh, InvN, Mr, Bv, Ms, dCs, dv, S, NC, scale, **common, **blocks.kernel_constexprs("grad_v_kernel")
     )
     dB_final = (final[0] * dC).sum((-2, -1)) + (final[1] * dn).sum(-1)  # (BH,)
     di, df = torch.empty_like(Mr), torch.empty_like(Mr)
     kernels.grad_gates_kernel[(BH,)](
-        q, k, f, dq, dk, dB_final, di, df, S, DQK=DQK, BLS=BLS, BK=blocks.BK, num_warps=NUM_WARPS
+        q, k, f, dq, dk, dB_final, di, df, S, DQK=DQK, BLS=blocks.BLS, BK=blocks.BR, num_warps=NUM_WARPS
     )
     return dq, dk, dv, di, df, dCs[:, 0], dNs[:, 0]
 

@@ -342,9 +342,9 @@ def grad_q_kernel(
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
         matC = tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        acc += _dot(matdH.to(tl.float32) * vecInvN[:, None], tl.trans(matC), DOT_DTYPE, PRECISION)
+        acc += _dot(matdH, tl.trans(matC), DOT_DTYPE, PRECISION)
     vecN = tl.load(Ns + state * DQK + offs_k, mask=mask_k, other=0.0)
-    acc = (acc + vecDelta[:, None] * vecN[None, :]) * vecBeta[:, None]
+    acc = (acc * vecInvN[:, None] + vecDelta[:, None] * vecN[None, :]) * vecBeta[:, None]
     for js in range(jq + 1):
         t_s = c * L + js * BLQ + tl.arange(0, BLQ)
         valid_s = t_s < S
@@ -355,8 +355,8 @@ def grad_q_kernel(
             matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :],
                             other=0.0)
             matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
-            matG += _dot(matdH.to(tl.float32) * vecInvN[:, None], tl.trans(matV), DOT_DTYPE, PRECISION)
-        matdS = (matG + vecDelta[:, None]) * _decay(Bv, I, t_r, t_s, S, vecM, False)  # (BLQ, BLQ)
+            matG += _dot(matdH, tl.trans(matV), DOT_DTYPE, PRECISION)
+        matdS = (matG * vecInvN[:, None] + vecDelta[:, None]) * _decay(Bv, I, t_r, t_s, S, vecM, False)  # (BLQ, BLQ)
         matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdS, matK, DOT_DTYPE, PRECISION)
     tl.store(dQ + bh * S * DQK + t_r[:, None] * DQK + offs_k[None, :], acc * scale,
@@ -412,8 +412,8 @@ def grad_k_kernel(
             matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
             matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :],
                             other=0.0)
-            matGt += _dot(matV, tl.trans(matdH.to(tl.float32) * vecInvN[:, None]), DOT_DTYPE, PRECISION)
-        matdSt = (matGt + vecDelta[None, :]) * _decay(Bv, I, t_r, t_s, S, vecM, True) * scale
+            matGt += _dot(matV, tl.trans(matdH), DOT_DTYPE, PRECISION)
+        matdSt = (matGt * vecInvN[None, :] + vecDelta[None, :]) * _decay(Bv, I, t_r, t_s, S, vecM, True) * scale
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
     tl.store(dK + bh * S * DQK + t_s[:, None] * DQK + offs_k[None, :], acc, mask=valid_s[:, None] & mask_k[None, :])
@@ -462,7 +462,7 @@ def grad_v_kernel(
         matSt = matPt * scale * _decay(Bv, I, t_r, t_s, S, vecM, True)
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
-        acc += _dot(matSt, matdH.to(tl.float32) * vecInvN[:, None], DOT_DTYPE, PRECISION)
+        acc += _dot(matSt * vecInvN[None, :], matdH, DOT_DTYPE, PRECISION)
     tl.store(dV + bh * S * DV + t_s[:, None] * DV + offs_v[None, :], acc, mask=valid_s[:, None] & mask_v[None, :])
 
 
