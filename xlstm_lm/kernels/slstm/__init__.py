@@ -59,7 +59,9 @@ def slstm(
     check_weights(R, b, NH, DH)
     dtype = compute_dtype(gates_x.dtype)
     state = prepare_state(state, (B, NH, DH), dtype, gates_x.device)
-    y, state = kernel(gates_x, R.to(dtype), b.to(dtype), state)
+    # the Triton kernel takes bf16/fp16 gate inputs as they are (bf16 recurrent products, fp32 accumulation)
+    keeps_dtype = kernel is slstm_triton and gates_x.dtype in (torch.bfloat16, torch.float16)
+    y, state = kernel(gates_x if keeps_dtype else gates_x.to(dtype), R.to(dtype), b.to(dtype), state)
     y = y.to(gates_x.dtype)
     return (y, state) if return_state else y
 
