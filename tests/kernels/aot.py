@@ -1,10 +1,10 @@
 """Ahead-of-time checks of Triton kernels for Hopper on a machine without a GPU (DESIGN.md §13).
 
-`compile_for_hopper` compiles one @triton.jit kernel for sm_90 at given block shapes; `resource_usage`
-reads registers, shared memory, stack and local memory (spills) of the cubin with the `cuobjdump` that
-ships with Triton, and counts the HGMMA instructions (Hopper warp-group matrix products) in the SASS that
-`nvdisasm` prints. `markdown_table` formats the results for docs/benchmarks.md. Shared by the mLSTM and
-sLSTM kernel tests.
+`compile_for_hopper` compiles one @triton.jit kernel for sm_90 at given block shapes, in the variant a
+launch on 16-byte aligned tensors compiles; `resource_usage` reads registers, shared memory, stack and
+local memory (spills) of the cubin with the `cuobjdump` that ships with Triton, and counts the HGMMA
+instructions (Hopper warp-group matrix products) in the SASS that `nvdisasm` prints. `markdown_table`
+formats the results for docs/benchmarks.md. Shared by the mLSTM and sLSTM kernel tests.
 """
 
 import contextlib
@@ -49,11 +49,25 @@ def jit_module(name: str) -> ModuleType:
     return module
 
 
-def compile_for_hopper(kernel, signature: dict[str, str], constexprs: dict, num_warps: int = 4, num_stages: int = 3):
+def compile_for_hopper(
+    kernel, signature: dict[str, str], constexprs: dict, num_warps: int = 4, num_stages: int = 3,
+    multiples_of_16: tuple[str, ...] = (),
+):
     """Compile `kernel` for sm_90. signature maps every argument to a Triton type ("*bf16", "i32",
     "fp32") or "constexpr"; constexprs gives the values of the latter. Returns the compiled kernel (its
-    .asm holds "ttgir", "ptx", "cubin"; .metadata.shared the shared memory in bytes)."""
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
+    .asm holds "ttgir", "ptx", "cubin"; .metadata.shared the shared memory in bytes).
+
+    Note: a launch on a GPU compiles one variant of a kernel per pattern of its arguments: a tensor at a
+    16-byte aligned address (every one torch allocates) and an integer that is a multiple of 16 are
+    marked divisible by 16, which lets loads be vectorized (without it every element gets its own 64-bit
+    address, and the matrix kernels run out of registers). This compiles the variant for aligned
+    pointers and for the integer arguments named in multiples_of_16 being multiples of 16.
+    """
+    attrs = {
+        (index,): [["tt.divisibility", 16]] for index, arg in enumerate(kernel.arg_names)
+        if signature[arg].startswith("*") or arg in multiples_of_16
+    }
+    source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(source, target=HOPPER, options={"num_warps": num_warps, "num_stages": num_stages})
 
 

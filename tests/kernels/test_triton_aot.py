@@ -1,9 +1,13 @@
 """The mLSTM Triton kernels compiled ahead of time for Hopper (sm_90), no GPU needed (DESIGN.md §13):
-every kernel compiles at the block shapes a GPU run uses, uses no local memory, and its matrix products run
-as HGMMA; register spills to the stack frame are tracked (strict xfail where they remain). `python -m tests.kernels.test_triton_aot` prints the resource table."""
+every kernel compiles at the block shapes a GPU run uses, uses no local memory, spills no registers to the
+stack, and its matrix products run as HGMMA. Compiled as a launch compiles them: for 16-byte aligned
+tensors (the launchers pass no others, checked below), and apart for any sequence length and for lengths
+and chunk counts that are multiples of 16. `python -m tests.kernels.test_triton_aot` prints the resource
+table (any sequence length)."""
 
 import dataclasses
 import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ import triton.language as tl
 from xlstm_lm.kernels.mlstm import triton as mlstm_triton
 
 from .aot import compile_for_hopper, jit_module, markdown_table, resource_usage
+from .conftest import DEVICE
 
 KERNELS = jit_module("xlstm_lm.kernels.mlstm.triton_kernels")
 ACTIVATIONS = {"Q", "K", "V", "H", "dH"}  # bf16 tensors; every other pointer is fp32
@@ -34,7 +39,7 @@ def constexprs(name: str, L: int, DQK: int, DV: int) -> dict:
     return {key: value for key, value in values.items() if key in arg_names}
 
 
-def compile_kernel(name: str, L: int, DQK: int, DV: int):
+def compile_kernel(name: str, L: int, DQK: int, DV: int, lengths_multiple_of_16: bool):
     kernel = getattr(KERNELS, name)
     fixed = constexprs(name, L, DQK, DV)
 
@@ -48,18 +53,20 @@ def compile_kernel(name: str, L: int, DQK: int, DV: int):
         return "*bf16" if arg in ACTIVATIONS else "*fp32"
 
     signature = {arg: arg_type(arg) for arg in kernel.arg_names}
-    return compile_for_hopper(kernel, signature, fixed, num_warps=mlstm_triton.NUM_WARPS)
+    lengths = ("S", "NC") if lengths_multiple_of_16 else ()
+    return compile_for_hopper(kernel, signature, fixed, num_warps=mlstm_triton.NUM_WARPS, multiples_of_16=lengths)
 
 
 @functools.cache
-def usage_of(name: str, L: int, DQK: int, DV: int):
-    return resource_usage(compile_kernel(name, L, DQK, DV))
+def usage_of(name: str, L: int, DQK: int, DV: int, lengths_multiple_of_16: bool = False):
+    return resource_usage(compile_kernel(name, L, DQK, DV, lengths_multiple_of_16))
 
 
-@pytest.mark.parametrize("L, DQK, DV", SHAPES[:2])
+@pytest.mark.parametrize("lengths_multiple_of_16", [False, True])
+@pytest.mark.parametrize("L, DQK, DV", SHAPES)
 @pytest.mark.parametrize("name, has_dots, _", LAUNCHES)
-def test_kernel_compiles_for_hopper(name, has_dots, _, L, DQK, DV):
-    usage = usage_of(name, L, DQK, DV)
+def test_kernel_compiles_for_hopper(name, has_dots, _, L, DQK, DV, lengths_multiple_of_16):
+    usage = usage_of(name, L, DQK, DV, lengths_multiple_of_16)
     assert usage.local_bytes == 0, f"{name} uses local memory: {usage}"
     assert usage.registers <= 255
     assert usage.shared_bytes <= 227 * 1024  # Hopper's shared memory per block
@@ -67,16 +74,51 @@ def test_kernel_compiles_for_hopper(name, has_dots, _, L, DQK, DV):
         assert usage.hgmma > 0, f"{name} has matrix products but no HGMMA"
 
 
-# (kernel, L, DQK, DV) that still spill registers to the stack frame at NUM_WARPS = 4
-SPILLING = {("grad_q_kernel", 64, 128, 256), ("grad_k_kernel", 64, 128, 256), ("grad_k_kernel", 64, 128, 128)}
-
-
-@pytest.mark.parametrize("L, DQK, DV", SHAPES[:2])
+@pytest.mark.parametrize("lengths_multiple_of_16", [False, True])
+@pytest.mark.parametrize("L, DQK, DV", SHAPES)
 @pytest.mark.parametrize("name", [name for name, _, _ in LAUNCHES])
-def test_no_register_spills(name, L, DQK, DV, request):
-    if (name, L, DQK, DV) in SPILLING:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="issue 3: 255 registers and a stack frame"))
-    assert usage_of(name, L, DQK, DV).stack_bytes == 0
+def test_no_register_spills(name, L, DQK, DV, lengths_multiple_of_16):
+    usage = usage_of(name, L, DQK, DV, lengths_multiple_of_16)
+    assert usage.stack_bytes == 0, f"{name} spills registers to a stack frame: {usage}"
+
+
+class _AlignedLaunches:
+    """Stands in for a kernel: each launch asserts that all its tensor arguments are 16-byte aligned."""
+
+    def __init__(self, name: str, kernel, launched: set):
+        self.name, self.kernel, self.launched = name, kernel, launched
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            misaligned = [index for index, x in enumerate(args) if torch.is_tensor(x) and x.data_ptr() % 16]
+            assert not misaligned, f"{self.name} got arguments {misaligned} at addresses not 16-byte aligned"
+            self.launched.add(self.name)
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def test_launches_pass_only_aligned_tensors(monkeypatch):
+    """The variant compiled above is the one every launch runs: inputs and output gradients that are views
+    starting at misaligned addresses reach the kernels as aligned copies (forward, backward, step)."""
+    kernels, launched = mlstm_triton._kernels(), set()
+    checked = {name: _AlignedLaunches(name, getattr(kernels, name), launched) for name, _, _ in LAUNCHES}
+    monkeypatch.setattr(mlstm_triton, "_kernels", lambda: SimpleNamespace(**checked))
+
+    def misaligned(*shape):  # a view one float past an aligned allocation
+        view = torch.randn(torch.Size(shape).numel() + 1, device=DEVICE)[1:].view(shape)
+        assert view.data_ptr() % 16
+        return view
+
+    B, NH, S, DQK, DV = 1, 2, 20, 16, 16
+    q, k, v = (misaligned(B, NH, S, dim).requires_grad_() for dim in (DQK, DQK, DV))
+    i, f = misaligned(B, NH, S), misaligned(B, NH, S)
+    state = (misaligned(B, NH, DQK, DV), misaligned(B, NH, DQK), misaligned(B, NH))
+    h, (C, n, _) = mlstm_triton.mlstm_triton(q, k, v, i, f, state, chunk_size=16, eps=1e-6)
+    torch.autograd.grad((h, C, n), (q, k, v), (misaligned(*h.shape), misaligned(*C.shape), misaligned(*n.shape)))
+    mlstm_triton.mlstm_triton_step(misaligned(B, NH, DQK), misaligned(B, NH, DQK), misaligned(B, NH, DV),
+                                   misaligned(B, NH), misaligned(B, NH), state)
+    assert launched == set(checked)
 
 
 def resource_table() -> str:

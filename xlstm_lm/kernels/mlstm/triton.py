@@ -54,6 +54,17 @@ def _check_runnable(*tensors: torch.Tensor) -> None:
             raise ValueError(f"the triton mLSTM backend takes float32 or bfloat16 activations, got {x.dtype}")
 
 
+def _aligned(x: torch.Tensor) -> torch.Tensor:
+    """x contiguous and at a 16-byte aligned address, copied if it is a view that starts elsewhere.
+
+    Note: Triton compiles another variant of a kernel for unaligned pointers, whose loads are not
+    vectorized and run the matrix kernels out of registers. Every tensor passed to a kernel here is
+    aligned: that variant is the one tests/kernels/test_triton_aot.py checks for spills.
+    """
+    x = x.contiguous()
+    return x if x.data_ptr() % 16 == 0 else x.clone()
+
+
 @dataclass(frozen=True)
 class _Blocks:
     """Block shapes and matrix-product settings of one launch (see `triton_kernels` for the names)."""
@@ -68,6 +79,7 @@ class _Blocks:
     dot_dtype: tl.dtype
     precision: str
     BKO: int = 64  # DQK block of the output tile of grad_q_kernel, grad_k_kernel (at most BK)
+    BKR: int = 64  # DQK block grad_v_kernel reduces over (at most BK)
     BVO: int = 64  # DV block of the output tile of chunk_outputs_kernel (at most BV)
     BLS: int = 32  # steps per block in row_scales_kernel and grad_gates_kernel
     BR: int = 32  # DV (DQK) block of the row reductions in row_scales_kernel (grad_gates_kernel)
@@ -79,10 +91,12 @@ class _Blocks:
     def kernel_constexprs(self, name: str) -> dict:
         """The tile constexprs of kernel `name`.
 
-        Note: at 4 warps (255 registers a thread) the parallel kernels fit without spilling when the
-        accumulator tile they write is narrow (64 columns) and the dimension they reduce over is loaded in
-        wide blocks (128): smaller reduction blocks make more, not fewer, values live (checked ahead of time
-        for sm_90 in tests/kernels/test_triton_aot.py). The row reductions load four (BLS, BR) tiles at once.
+        Note: at 4 warps (255 registers a thread) these tiles compile for sm_90 without spilling (checked
+        ahead of time in tests/kernels/test_triton_aot.py). chunk_outputs, grad_q and grad_k write
+        accumulator tiles 64 columns wide (128 spill at DV 256 or DQK 256) and reduce over the other head
+        dim in blocks of 128. grad_v writes 128 columns, as a narrower tile would recompute q̂·k once more
+        per extra block, and reduces over DQK in blocks of 64 (pipelined blocks of 128 spill at DQK 256).
+        The row reductions load four (BLS, BR) tiles at once.
         """
         values = self.constexprs
         if name in ("chunk_states_kernel", "state_grads_kernel"):
@@ -91,6 +105,8 @@ class _Blocks:
             values |= {"BV": self.BVO}
         elif name in ("grad_q_kernel", "grad_k_kernel"):
             values |= {"BK": self.BKO}
+        elif name == "grad_v_kernel":
+            values |= {"BK": self.BKR}
         elif name == "row_scales_kernel":
             values |= {"BV": self.BR, "BLS": self.BLS}
         elif name == "grad_gates_kernel":
@@ -120,7 +136,7 @@ def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype) -> _Blocks:
     return _Blocks(
         L=chunk_size, BLQ=min(chunk_size, 64), BLC=min(chunk_size, 64), BK=block(DQK, 128), BV=block(DV, 128),
         BKS=block(DQK, 64), BVS=block(DV, 64), dot_dtype=tl.bfloat16 if bf16 else tl.float32, precision="tf32x3",
-        BKO=block(DQK, 64), BVO=block(DV, 64), BLS=32, BR=block(max(DQK, DV), 32),
+        BKO=block(DQK, 64), BVO=block(DV, 64), BKR=block(DQK, 64), BLS=32, BR=block(max(DQK, DV), 32),
     )
 
 
@@ -242,7 +258,7 @@ class _MLSTMFunction(torch.autograd.Function):
     def backward(ctx, dh, dC, dn, dm):
         q, k, v, i, f, C0, n0, m0, h, Mr, Den, C_S, n_S = ctx.saved_tensors
         dq, dk, dv, di, df, dC0, dn0 = _backward(
-            q, k, v, i, f, (C0, n0, m0), h, Mr, Den, (C_S, n_S), dh.contiguous(), dC.contiguous(), dn.contiguous(),
+            q, k, v, i, f, (C0, n0, m0), h, Mr, Den, (C_S, n_S), _aligned(dh), _aligned(dC), _aligned(dn),
             ctx.blocks, ctx.eps,
         )
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), di, df, dC0, dn0, None, None, None
@@ -288,7 +304,7 @@ def mlstm_triton(
     blocks = _blocks(chunk_size, DQK, DV, v.dtype)
 
     def flat(x):  # (B, NH, ...) -> (BH, ...)
-        return x.reshape(B * NH, *x.shape[2:]).contiguous()
+        return _aligned(x.reshape(B * NH, *x.shape[2:]))
 
     inputs = [flat(x) for x in (q, k, v)] + [flat(x).float() for x in (i, f, *state)]
     h, matC, vecN, scaM = _MLSTMFunction.apply(*inputs, blocks, eps)
@@ -321,13 +337,13 @@ def mlstm_triton_step(
     """
     B, NH, DQK, DV = check_step_shapes(q, k, v, i, f)
     _check_runnable(q, k, v)
-    matC, vecN, scaM = (x.contiguous() for x in prepare_state(state, (B, NH, DQK, DV), torch.float32, q.device))
+    q, k, v, i, f = (_aligned(x) for x in (q, k, v, i.float(), f.float()))
+    matC, vecN, scaM = (_aligned(x) for x in prepare_state(state, (B, NH, DQK, DV), torch.float32, q.device))
     h = torch.empty_like(v)
     new = (torch.empty_like(matC), torch.empty_like(vecN), torch.empty_like(scaM))
     BV = min(max(16, triton.next_power_of_2(DV)), 64)
     _kernels().step_kernel[(B * NH, triton.cdiv(DV, BV))](
-        q.contiguous(), k.contiguous(), v.contiguous(), i.float().contiguous(), f.float().contiguous(),
-        matC, vecN, scaM, h, *new, DQK**-0.5, eps,
+        q, k, v, i, f, matC, vecN, scaM, h, *new, DQK**-0.5, eps,
         DQK=DQK, DV=DV, BK=max(16, triton.next_power_of_2(DQK)), BV=BV, num_warps=NUM_WARPS,
     )
     return h, new
