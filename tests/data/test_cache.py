@@ -1,58 +1,62 @@
-"""Preparation and caching of token arrays (DESIGN.md §10)."""
+"""Preparation into token shards, the manifest, caching and damage detection (DESIGN.md §10)."""
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from xlstm_lm.data import DataConfig, TokenizerConfig, list_corpus, load, locate, prepare, token_dtype
-from xlstm_lm.data import cache
+from xlstm_lm.data import DataConfig, SourceConfig, TokenizerConfig, list_corpus, load, locate, prepare, token_dtype
+from xlstm_lm.data import cache, verify
+import xlstm_lm.data.tokenizer as tokenizer_module
 
 
-def split_at_end_of_document(tokens: np.ndarray, end_of_document: int) -> list[list[int]]:
-    """The documents of a flat array, each without its trailing end-of-document token."""
-    assert tokens[-1] == end_of_document
-    boundaries = np.flatnonzero(tokens == end_of_document)
-    starts = np.concatenate([[0], boundaries[:-1] + 1])
-    return [tokens[start:stop].tolist() for start, stop in zip(starts, boundaries)]
+def documents_of(prepared, split: str) -> list[list[int]]:
+    """A split's documents from the stream and the index, each without its end-of-document token."""
+    tokens, ends = prepared.tokens(split), prepared.document_ends(split)
+    assert (tokens[ends - 1] == prepared.eos_id).all()
+    starts = np.concatenate([[0], ends[:-1]])
+    return [tokens[start : end - 1].tolist() for start, end in zip(starts, ends)]
 
 
-def test_arrays_are_documents_each_followed_by_end_of_document(prepared_configs: tuple) -> None:
+def write_jsonl(file: Path, texts: list[str]) -> Path:
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("".join(json.dumps({"text": text}) + "\n" for text in texts), encoding="utf-8")
+    return file
+
+
+def test_splits_are_the_documents_each_followed_by_end_of_document(prepared_configs: tuple) -> None:
     prepared = load(locate(*prepared_configs))
     corpus = list_corpus(prepared_configs[0])
     for split, documents in corpus.splits.items():
-        tokens = prepared.tokens(split)
         expected = [prepared.tokenizer.encode(document.text).ids for document in documents]
-        assert len(tokens) == sum(len(ids) for ids in expected) + len(documents)
-        assert split_at_end_of_document(np.asarray(tokens), prepared.eos_id) == expected
-        assert prepared.manifest["splits"][split]["tokens"] == len(tokens)
+        assert documents_of(prepared, split) == expected
+        entry = prepared.manifest["splits"][split]
+        assert entry["tokens"] == len(prepared.tokens(split)) == sum(map(len, expected)) + len(documents)
+        assert entry["documents"] == len(documents)
+        assert entry["bytes"] == sum(document.num_bytes for document in documents)
 
 
-def test_manifest_records_sources_counts_and_tokenizer(prepared_configs: tuple) -> None:
+def test_manifest_records_format_tokenizer_sources_and_counts(prepared_configs: tuple) -> None:
     data, tokenizer = prepared_configs
     path = locate(data, tokenizer)
     manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    corpus_manifest = list_corpus(data).manifest()
-    assert {key: manifest[key] for key in corpus_manifest} == {
-        **corpus_manifest,
-        "splits": {
-            split: {**counts, "tokens": manifest["splits"][split]["tokens"]}
-            for split, counts in corpus_manifest["splits"].items()
-        },
-    }
-    assert manifest["cache_fingerprint"] == path.name
-    assert manifest["dtype"] == "uint16"
+    corpus = list_corpus(data)
+    assert (manifest["format_version"], manifest["cache_fingerprint"], manifest["dtype"]) == (2, path.name, "uint16")
+    assert manifest["tokenizer"]["sha256"] == hashlib.sha256((path / "tokenizer.json").read_bytes()).hexdigest()
+    assert manifest["tokenizer"]["vocab_size"] == load(path).tokenizer.get_vocab_size() <= tokenizer.vocab_size
     assert manifest["tokenizer"]["config"]["vocab_size"] == tokenizer.vocab_size
-    assert manifest["tokenizer"]["vocab_size"] == load(path).tokenizer.get_vocab_size()
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "tokenizer.json", "train.bin", "val.bin"]
-
-
-def test_small_vocabulary_is_stored_as_uint16(prepared_configs: tuple) -> None:
-    prepared = load(locate(*prepared_configs))
-    assert prepared.tokens("train").dtype == np.uint16
-    assert (prepared.path / "train.bin").stat().st_size == 2 * prepared.manifest["splits"]["train"]["tokens"]
+    (source,) = manifest["sources"]
+    assert (source["kind"], source["corpus"], source["glob"]) == ("folder", corpus.fingerprint, "**/*.txt")
+    assert (source["documents"], source["empty"], source["invalid_utf8"]) == (len(corpus.train) + len(corpus.val), 1, 1)
+    for split in ("train", "val"):
+        entry = manifest["splits"][split]
+        assert source["splits"][split] == {key: entry[key] for key in ("documents", "tokens", "bytes")}
+        assert [shard["file"] for shard in entry["shards"]] == [f"{split}/shard-00000.bin"]
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "tokenizer.json", "train", "val"]
+    assert sorted(p.name for p in (path / "val").iterdir()) == ["documents.npy", "shard-00000.bin"]
 
 
 @pytest.mark.parametrize("vocab_size, dtype", [(384, np.uint16), (65536, np.uint16), (65537, np.uint32)])
@@ -60,16 +64,26 @@ def test_token_dtype(vocab_size: int, dtype: type) -> None:
     assert token_dtype(vocab_size) == np.dtype(dtype)
 
 
+def test_shards_hold_shard_tokens_each_except_the_last(prepared_configs: tuple, tmp_path: Path) -> None:
+    data, tokenizer = prepared_configs
+    whole = load(locate(data, tokenizer))
+    sharded = load(prepare(dataclasses.replace(data, cache_dir=str(tmp_path), shard_tokens=1000, num_proc=1),
+                           TokenizerConfig(path=str(whole.path / "tokenizer.json"))))
+    for split in ("train", "val"):
+        shards = sharded.manifest["splits"][split]["shards"]
+        sizes = [(sharded.path / shard["file"]).stat().st_size // 2 for shard in shards]
+        assert [shard["tokens"] for shard in shards] == sizes
+        assert len(shards) == -(-len(whole.tokens(split)) // 1000) and sizes[:-1] == [1000] * (len(shards) - 1)
+        assert np.array_equal(sharded.tokens(split), whole.tokens(split))
+        assert np.array_equal(sharded.document_ends(split), whole.document_ends(split))
+
+
 def test_second_prepare_reuses_the_cache(configs: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     path = prepare(*configs)
-    modified = {file.name: file.stat().st_mtime_ns for file in path.iterdir()}
-
-    def fail_to_rebuild(*args, **kwargs):
-        raise AssertionError("the cache was rebuilt")
-
-    monkeypatch.setattr(cache, "_build", fail_to_rebuild)
+    modified = {file: file.stat().st_mtime_ns for file in path.rglob("*")}
+    monkeypatch.setattr(cache, "_build", pytest.fail)
     assert prepare(*configs) == path
-    assert {file.name: file.stat().st_mtime_ns for file in path.iterdir()} == modified
+    assert {file: file.stat().st_mtime_ns for file in path.rglob("*")} == modified
 
 
 @pytest.mark.parametrize(
@@ -78,8 +92,12 @@ def test_second_prepare_reuses_the_cache(configs: tuple, monkeypatch: pytest.Mon
         ({"val_fraction": 0.3}, {}),
         ({"include_tests": True}, {}),
         ({"glob": "*/**/*.txt"}, {}),
+        ({"shard_tokens": 1000}, {}),
+        ({"invalid_utf8": "skip"}, {}),
         ({}, {"vocab_size": 300}),
         ({}, {"min_frequency": 3}),
+        ({}, {"sample_bytes": 1000}),
+        ({}, {"pretrained": "gpt2"}),
     ],
 )
 def test_changed_settings_get_another_cache(configs: tuple, data_change: dict, tokenizer_change: dict) -> None:
@@ -89,7 +107,7 @@ def test_changed_settings_get_another_cache(configs: tuple, data_change: dict, t
     assert changed.parent == locate(data, tokenizer).parent
 
 
-def test_settings_that_do_not_change_the_arrays_share_the_cache(configs: tuple) -> None:
+def test_settings_that_do_not_change_the_shards_share_the_cache(configs: tuple) -> None:
     data, tokenizer = configs
     other = dataclasses.replace(data, seq_len=64, batch_size=2, num_workers=1, num_proc=2)
     assert locate(other, tokenizer) == locate(data, tokenizer)
@@ -101,42 +119,49 @@ def test_edited_file_gets_a_fresh_cache(configs: tuple, corpus_dir: Path) -> Non
     (corpus_dir / "a" / "doc00.txt").write_text(edited, encoding="utf-8")
     after = prepare(*configs)
     assert after != before and before.is_dir()
-    split = "val" if "a/doc00.txt" in load(after).manifest["splits"]["val"]["paths"] else "train"
     for path, expected in [(before, False), (after, True)]:
         prepared = load(path)
-        assert (edited in prepared.tokenizer.decode(prepared.tokens(split).tolist())) == expected
+        text = "".join(prepared.tokenizer.decode(prepared.tokens(split).tolist()) for split in ("train", "val"))
+        assert (edited in text) == expected
 
 
-def test_tokenizer_sees_only_the_training_split(configs: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = []
+def test_tokenizer_trains_on_a_sample_of_the_training_split(configs: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     train_texts = [document.text for document in list_corpus(configs[0]).train]
+    seen = []
+    original_train = tokenizer_module.train_tokenizer
 
-    def recording_build(texts, cfg):
-        seen.extend(texts)
-        return original_build(texts, cfg)
+    def recording_train(texts, cfg):
+        seen.append(list(texts))
+        return original_train(texts, cfg)
 
-    original_build = cache.build_tokenizer
-    monkeypatch.setattr(cache, "build_tokenizer", recording_build)
+    monkeypatch.setattr(tokenizer_module, "train_tokenizer", recording_train)
     prepare(*configs)
-    assert seen == train_texts
+    sample_bytes = sum(len(text.encode()) for text in train_texts[:5])
+    prepare(configs[0], dataclasses.replace(configs[1], sample_bytes=sample_bytes))
+    assert seen == [train_texts, train_texts[:5]]
+
+
+def test_same_shards_with_one_or_two_tokenizing_processes(prepared_configs: tuple, tmp_path: Path) -> None:
+    data, tokenizer = prepared_configs  # prepared with num_proc=2
+    two = load(locate(data, tokenizer))
+    one = load(prepare(dataclasses.replace(data, num_proc=1, cache_dir=str(tmp_path)), tokenizer))
+    assert one.manifest["splits"] == two.manifest["splits"]
 
 
 def test_interrupted_preparation_leaves_nothing(configs: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     data, tokenizer = configs
-    original_write = cache._write_tokens
+    original_tokenize = cache._tokenize
 
-    def write_train_then_fail(texts, tok, dtype, file, num_proc, fingerprint):
-        if file.stem == "val":
-            raise KeyboardInterrupt
-        return original_write(texts, tok, dtype, file, num_proc, fingerprint)
+    def tokenize_then_interrupt(*args, **kwargs):
+        original_tokenize(*args, **kwargs)  # the shards are written into the temporary folder
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache, "_write_tokens", write_train_then_fail)
+    monkeypatch.setattr(cache, "_tokenize", tokenize_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare(data, tokenizer)
-    assert not locate(data, tokenizer).exists()
     assert list(Path(data.cache_dir).iterdir()) == []
 
-    monkeypatch.setattr(cache, "_write_tokens", original_write)
+    monkeypatch.setattr(cache, "_tokenize", original_tokenize)
     assert load(prepare(data, tokenizer)).manifest["splits"]["val"]["tokens"] > 0
 
 
@@ -157,14 +182,48 @@ def test_finished_cache_of_another_process_is_kept(configs: tuple, monkeypatch: 
     assert [folder.name for folder in Path(data.cache_dir).iterdir()] == [final.name]
 
 
-def test_loaded_tokenizer_file_reproduces_the_arrays(prepared_configs: tuple, tmp_path: Path) -> None:
-    data, tokenizer = prepared_configs
-    original = load(locate(data, tokenizer))
-    reuse = TokenizerConfig(path=str(original.path / "tokenizer.json"))
-    copy = load(prepare(dataclasses.replace(data, cache_dir=str(tmp_path), num_proc=1), reuse))
-    assert copy.path != original.path
-    for split in ("train", "val"):
-        assert np.array_equal(copy.tokens(split), original.tokens(split))
+@pytest.fixture
+def prepared_copy(configs: tuple) -> Path:
+    """A cache of this test's own, which the test may damage."""
+    return prepare(configs[0], configs[1])
+
+
+def test_truncated_shard_is_refused_by_load(prepared_copy: Path) -> None:
+    shard = prepared_copy / "train" / "shard-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    with pytest.raises(ValueError, match=r"shard-00000.bin is \d+ bytes, the manifest says \d+ bytes.*delete"):
+        load(prepared_copy)
+    assert shard.is_file()  # nothing is deleted
+
+
+def test_corrupted_shard_is_found_by_verify(prepared_copy: Path) -> None:
+    shard = prepared_copy / "val" / "shard-00000.bin"
+    data = bytearray(shard.read_bytes())
+    data[0] ^= 1
+    shard.write_bytes(bytes(data))
+    load(prepared_copy)  # same size: only the checksum sees it
+    with pytest.raises(ValueError, match="does not match its SHA-256.*prepare the data again"):
+        verify(prepared_copy)
+
+
+def test_other_format_version_says_to_prepare_again(prepared_copy: Path) -> None:
+    manifest_file = prepared_copy / "manifest.json"
+    manifest = json.loads(manifest_file.read_text())
+    manifest_file.write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(ValueError, match=f"format 1, this version reads format 2: delete {prepared_copy}"):
+        load(prepared_copy)
+
+
+def test_replaced_tokenizer_is_refused(prepared_copy: Path) -> None:
+    (prepared_copy / "tokenizer.json").write_text(load(prepared_copy).tokenizer.to_str(pretty=False))
+    with pytest.raises(ValueError, match="not the tokenizer the shards were made with"):
+        load(prepared_copy)
+
+
+def test_missing_document_index_is_refused(prepared_copy: Path) -> None:
+    (prepared_copy / "val" / "documents.npy").unlink()
+    with pytest.raises(ValueError, match="document index of split val"):
+        load(prepared_copy)
 
 
 def test_load_without_manifest_says_to_prepare(tmp_path: Path) -> None:
@@ -183,3 +242,66 @@ def test_missing_root_fails_before_any_write(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="absent"):
         prepare(data, TokenizerConfig())
     assert not (tmp_path / "cache").exists()
+
+
+def files_config(tmp_path: Path, files: list[str], **overrides) -> DataConfig:
+    return DataConfig(kind="files", files=files, val_fraction=0.25, num_proc=1, cache_dir=str(tmp_path / "cache"),
+                      **overrides)
+
+
+def test_files_source_prepares_disjoint_splits_with_counts(tmp_path: Path) -> None:
+    texts = [f"line {index}: " + "word " * (index % 9 + 1) for index in range(60)]
+    write_jsonl(tmp_path / "a.jsonl", texts[:30] + ["", texts[0]])  # an empty record and a duplicate
+    write_jsonl(tmp_path / "b.jsonl", texts[30:])
+    (tmp_path / "bad.txt").write_bytes(b"caf\xe9")
+    data = files_config(tmp_path, [str(tmp_path / "*.jsonl"), str(tmp_path / "bad.txt")], invalid_utf8="skip")
+    prepared = load(prepare(data, TokenizerConfig(vocab_size=300)))
+    decoded = {split: {prepared.tokenizer.decode(ids) for ids in documents_of(prepared, split)}
+               for split in ("train", "val")}
+    assert decoded["train"] | decoded["val"] == set(texts) and not decoded["train"] & decoded["val"]
+    (source,) = prepared.manifest["sources"]
+    assert (source["documents"], source["empty"], source["invalid_utf8"]) == (61, 1, 1)
+    assert [Path(file[0]).name for file in source["files"]] == ["a.jsonl", "b.jsonl", "bad.txt"]
+
+
+def test_empty_validation_split_is_an_error(tmp_path: Path) -> None:
+    data = files_config(tmp_path, [str(write_jsonl(tmp_path / "a.jsonl", ["only one document"]))])
+    with pytest.raises(ValueError, match="The val split is empty"):
+        prepare(data, TokenizerConfig(vocab_size=300))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def mixture(tmp_path: Path, weights: tuple[float, float], cache_name: str = "cache") -> DataConfig:
+    short = write_jsonl(tmp_path / "short.jsonl", [f"s{index} " + "ab " * (index % 5 + 1) for index in range(300)])
+    long = write_jsonl(tmp_path / "long.jsonl", [f"l{index} " + "xyz " * (index % 11 + 3) for index in range(200)])
+    sources = [SourceConfig(kind="files", files=[str(short)], weight=weights[0]),
+               SourceConfig(kind="files", files=[str(long)], weight=weights[1])]
+    return DataConfig(kind="mixture", sources=sources, val_fraction=0.2, num_proc=1,
+                      cache_dir=str(tmp_path / cache_name))
+
+
+@pytest.mark.parametrize("weights", [(3.0, 1.0), (1.0, 4.0)])
+def test_mixture_weights_are_shares_of_each_splits_tokens(tmp_path: Path, weights: tuple) -> None:
+    prepared = load(prepare(mixture(tmp_path, weights), TokenizerConfig(vocab_size=300)))
+    sources = prepared.manifest["sources"]
+    for split in ("train", "val"):
+        kept = [source["splits"][split]["kept_tokens"] for source in sources]
+        total = prepared.manifest["splits"][split]["tokens"]
+        assert sum(kept) == total
+        longest = max(np.diff(prepared.document_ends(split), prepend=0))
+        for tokens, weight in zip(kept, weights):
+            assert abs(tokens - total * weight / sum(weights)) <= longest
+        limiting = min(range(2), key=lambda i: sources[i]["splits"][split]["tokens"] / weights[i])
+        assert sources[limiting]["splits"][split]["kept_documents"] == sources[limiting]["splits"][split]["documents"]
+        texts = [prepared.tokenizer.decode(ids) for ids in documents_of(prepared, split)]
+        first = [text[0] for text in texts]
+        assert first == sorted(first, key="sl".index)  # source after source
+        assert len(set(texts)) == len(texts)  # nothing repeated
+
+
+def test_mixture_is_deterministic(tmp_path: Path) -> None:
+    first = load(prepare(mixture(tmp_path, (2.0, 1.0)), TokenizerConfig(vocab_size=300)))
+    second = load(prepare(mixture(tmp_path, (2.0, 1.0), "other_cache"), TokenizerConfig(vocab_size=300)))
+    for split in ("train", "val"):
+        assert np.array_equal(first.tokens(split), second.tokens(split))
+    assert not (first.path / "staging").exists()

@@ -41,6 +41,16 @@ def test_undecodable_bytes_become_replacement_characters(configs: tuple) -> None
     assert document.num_bytes == len(b"<<doc bad>>\ncaf\xe9 \xff\xfe still read\n")
 
 
+def test_invalid_utf8_files_can_be_skipped_and_are_counted(configs: tuple) -> None:
+    replaced = list_corpus(configs[0])
+    skipped = list_corpus(dataclasses.replace(configs[0], invalid_utf8="skip"))
+    paths = {document.path for documents in skipped.splits.values() for document in documents}
+    assert "bad_utf8.txt" not in paths and len(paths) == NUM_PLAIN_DOCUMENTS + 1
+    for corpus in (replaced, skipped):
+        assert (corpus.empty, corpus.invalid_utf8) == (1, 1)  # empty.txt, bad_utf8.txt
+        assert (corpus.manifest()["empty"], corpus.manifest()["invalid_utf8"]) == (1, 1)
+
+
 def test_split_follows_hash_of_relative_path(configs: tuple) -> None:
     corpus = list_corpus(configs[0])
     assert corpus.train and corpus.val

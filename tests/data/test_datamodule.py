@@ -3,6 +3,7 @@
 import dataclasses
 import pickle
 import re
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -47,7 +48,8 @@ def test_batches_have_shapes_and_dtypes(datamodule: TokenDataModule, prepared_co
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_windows_tile_the_flat_array_with_labels_shifted_by_one(datamodule, prepared_configs, split) -> None:
     seq_len = prepared_configs[0].seq_len
-    flat = torch.from_numpy(load(datamodule.cache_path).tokens(split).astype(np.int64))
+    tokens = load(datamodule.cache_path).split_tokens(split)
+    flat = torch.from_numpy(tokens.read(0, len(tokens)).astype(np.int64))
     windows = split_windows(datamodule, split)
     assert len(windows) == (len(flat) - 1) // seq_len
     for index in range(len(windows)):
@@ -71,10 +73,10 @@ def test_doc_starts_flag_exactly_the_first_token_of_each_document(datamodule, pr
 
 def test_first_window_position_follows_the_previous_token(prepared_configs: tuple) -> None:
     prepared = load(locate(*prepared_configs))
-    flat = prepared.tokens("train")
-    end = int(np.flatnonzero(np.asarray(flat) == prepared.eos_id)[0])  # the first document ends at `end`
+    tokens = prepared.split_tokens("train")
+    end = int(np.flatnonzero(tokens.read(0, len(tokens)) == prepared.eos_id)[0])  # the first document ends at `end`
     for seq_len in (end, end + 1):  # window 1 starts at the eos (same document) or right after it (a new one)
-        windows = TokenWindows(prepared.tokens_file("train"), prepared.dtype, seq_len, prepared.eos_id)
+        windows = TokenWindows(tokens, seq_len, prepared.eos_id)
         assert windows[0]["doc_starts"][0]
         assert bool(windows[1]["doc_starts"][0]) == (seq_len == end + 1)
 
@@ -93,21 +95,57 @@ def test_validation_windows_hold_only_validation_documents(datamodule, prepared_
     assert seen and seen <= markers["val"]
 
 
-def test_training_loader_shuffles_and_drops_the_incomplete_batch(prepared_configs: tuple) -> None:
+def first_batches(datamodule: TokenDataModule, count: int) -> list[torch.Tensor]:
+    return [batch["input_ids"] for _, batch in zip(range(count), datamodule.train_dataloader())]
+
+
+def test_training_loader_serves_every_window_once_per_epoch_in_a_seeded_order(prepared_configs: tuple) -> None:
     data, tokenizer = prepared_configs
     prepared = load(locate(data, tokenizer))
-    windows = TokenWindows(prepared.tokens_file("train"), prepared.dtype, data.seq_len, prepared.eos_id)
-    batch_size = len(windows) // 2 + 1  # one full batch and a remainder
-    datamodule = TokenDataModule(dataclasses.replace(data, batch_size=batch_size), tokenizer)
-    datamodule.setup("fit")
-    epochs = []
+    windows = TokenWindows(prepared.split_tokens("train"), data.seq_len, prepared.eos_id)
+    every_window = sorted(tuple(windows[index]["input_ids"].tolist()) for index in range(len(windows)))
+    epochs = {}
     for seed in (0, 1):
-        torch.manual_seed(seed)
-        epochs.append([batch["input_ids"] for batch in datamodule.train_dataloader()])
-    assert [batch.shape for batch in epochs[0]] == [(batch_size, data.seq_len)]
-    assert not torch.equal(epochs[0][0], epochs[1][0])
-    every_window = {tuple(windows[index]["input_ids"].tolist()) for index in range(len(windows))}
-    assert {tuple(row.tolist()) for row in epochs[0][0]} <= every_window
+        module = TokenDataModule(dataclasses.replace(data, batch_size=1), tokenizer, seed=seed)
+        module.setup("fit")
+        epochs[seed] = [tuple(batch[0].tolist()) for batch in first_batches(module, 2 * len(windows))]
+        assert sorted(epochs[seed][: len(windows)]) == every_window  # batches continue past the epoch end
+        assert sorted(epochs[seed][len(windows) :]) == every_window
+        assert epochs[seed][: len(windows)] != epochs[seed][len(windows) :]
+    assert epochs[0] != epochs[1]
+
+
+def test_resumed_datamodule_continues_where_the_checkpoint_was_taken(prepared_configs: tuple) -> None:
+    data, tokenizer = prepared_configs
+    trainer = SimpleNamespace(global_step=0, accumulate_grad_batches=2, global_rank=0, world_size=1)
+    uninterrupted = TokenDataModule(data, tokenizer, seed=3)
+    uninterrupted.setup("fit")
+    expected = first_batches(uninterrupted, 10)
+
+    first = TokenDataModule(data, tokenizer, seed=3)
+    first.trainer = trainer
+    first.setup("fit")
+    first.train_dataloader()
+    trainer.global_step = 3  # 3 optimizer steps x 2 micro-batches done
+    state = first.state_dict()
+    assert state["position"] == 6 * data.batch_size
+
+    resumed = TokenDataModule(data, tokenizer, seed=3)
+    resumed.setup("fit")
+    resumed.load_state_dict(state)
+    assert all(torch.equal(one, other) for one, other in zip(first_batches(resumed, 4), expected[6:], strict=True))
+
+
+def test_checkpoint_from_other_data_or_seed_is_refused(prepared_configs: tuple) -> None:
+    data, tokenizer = prepared_configs
+    module = TokenDataModule(data, tokenizer, seed=3)
+    module.setup("fit")
+    state = module.state_dict()
+    for changed in (TokenDataModule(data, tokenizer, seed=4),
+                    TokenDataModule(dataclasses.replace(data, seq_len=data.seq_len - 1), tokenizer, seed=3)):
+        changed.setup("fit")
+        with pytest.raises(ValueError, match="same data=, tokenizer=, data.seq_len and seed"):
+            changed.load_state_dict(state)
 
 
 def test_validation_loader_keeps_every_window_in_order(datamodule: TokenDataModule) -> None:
@@ -120,15 +158,18 @@ def test_worker_processes_give_the_same_batches(prepared_configs: tuple) -> None
     serial = TokenDataModule(*prepared_configs)
     parallel = TokenDataModule(dataclasses.replace(prepared_configs[0], num_workers=2), prepared_configs[1])
     for module in (serial, parallel):
-        module.setup("validate")
+        module.setup("fit")
     for one, other in zip(serial.val_dataloader(), parallel.val_dataloader(), strict=True):
+        assert all(torch.equal(one[key], other[key]) for key in one)
+    train_batches = [list(zip(range(6), module.train_dataloader())) for module in (serial, parallel)]
+    for (_, one), (_, other) in zip(*train_batches, strict=True):
         assert all(torch.equal(one[key], other[key]) for key in one)
 
 
 def test_pickling_copies_no_tokens_and_keeps_literal_eos_text(datamodule: TokenDataModule) -> None:
     windows = datamodule.train_dataloader().dataset
     windows[0]  # opens the memory map
-    assert len(pickle.dumps(windows)) < 1000
+    assert len(pickle.dumps(windows)) < 2000
     assert torch.equal(pickle.loads(pickle.dumps(windows))[3]["input_ids"], windows[3]["input_ids"])
     restored = pickle.loads(pickle.dumps(datamodule))
     assert restored.eos_id not in restored.tokenizer.encode(EOS_TOKEN).ids
@@ -138,7 +179,7 @@ def test_properties(datamodule: TokenDataModule, prepared_configs: tuple) -> Non
     assert datamodule.cache_path == locate(*prepared_configs)
     assert datamodule.vocab_size == datamodule.tokenizer.get_vocab_size()
     assert datamodule.eos_id == datamodule.tokenizer.token_to_id(EOS_TOKEN)
-    assert datamodule.manifest["splits"]["val"]["files"] == len(list_corpus(prepared_configs[0]).val)
+    assert datamodule.manifest["splits"]["val"]["documents"] == len(list_corpus(prepared_configs[0]).val)
 
 
 def test_properties_before_prepare_data_say_to_prepare(configs: tuple) -> None:

@@ -1,13 +1,15 @@
 """Byte-level BPE tokenizer: lossless round trip, end-of-document handling, loading (DESIGN.md §10)."""
 
 import random
+import socket
 from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, models
 
 from tests.data.tiny_corpus import VOCAB_SIZE
-from xlstm_lm.data import EOS_TOKEN, TokenizerConfig, eos_id, list_corpus, load, load_tokenizer, locate, train_tokenizer
+from xlstm_lm.data import (EOS_TOKEN, OfflineError, TokenizerConfig, build_tokenizer, eos_id, list_corpus, load,
+                           load_tokenizer, locate, train_tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,27 @@ def test_load_rejects_tokenizer_without_end_of_document(tmp_path: Path) -> None:
     Tokenizer(models.BPE()).save(str(file))
     with pytest.raises(ValueError, match="end-of-document"):
         load_tokenizer(file)
+
+
+def test_build_reads_training_texts_only_when_it_trains(cached_tokenizer: Tokenizer, tmp_path: Path) -> None:
+    file = tmp_path / "tokenizer.json"
+    cached_tokenizer.save(str(file))
+
+    def no_texts():
+        raise AssertionError("a ready tokenizer needs no training texts")
+
+    assert build_tokenizer(TokenizerConfig(path=str(file)), no_texts).to_str() == cached_tokenizer.to_str()
+    trained = build_tokenizer(TokenizerConfig(vocab_size=300), lambda: ["abc abc abd"] * 10)
+    assert eos_id(trained) == 0
+
+
+def test_pretrained_without_network_fails_at_once_naming_tokenizer_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def refuse_connection(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", refuse_connection)
+    with pytest.raises(OfflineError, match=r"tokenizer.pretrained=gpt2 needs the network.*tokenizer.path="):
+        build_tokenizer(TokenizerConfig(pretrained="gpt2"), list)

@@ -1,12 +1,13 @@
-"""Data pipeline: corpus listing, byte-level BPE tokenizer, cached token arrays and the DataModule (DESIGN.md §10).
+"""Data pipeline: sources, byte-level BPE tokenizer, cached token shards and the DataModule (DESIGN.md §10).
 
-    corpus.list_corpus -> tokenizer.build_tokenizer -> cache.prepare / cache.load -> TokenDataModule
+    sources.open_source -> tokenizer.build_tokenizer -> cache.prepare / cache.load -> TokenDataModule
 """
 
-from xlstm_lm.data.cache import PreparedData, load, locate, prepare, token_dtype
-from xlstm_lm.data.config import DataConfig, TokenizerConfig
+from xlstm_lm.data.cache import PreparedData, load, locate, prepare, token_dtype, verify
+from xlstm_lm.data.config import DataConfig, SourceConfig, TokenizerConfig
 from xlstm_lm.data.corpus import Corpus, Document, default_root, hash_fraction, list_corpus
 from xlstm_lm.data.datamodule import TokenDataModule, TokenWindows
+from xlstm_lm.data.sources import OfflineError
 from xlstm_lm.data.tokenizer import EOS_TOKEN, build_tokenizer, eos_id, load_tokenizer, train_tokenizer
 
 __all__ = [
@@ -14,7 +15,9 @@ __all__ = [
     "Corpus",
     "DataConfig",
     "Document",
+    "OfflineError",
     "PreparedData",
+    "SourceConfig",
     "TokenDataModule",
     "TokenWindows",
     "TokenizerConfig",
@@ -29,4 +32,5 @@ __all__ = [
     "prepare",
     "token_dtype",
     "train_tokenizer",
+    "verify",
 ]

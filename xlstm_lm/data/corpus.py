@@ -3,7 +3,8 @@
 A corpus is a folder of text files picked by a glob. The embedded default is the `.py` source of the
 standard library of the interpreter that runs the project, so a fresh checkout trains without any download.
 Listing is deterministic: files are sorted by their relative POSIX path, read as UTF-8 (undecodable bytes
-become U+FFFD) and empty files are skipped. Folders of installed packages (site-packages, dist-packages) are
+become U+FFFD, or the file is skipped, by `data.invalid_utf8`; either way it is counted) and empty files are
+skipped and counted. Folders of installed packages (site-packages, dist-packages) are
 never read; test folders only when asked. A document goes to the validation split when a SHA-1 hash of its
 relative path, read as a fraction in [0, 1), falls below `val_fraction`, so the split of a file never depends
 on which other files exist.
@@ -54,6 +55,8 @@ class Corpus:
         train: training documents, sorted by path.
         val: validation documents, sorted by path.
         fingerprint: SHA-256 over the sorted relative paths and the SHA-256 of each file's bytes.
+        empty: matching files skipped because they are empty.
+        invalid_utf8: matching files that are not valid UTF-8 (replaced or skipped).
     """
 
     root: Path
@@ -63,6 +66,8 @@ class Corpus:
     train: tuple[Document, ...]
     val: tuple[Document, ...]
     fingerprint: str
+    empty: int = 0
+    invalid_utf8: int = 0
 
     @property
     def splits(self) -> dict[str, tuple[Document, ...]]:
@@ -78,6 +83,8 @@ class Corpus:
             "val_fraction": self.val_fraction,
             "python_version": sys.version,
             "fingerprint": self.fingerprint,
+            "empty": self.empty,
+            "invalid_utf8": self.invalid_utf8,
             "splits": {
                 name: {
                     "files": len(documents),
@@ -100,11 +107,23 @@ def hash_fraction(relative_path: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
+def decode_utf8(data: bytes, invalid_utf8: str) -> tuple[Optional[str], bool]:
+    """Decode a document's bytes by the `data.invalid_utf8` policy.
+
+    Returns:
+        The text (None when the policy skips an invalid document) and whether the bytes were invalid UTF-8.
+    """
+    try:
+        return data.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return (data.decode("utf-8", errors="replace") if invalid_utf8 == "replace" else None), True
+
+
 def list_corpus(cfg: DataConfig) -> Corpus:
     """Read the documents picked by `cfg` and split them into training and validation.
 
     Args:
-        cfg: uses root, glob, include_tests and val_fraction.
+        cfg: uses root, glob, include_tests, val_fraction and invalid_utf8.
 
     Returns:
         The corpus; both splits hold at least one document.
@@ -121,21 +140,27 @@ def list_corpus(cfg: DataConfig) -> Corpus:
         raise ValueError(f"No files match {where}: check data.root and data.glob")
     fingerprint = hashlib.sha256()
     documents = []
+    empty = invalid = 0
     for relative_path in paths:
         data = (root / relative_path).read_bytes()
         if not data:
+            empty += 1
             continue
         fingerprint.update(f"{relative_path}\0{hashlib.sha256(data).hexdigest()}\n".encode("utf-8"))
-        documents.append(Document(relative_path, data.decode("utf-8", errors="replace"), len(data)))
+        text, was_invalid = decode_utf8(data, cfg.invalid_utf8)
+        invalid += was_invalid
+        if text is not None:
+            documents.append(Document(relative_path, text, len(data)))
     if not documents:
-        raise ValueError(f"All {len(paths)} files matching {where} are empty")
+        raise ValueError(f"All {len(paths)} files matching {where} are empty or skipped as invalid UTF-8")
     if len(documents) < 2:
         raise ValueError(
             f"Only one non-empty file ({documents[0].path}) matches {where}: "
             "training and validation need at least one document each"
         )
     train, val = _split(documents, cfg.val_fraction)
-    corpus = Corpus(root, cfg.glob, cfg.include_tests, cfg.val_fraction, train, val, fingerprint.hexdigest())
+    corpus = Corpus(root, cfg.glob, cfg.include_tests, cfg.val_fraction, train, val, fingerprint.hexdigest(),
+                    empty, invalid)
     logger.info(
         "Listed %d documents (%d train, %d val, %.1f MB) matching %s",
         len(documents),

@@ -1,8 +1,10 @@
-"""LightningDataModule over prepared token arrays: windows with document-start flags (DESIGN.md §10).
+"""LightningDataModule over prepared token shards: windows, document-start flags, resumable order (DESIGN.md §10).
 
 Both splits are cut into non-overlapping windows of seq_len + 1 tokens with stride seq_len, so every token
-of the flat array is a label exactly once (except the first). Training windows are shuffled by the
-DataLoader, which Lightning wraps in a DistributedSampler under DDP; validation windows keep their order.
+of a split's stream is a label exactly once (except the first). Training windows come in the seeded global
+order of `ResumableSampler`, each rank its own share; the position in that order is saved in every
+checkpoint (`state_dict`), so a resumed run sees exactly the batches an uninterrupted one would have seen.
+Validation windows keep their order, split across ranks without padding (no window is scored twice).
 
 A batch is a dict of (B, S) tensors, S = seq_len:
 
@@ -10,65 +12,55 @@ A batch is a dict of (B, S) tensors, S = seq_len:
     labels      int64  window[1:]
     doc_starts  bool   True where input_ids[t] is the first token of a document: input_ids[t - 1] is the
                        end-of-document token, or for t = 0 the token before the window is (or the window
-                       starts the array). Recurrent models reset their memory there (DESIGN.md §4).
+                       starts the split). Recurrent models reset their memory there (DESIGN.md §4).
 """
 
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from xlstm_lm.data.cache import PreparedData, load, locate, prepare
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
+from xlstm_lm.data.sampler import ResumableSampler
+from xlstm_lm.data.shards import ShardedTokens
 
 SPLITS = ("train", "val")
 
 
 class TokenWindows(Dataset):
-    """Non-overlapping windows of seq_len + 1 tokens over a flat token file.
-
-    The file is memory-mapped lazily in each process, so pickling the dataset (DataLoader workers, spawn)
-    never copies the tokens.
+    """Non-overlapping windows of seq_len + 1 tokens over a split's token stream.
 
     Args:
-        file: raw binary token array.
-        dtype: its element type.
+        tokens: the split's shards; they are memory-mapped lazily in each process, so pickling the dataset
+            (DataLoader workers, spawn) never copies tokens.
         seq_len: S, the inputs per window.
         eos_id: the end-of-document token.
     """
 
-    def __init__(self, file: Path, dtype: np.dtype, seq_len: int, eos_id: int) -> None:
-        self.file = file
-        self.dtype = dtype
+    def __init__(self, tokens: ShardedTokens, seq_len: int, eos_id: int) -> None:
+        self.tokens = tokens
         self.seq_len = seq_len
         self.eos_id = eos_id
-        self.num_tokens = file.stat().st_size // dtype.itemsize
-        self._tokens: Optional[np.memmap] = None
 
     def __len__(self) -> int:
-        return max(self.num_tokens - 1, 0) // self.seq_len
+        return max(len(self.tokens) - 1, 0) // self.seq_len
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"window {index} out of range for {len(self)} windows")
-        if self._tokens is None:
-            self._tokens = np.memmap(self.file, dtype=self.dtype, mode="r")
         start = index * self.seq_len
-        window = torch.from_numpy(self._tokens[start : start + self.seq_len + 1].astype(np.int64))  # (S + 1,)
+        before = 1 if start > 0 else 0  # the token before the window decides whether it starts a document
+        tokens = torch.from_numpy(self.tokens.read(start - before, start + self.seq_len + 1).astype("int64"))
+        window = tokens[before:]  # (S + 1,)
         input_ids = window[:-1]  # (S,)
         doc_starts = torch.empty(self.seq_len, dtype=torch.bool)  # (S,)
-        doc_starts[0] = bool(start == 0 or self._tokens[start - 1] == self.eos_id)
+        doc_starts[0] = not before or bool(tokens[0] == self.eos_id)
         doc_starts[1:] = input_ids[:-1] == self.eos_id
         return {"input_ids": input_ids, "labels": window[1:], "doc_starts": doc_starts}
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_tokens"] = None
-        return state
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -77,14 +69,18 @@ class TokenDataModule(L.LightningDataModule):
     Args:
         data: corpus, windowing and loader settings.
         tokenizer: tokenizer settings.
+        seed: fixes the order of the training windows.
     """
 
-    def __init__(self, data: DataConfig, tokenizer: TokenizerConfig) -> None:
+    def __init__(self, data: DataConfig, tokenizer: TokenizerConfig, seed: int = 0) -> None:
         super().__init__()
         self.data_config = data
         self.tokenizer_config = tokenizer
+        self.seed = seed
         self._prepared: Optional[PreparedData] = None
         self._windows: dict[str, TokenWindows] = {}
+        self._resume_position = 0  # global position of the first training window of this process's run
+        self._resume_step = 0  # trainer.global_step when the training loader was made
 
     def prepare_data(self) -> None:
         """Build the cache unless it exists (Lightning calls this on one process per node)."""
@@ -95,12 +91,11 @@ class TokenDataModule(L.LightningDataModule):
         prepared = self._opened()
         seq_len, batch_size = self.data_config.seq_len, self.data_config.batch_size
         self._windows = {
-            split: TokenWindows(prepared.tokens_file(split), prepared.dtype, seq_len, prepared.eos_id)
-            for split in SPLITS
+            split: TokenWindows(prepared.split_tokens(split), seq_len, prepared.eos_id) for split in SPLITS
         }
         if len(self._windows["val"]) < 1:
             raise ValueError(
-                f"The validation split has {self._windows['val'].num_tokens} tokens, too few for one window of "
+                f"The validation split has {len(self._windows['val'].tokens)} tokens, too few for one window of "
                 f"seq_len + 1 = {seq_len + 1}: lower data.seq_len or raise data.val_fraction"
             )
         if len(self._windows["train"]) < batch_size:
@@ -110,16 +105,53 @@ class TokenDataModule(L.LightningDataModule):
             )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training windows; the last incomplete batch is dropped so every batch is (B, S)."""
-        return self._loader("train", shuffle=True, drop_last=True)
+        """Endless training batches of this rank, from the saved position when resuming."""
+        windows = self._split_windows("train")
+        rank, world_size = self._rank_and_world_size()
+        self._resume_step = self.trainer.global_step if self.trainer is not None else 0
+        sampler = ResumableSampler(len(windows), self.data_config.batch_size, self.seed, rank, world_size,
+                                   start=self._resume_position)
+        return self._loader(windows, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        """Validation windows in order, all of them."""
-        return self._loader("val", shuffle=False, drop_last=False)
+        """Validation windows in order; rank r of W takes windows r, r + W, ... (each window scored once)."""
+        windows = self._split_windows("val")
+        rank, world_size = self._rank_and_world_size()
+        if len(windows) < world_size:
+            raise ValueError(
+                f"The validation split has {len(windows)} windows for {world_size} processes: every process needs "
+                "one; lower data.seq_len or raise data.val_fraction"
+            )
+        return self._loader(windows, range(rank, len(windows), world_size))
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the global training order reached by the trainer's completed optimizer steps."""
+        position = self._resume_position
+        if self.trainer is not None:
+            steps = self.trainer.global_step - self._resume_step
+            _, world_size = self._rank_and_world_size()
+            micro_batches = steps * self.trainer.accumulate_grad_batches
+            position += micro_batches * self.data_config.batch_size * world_size
+        return {"position": position, "seed": self.seed, "seq_len": self.data_config.seq_len,
+                "train_windows": len(self._split_windows("train")), "cache": self.cache_path.name}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the training order; refuses a checkpoint made with other data, windows or seed."""
+        current = {"seed": self.seed, "seq_len": self.data_config.seq_len,
+                   "train_windows": len(self._split_windows("train")), "cache": self.cache_path.name}
+        changed = [f"{key}: checkpoint {state.get(key)!r} vs now {value!r}" for key, value in current.items()
+                   if state.get(key) != value]
+        if changed:
+            raise ValueError(
+                f"The checkpoint's training data order does not fit this run ({'; '.join(changed)}), so resuming "
+                "would repeat or skip data. Resume with the same data=, tokenizer=, data.seq_len and seed as the "
+                "original run, or start a new run from its weights."
+            )
+        self._resume_position = int(state["position"])
 
     @property
     def tokenizer(self) -> Tokenizer:
-        """The tokenizer the token arrays were made with."""
+        """The tokenizer the token shards were made with."""
         return self._opened().tokenizer
 
     @property
@@ -139,7 +171,7 @@ class TokenDataModule(L.LightningDataModule):
 
     @property
     def manifest(self) -> dict[str, Any]:
-        """The cache's manifest: sources, python version, counts per split, dtype, tokenizer hash."""
+        """The cache's manifest: sources, counts per split, dtype, tokenizer hash."""
         return self._opened().manifest
 
     def __getstate__(self) -> dict[str, Any]:
@@ -153,15 +185,22 @@ class TokenDataModule(L.LightningDataModule):
             self._prepared = load(locate(self.data_config, self.tokenizer_config))
         return self._prepared
 
-    def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
+    def _split_windows(self, split: str) -> TokenWindows:
         if split not in self._windows:
             raise RuntimeError("call setup() before asking for a dataloader")
+        return self._windows[split]
+
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _loader(self, windows: TokenWindows, sampler) -> DataLoader:
         num_workers = self.data_config.num_workers
         return DataLoader(
-            self._windows[split],
+            windows,
             batch_size=self.data_config.batch_size,
-            shuffle=shuffle,
-            drop_last=drop_last,
+            sampler=sampler,
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),

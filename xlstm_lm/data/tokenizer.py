@@ -1,19 +1,21 @@
-"""Byte-level BPE tokenizer, trained on the training split or loaded from a tokenizer.json (DESIGN.md §10).
+"""Byte-level BPE tokenizer, trained on a sample of the training split, loaded from a tokenizer.json or from the
+Hugging Face hub (the GPT-2 and GPT-NeoX-20B presets) (DESIGN.md §10).
 
 The pre-tokenizer maps every UTF-8 byte to a printable character (no prefix space) and the decoder maps
 them back, and all 256 bytes are in the vocabulary, so `decode(encode(text)) == text` for any text.
-`EOS_TOKEN` ends every document. Literal "<|endoftext|>" inside a document is encoded as plain bytes
+`EOS_TOKEN` ends every document (GPT-2 and GPT-NeoX-20B use the same token). Literal "<|endoftext|>" inside a document is encoded as plain bytes
 (`encode_special_tokens`), so only the data pipeline places end-of-document tokens. That flag is neither stored
 in tokenizer.json nor kept by pickling: load tokenizers with `load_tokenizer`, not `Tokenizer.from_file`.
 """
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from xlstm_lm.data.config import TokenizerConfig
+from xlstm_lm.data.sources import OfflineError, require_hub
 
 logger = logging.getLogger(__name__)
 
@@ -69,11 +71,34 @@ def tokenizer_from_json(text: str) -> Tokenizer:
     return tokenizer
 
 
-def build_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
-    """Load the tokenizer at `cfg.path` if set, else train one on `texts`."""
+def pretrained_tokenizer(name: str) -> Tokenizer:
+    """A tokenizer from the Hugging Face hub (e.g. "gpt2", "EleutherAI/gpt-neox-20b"), checked like `load_tokenizer`.
+
+    Raises:
+        OfflineError: the hub cannot be reached and the tokenizer is not in its local cache.
+    """
+    advice = (f"or download https://huggingface.co/{name}/resolve/main/tokenizer.json once and pass "
+              "tokenizer.path=/path/to/tokenizer.json")
+    require_hub(f"tokenizer.pretrained={name}", advice)
+    try:
+        tokenizer = Tokenizer.from_pretrained(name)
+    except (ConnectionError, FileNotFoundError) as error:
+        raise OfflineError(f"Cannot get the tokenizer {name} from the Hugging Face hub ({error}): {advice}") from None
+    return tokenizer_from_json(tokenizer.to_str())
+
+
+def build_tokenizer(cfg: TokenizerConfig, training_texts: Callable[[], Sequence[str]]) -> Tokenizer:
+    """The tokenizer `cfg` asks for: from `cfg.path`, else from the hub (`cfg.pretrained`), else trained.
+
+    Args:
+        cfg: the tokenizer settings.
+        training_texts: gives the documents to train on; called only when a tokenizer is trained.
+    """
     if cfg.path is not None:
         return load_tokenizer(cfg.path)
-    return train_tokenizer(texts, cfg)
+    if cfg.pretrained is not None:
+        return pretrained_tokenizer(cfg.pretrained)
+    return train_tokenizer(training_texts(), cfg)
 
 
 def eos_id(tokenizer: Tokenizer) -> int:

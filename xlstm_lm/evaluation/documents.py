@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 from xlstm_lm.data.config import DataConfig
 from xlstm_lm.data.corpus import Document, list_corpus
+from xlstm_lm.data.sources import SourceCounts, expand_files, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,10 @@ class EvalDataConfig:
     """Which documents to score.
 
     Attributes:
-        files: text files scored whole (each one a document); when set, root and glob are unused.
+        files: files, folders or glob patterns read like training's data.files (plain text files scored whole,
+            JSON lines and Parquet one document per record, .gz/.zst decompressed); when set, root and glob
+            are unused.
+        text_field: the JSON key or Parquet column of the text.
         root: folder of text files as in training; None means the Python standard library.
         glob: pattern of the files under root.
         include_tests: also read test folders under root.
@@ -37,6 +40,7 @@ class EvalDataConfig:
     """
 
     files: list[str] = field(default_factory=list)
+    text_field: str = "text"
     root: Optional[str] = None
     glob: str = "**/*.py"
     include_tests: bool = False
@@ -68,8 +72,9 @@ def load_documents(cfg: EvalDataConfig) -> list[Document]:
         ValueError: nothing to score.
     """
     if cfg.files:
-        documents = [_read_file(Path(name)) for name in cfg.files]
-        documents = [document for document in documents if document.num_bytes]
+        counts = SourceCounts()  # undecodable bytes become U+FFFD, as in the corpus; empty documents are skipped
+        documents = [document for file in expand_files(cfg.files)
+                     for document in read_file(file, cfg.text_field, "replace", counts)]
         if not documents:
             raise ValueError(f"data.files={cfg.files} are all empty: nothing to score")
     else:
@@ -81,15 +86,6 @@ def load_documents(cfg: EvalDataConfig) -> list[Document]:
         documents = _first_bytes(documents, cfg.max_bytes)
     logger.info("Scoring %d documents (%.2f MB)", len(documents), sum(d.num_bytes for d in documents) / 1e6)
     return documents
-
-
-def _read_file(path: Path) -> Document:
-    """One file as a document, decoded like the corpus (undecodable bytes become U+FFFD)."""
-    file = path.expanduser()
-    if not file.is_file():
-        raise FileNotFoundError(f"data file {file} does not exist (data.files lists text files to score)")
-    data = file.read_bytes()
-    return Document(str(path), data.decode("utf-8", errors="replace"), len(data))
 
 
 def _first_bytes(documents: list[Document], max_bytes: int) -> list[Document]:

@@ -1,0 +1,47 @@
+"""`xlstm-prepare-data`: tokenize the configured data into its cache folder, print the folder and the totals.
+
+    xlstm-prepare-data data=files data.files=[corpus/,extra.jsonl.zst] tokenizer=gpt2 data.num_proc=16
+
+It composes the training config, so the same `data=`, `tokenizer=` and `size=` overrides as a later
+`train.py` run prepare exactly the cache that run reads (DESIGN.md §10). `prepare_data(cfg)` does the work
+(tests call it); `main` is the thin Hydra entry point.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.schemas import TrainConfig, register_configs
+from xlstm_lm.cli.train import CONFIG_DIR
+from xlstm_lm.data.cache import describe, load, prepare
+
+log = logging.getLogger(__name__)
+
+
+def prepare_data(cfg: DictConfig | TrainConfig) -> Path:
+    """Prepare (or find) the cache of `cfg.data` and `cfg.tokenizer`; print its path and totals."""
+    config: TrainConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    path = prepare(config.data, config.tokenizer)
+    manifest = load(path).manifest
+    print(f"prepared data: {path}")
+    print(f"totals: {describe(manifest)}")
+    print(f"tokenizer: vocabulary {manifest['tokenizer']['vocab_size']}, sha256 {manifest['tokenizer']['sha256']}")
+    return path
+
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    with exit_on_user_error(log):
+        prepare_data(cfg)
+
+
+if __name__ == "__main__":
+    main()
