@@ -100,6 +100,17 @@ def test_resume_with_another_model_config_fails_before_training(tmp_path, data_c
     assert ckpt.read_bytes() == before and not (tmp_path / "second" / "checkpoints").exists()
 
 
+def test_resume_with_data_of_another_tokenizer_fails_before_training(tmp_path, data_cache):
+    first = tmp_path / "first"
+    train(compose_train([*small_run_overrides(data_cache, max_steps=2), "model.vocab_size=1024"]), first)
+    ckpt = first / "checkpoints" / "last.ckpt"
+    overrides = [*small_run_overrides(data_cache), "model.vocab_size=1024", "tokenizer.vocab_size=500",
+                 f"ckpt_path={ckpt}"]
+    with pytest.raises(ValueError, match="another tokenizer than the data of this run"):
+        train(compose_train(overrides), tmp_path / "second")
+    assert not (tmp_path / "second" / "checkpoints").exists()
+
+
 def test_missing_data_root_fails_with_the_path(tmp_path):
     overrides = [*small_run_overrides(tmp_path / "cache"), f"data.root={tmp_path / 'nowhere'}"]
     with pytest.raises(FileNotFoundError, match="nowhere"):

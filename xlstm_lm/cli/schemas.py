@@ -34,7 +34,8 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 1337
     reset_at_doc_starts: bool = True  # reset recurrent memories at document boundaries
-    ckpt_path: Optional[str] = None  # a Lightning checkpoint (e.g. .../checkpoints/last.ckpt) to resume from
+    ckpt_path: Optional[str] = "auto"  # a checkpoint to resume from; auto: the run directory's newest, if any
+    run_dir: Optional[str] = None  # the run directory (train.yaml: hydra.run.dir follows it; timestamped by default)
 
 
 # the schema each option of the `model` group starts from (its YAML lists it first in `defaults`)

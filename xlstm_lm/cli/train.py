@@ -1,6 +1,7 @@
 """`xlstm-train` / `python train.py`: compose the config with Hydra, prepare data, train, export.
 
     python train.py model=xlstm_7_1 size=tiny trainer.max_steps=300
+    python train.py run_dir=runs/my_run ...   # a stable directory: the same command again resumes the run
 
 `train(cfg, run_dir)` does the work and returns the final metrics (tests call it); `main` is the thin
 Hydra entry point. Seeds and logging are set here, never in library code.
@@ -22,9 +23,11 @@ from omegaconf import DictConfig, OmegaConf
 from xlstm_lm.cli.errors import exit_on_user_error
 from xlstm_lm.cli.schemas import TrainConfig, register_configs
 from xlstm_lm.data import TokenDataModule
+from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.callbacks import TokenThroughput
+from xlstm_lm.training.checkpointing import find_resume_checkpoint
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.parallelize import parallelize
@@ -46,11 +49,31 @@ def resolve_vocab_size(model, tokenizer_vocab: int):
     return model
 
 
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """`auto`: the newest checkpoint in run_dir (last.ckpt or a SLURM pre-emption one), None in a fresh run."""
+    if ckpt_path != "auto":
+        return ckpt_path
+    found = find_resume_checkpoint(run_dir)
+    if found is not None:
+        log.info("resuming from %s (ckpt_path=auto finds the newest checkpoint of the run directory)", found)
+    return str(found) if found is not None else None
+
+
 def check_resume_compatible(ckpt_path: str, module: LanguageModelModule) -> None:
-    """Fail before training when the checkpoint to resume was trained with a different model config."""
-    if not Path(ckpt_path).is_file():
+    """Fail before training when the checkpoint to resume was trained with another model config or tokenizer."""
+    path = Path(ckpt_path)
+    if not path.exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file, e.g. <run>/checkpoints/last.ckpt")
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+    if path.is_dir():  # a sharded FSDP checkpoint: everything but the tensors is in meta.pt
+        path = path / "meta.pt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    saved_tokenizer = checkpoint.get("tokenizer_json")
+    if saved_tokenizer is not None and saved_tokenizer != module.tokenizer_json:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with another tokenizer than the data of this run, so its token ids "
+            "mean other text. Resume with the same data= and tokenizer= settings as the original run."
+        )
+    saved = checkpoint.get("hyper_parameters", {})
     saved_model = saved.get("model")
     current = module.hparams["model"]
     if saved_model != current:
@@ -79,7 +102,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     run_dir = Path(run_dir)
     L.seed_everything(config.seed, workers=True)
 
-    datamodule = TokenDataModule(config.data, config.tokenizer)
+    datamodule = TokenDataModule(config.data, config.tokenizer, seed=config.seed)
     datamodule.prepare_data()
     model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
@@ -89,8 +112,9 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
         log.warning("%s cannot reset its memory at document starts: windows are read straight through",
                     model_config.architecture)
-    if config.ckpt_path:
-        check_resume_compatible(config.ckpt_path, module)
+    ckpt_path = resolve_ckpt_path(config.ckpt_path, run_dir)
+    if ckpt_path:
+        check_resume_compatible(ckpt_path, module)
     parallelize(module.model, config.trainer.activation_checkpointing, config.trainer.compile)
 
     device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
@@ -98,14 +122,22 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     throughput = TokenThroughput(flops_per_token=training_flops_per_token(module.model, config.data.seq_len),
                                  peak_flops_per_device=peak_flops(device_name, config.trainer.peak_tflops))
     trainer = build_trainer(config.trainer, config.logger, run_dir, throughput)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=config.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if module.last_validated_step != trainer.global_step:  # always report the final weights
         trainer.validate(module, datamodule=datamodule)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
 
+    if config.trainer.strategy == "fsdp" and config.trainer.fsdp.state_dict_type == "sharded":
+        log.warning("no export: FSDP checkpoints are sharded (trainer.fsdp.state_dict_type=sharded); consolidate "
+                    "one with `python -m lightning.pytorch.utilities.consolidate_checkpoint <run>/checkpoints/last.ckpt`")
+        return metrics
+    # Note: a collective under FSDP (rank 0 receives the gathered full weights); the module's own state elsewhere.
+    state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
-        export_dir = save_pretrained(module.model, run_dir / "export")
+        export_model = build_model(dataclasses.asdict(model_config))
+        export_model.load_state_dict({name.removeprefix("model."): tensor for name, tensor in state.items()})
+        export_dir = save_pretrained(export_model, run_dir / "export")
         shutil.copy(datamodule.cache_path / TOKENIZER_FILE, export_dir / TOKENIZER_FILE)
         OmegaConf.save(OmegaConf.structured(config), export_dir / "train_config.yaml")
         log.info("steps %d, validation loss %.4f, perplexity %.2f; export in %s", trainer.global_step,
@@ -117,9 +149,10 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float:
+    """Returns the final validation loss: the objective of sweepers such as Optuna."""
     with exit_on_user_error(log):
-        train(cfg, HydraConfig.get().runtime.output_dir)
+        return train(cfg, HydraConfig.get().runtime.output_dir)["val/loss"]
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""Training callbacks: throughput (tokens/s) in the progress bar and the logs."""
+"""Training callbacks: throughput (tokens/s) in the progress bar and the logs, and the NaN/spike guard."""
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 
 import lightning as L
+import torch
+
+log = logging.getLogger(__name__)
 
 
 class TokenThroughput(L.Callback):
@@ -36,3 +41,74 @@ class TokenThroughput(L.Callback):
         if self.flops_per_token and self.peak_flops_per_device:
             mfu = self._rate * self.flops_per_token / (self.peak_flops_per_device * trainer.world_size)
             pl_module.log("train/mfu", mfu, prog_bar=True)
+
+
+NONFINITE_ACTIONS = ("skip", "stop")
+
+
+class LossGuard(L.Callback):
+    """Skips the optimizer step (or stops the run) when the loss is NaN/inf or spikes above
+    `spike_factor` times its running mean.
+
+    The loss of the micro-batches of one optimizer step is summed in `on_before_backward`; the verdict comes in
+    `on_before_optimizer_step`, after the backward and before clipping. Skipping sets every gradient to None,
+    so AdamW leaves the weights and its moments untouched (the step and learning-rate counters still advance).
+    The verdict is summed over ranks, so all of them skip or stop together and DDP/FSDP never deadlock.
+
+    Args:
+        action: "skip" or "stop" (raise FloatingPointError naming the step).
+        spike_factor: a finite loss above factor x the running mean is a spike; None: no spike check.
+        max_consecutive_skips: stop after this many skipped steps in a row (the weights themselves may be bad).
+        smoothing: of the running mean (an exponential average over every finite loss, spikes included, so
+            a lasting rise is accepted after a while).
+        min_steps: finite losses seen before spikes are judged.
+    """
+
+    def __init__(self, action: str = "skip", spike_factor: float | None = None, max_consecutive_skips: int = 10,
+                 smoothing: float = 0.98, min_steps: int = 20):
+        self.action, self.spike_factor = action, spike_factor
+        self.max_consecutive_skips, self.smoothing, self.min_steps = max_consecutive_skips, smoothing, min_steps
+        self.running_mean, self.seen, self.consecutive_skips, self.skipped = 0.0, 0, 0, 0
+        self._step_loss = 0.0
+
+    def on_before_backward(self, trainer, pl_module, loss):
+        self._step_loss += loss.detach().float()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        loss = float(self._step_loss)
+        self._step_loss = 0.0
+        problem = self._problem(loss)
+        bad_ranks = trainer.strategy.reduce(torch.tensor(float(problem is not None), device=pl_module.device),
+                                            reduce_op="sum")
+        if math.isfinite(loss):
+            self.seen += 1
+            self.running_mean = loss if self.seen == 1 else self.smoothing * self.running_mean + (1 - self.smoothing) * loss
+        if bad_ranks == 0:
+            self.consecutive_skips = 0
+            return
+        step = trainer.global_step
+        problem = problem or "a non-finite or spiking loss on another rank"
+        if self.action == "stop" or self.consecutive_skips + 1 > self.max_consecutive_skips:
+            hint = ("set trainer.nonfinite=skip to skip such steps" if self.action == "stop"
+                    else f"{self.consecutive_skips} steps in a row were skipped before it")
+            raise FloatingPointError(f"training stopped at step {step}: {problem} ({hint}; lower optimizer.lr or "
+                                     f"resume from the last checkpoint)")
+        pl_module.zero_grad(set_to_none=True)
+        self.consecutive_skips += 1
+        self.skipped += 1
+        log.warning("step %d: %s; optimizer step skipped", step, problem)
+        pl_module.log("train/skipped_steps", float(self.skipped))
+
+    def _problem(self, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return f"the loss is {loss}"
+        if self.spike_factor and self.seen >= self.min_steps and loss > self.spike_factor * self.running_mean:
+            return f"loss spike {loss:.4g} > {self.spike_factor} x running mean {self.running_mean:.4g}"
+        return None
+
+    def state_dict(self) -> dict:
+        return {"running_mean": self.running_mean, "seen": self.seen, "skipped": self.skipped,
+                "consecutive_skips": self.consecutive_skips}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.__dict__.update(state_dict)

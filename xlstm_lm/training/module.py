@@ -12,9 +12,11 @@ from dataclasses import asdict
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.strategies import FSDPStrategy
 
 from xlstm_lm.models import build_model
-from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_factor
+from xlstm_lm.training.optim import (OptimizerConfig, SchedulerConfig, build_optimizer, decayed_parameter_names,
+                                     lr_factor)
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -36,6 +38,7 @@ class LanguageModelModule(L.LightningModule):
         self.optimizer_config = OptimizerConfig(**optimizer)
         self.scheduler_config = SchedulerConfig(**scheduler)
         self.model = build_model(model)
+        self.decayed_parameters = decayed_parameter_names(self.model)  # now, while no wrapper has flattened them
         self.use_doc_starts = reset_at_doc_starts and self.model.supports_doc_starts
         self._val_nll_sum = self._val_tokens = 0.0
         self.last_validated_step = -1  # global step of the latest completed validation
@@ -80,8 +83,17 @@ class LanguageModelModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=False)
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """Clip the global gradient norm; under FSDP through the root FSDP module, which sums the squared norms
+        of every rank's shards (Lightning's FSDP precision plugin refuses norm clipping: a per-rank
+        `clip_grad_norm_` would see only its own shard)."""
+        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        else:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optimizer_config)
+        optimizer = build_optimizer(self.model, self.optimizer_config, self.decayed_parameters)
         sched = self.scheduler_config
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,

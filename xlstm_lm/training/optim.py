@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from xlstm_lm.training.parallelize import unwrapped_name
+
 
 @dataclass
 class OptimizerConfig:
@@ -40,24 +42,33 @@ class SchedulerConfig:
             raise ValueError(f"scheduler.min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Decay the weight matrices (ndim >= 2) only; norms, biases, gate biases and embeddings are not decayed."""
+def decayed_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the weight matrices (ndim >= 2): norms, biases, gate biases and embeddings are not decayed.
+
+    Note: call it on the plain model; FSDP flattens the parameters it shards, so their shapes say nothing.
+    """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    return {name for name, param in model.named_parameters()
+            if param.ndim >= 2 and not name.endswith("bias")  # sLSTM's (4, NH, DH) bias is not a matrix
+            and id(param) not in embeddings}
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, decayed: set[str] | None = None) -> list[dict]:
+    """Two AdamW groups: the `decayed` names (default: `decayed_parameter_names(model)`) and the rest."""
+    decayed = decayed_parameter_names(model) if decayed is None else decayed
     decay, no_decay = [], []
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_matrix = param.ndim >= 2 and not name.endswith("bias")  # sLSTM's (4, NH, DH) bias is not a matrix
-        (decay if is_matrix and id(param) not in embeddings else no_decay).append(param)
+        if param.requires_grad:
+            (decay if unwrapped_name(name) in decayed else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: OptimizerConfig, decayed: set[str] | None = None) -> torch.optim.AdamW:
     return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay),
+        parameter_groups(model, config.weight_decay, decayed),
         lr=config.lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,

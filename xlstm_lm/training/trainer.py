@@ -1,19 +1,44 @@
-"""Build the Lightning Trainer, its checkpointing and its logger from plain configs."""
+"""Build the Lightning Trainer, its strategy, checkpointing, fault handling and logger from plain configs."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import FSDPStrategy
 
-from xlstm_lm.training.callbacks import TokenThroughput
+from xlstm_lm.training.callbacks import NONFINITE_ACTIONS, LossGuard, TokenThroughput
+from xlstm_lm.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+from xlstm_lm.training.parallelize import BLOCK_CLASSES
 
 LOGGERS = ("csv", "wandb", "none")
+# trainer.fsdp.sharding -> torch's ShardingStrategy name
+FSDP_SHARDING = {"full": "FULL_SHARD", "hybrid": "HYBRID_SHARD", "grad_op": "SHARD_GRAD_OP"}
+FSDP_STATE_DICTS = ("full", "sharded")
+
+
+@dataclass
+class FSDPConfig:
+    """Lightning's FSDP (used when trainer.strategy=fsdp): each xLSTM/Transformer block is one FSDP unit."""
+
+    sharding: str = "full"  # full: over all GPUs; hybrid: within each node, replicated across nodes; grad_op: ZeRO-2
+    state_dict_type: str = "full"  # full: one .ckpt gathered on rank 0; sharded: a folder with every rank's shard
+    cpu_offload: bool = False  # keep the sharded parameters in CPU memory between uses
+
+    def __post_init__(self):
+        if self.sharding not in FSDP_SHARDING:
+            raise ValueError(f"trainer.fsdp.sharding must be one of {sorted(FSDP_SHARDING)}, got {self.sharding!r}")
+        if self.state_dict_type not in FSDP_STATE_DICTS:
+            raise ValueError(f"trainer.fsdp.state_dict_type must be one of {FSDP_STATE_DICTS}, "
+                             f"got {self.state_dict_type!r}")
 
 
 @dataclass
@@ -23,7 +48,8 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     num_nodes: int = 1
-    strategy: str = "auto"
+    strategy: str = "auto"  # auto, ddp, fsdp (configured by `fsdp` below), or any Lightning strategy name
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     precision: str = "32-true"  # "bf16-mixed" on GPUs: bf16 activations, float32 weights and states
     max_steps: int = 200
     accumulate_grad_batches: int = 1
@@ -32,6 +58,12 @@ class TrainerConfig:
     limit_val_batches: Any = 1.0  # a fraction of the validation set, or a number of batches
     log_every_n_steps: int = 10
     checkpoint_every_n_steps: int = 100
+    checkpoint_every_minutes: Optional[float] = 30.0  # also refresh last.ckpt this often; None: off
+    keep_last_checkpoints: int = 3  # stepNNNNNN.ckpt files kept (-1: all), besides last.ckpt and the best val/loss
+    nonfinite: str = "skip"  # NaN/inf loss or spike: skip the optimizer step, or stop (bf16/fp32; fp16 has its scaler)
+    spike_factor: Optional[float] = None  # a loss above this x its running mean is treated like NaN; None: off
+    max_consecutive_skips: int = 10  # stop when this many steps in a row were skipped
+    slurm_requeue_signal: Optional[str] = "SIGUSR1"  # under SLURM: checkpoint and requeue on it; None: no requeue
     deterministic: bool = False
     activation_checkpointing: bool = False  # recompute each block in the backward: less memory, ~1/3 more compute
     compile: bool = False  # torch.compile the model (in place; parameter names unchanged)
@@ -42,6 +74,11 @@ class TrainerConfig:
             raise ValueError(f"trainer.max_steps must be positive, got {self.max_steps}")
         if self.val_check_interval <= 0 or self.checkpoint_every_n_steps <= 0:
             raise ValueError("trainer.val_check_interval and trainer.checkpoint_every_n_steps must be positive")
+        if self.nonfinite not in NONFINITE_ACTIONS:
+            raise ValueError(f"trainer.nonfinite must be one of {NONFINITE_ACTIONS}, got {self.nonfinite!r}")
+        if self.slurm_requeue_signal is not None and not hasattr(signal, self.slurm_requeue_signal):
+            raise ValueError(f"trainer.slurm_requeue_signal={self.slurm_requeue_signal!r} is not a signal name "
+                             "(e.g. SIGUSR1); null switches requeueing off")
 
 
 @dataclass
@@ -67,22 +104,53 @@ def build_logger(config: LoggerConfig, run_dir: Path):
     return False
 
 
-def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, throughput: TokenThroughput) -> L.Trainer:
-    """Trainer with `last.ckpt` + periodic checkpoints in run_dir/checkpoints and the throughput callback."""
-    checkpoints = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="step{step:06d}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=config.checkpoint_every_n_steps,
-        save_last=True,
-        save_top_k=-1,
+def build_strategy(config: TrainerConfig):
+    """`trainer.strategy` as Lightning takes it: the name, or for `fsdp` the configured FSDPStrategy.
+
+    Under bf16-mixed FSDP computes in bf16 and keeps the sharded master parameters, gradient reductions and
+    buffers in float32.
+    """
+    if config.strategy != "fsdp":
+        return config.strategy
+    mixed_precision = None
+    if config.precision == "bf16-mixed":
+        from torch.distributed.fsdp import MixedPrecision
+
+        mixed_precision = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                         buffer_dtype=torch.float32)
+    return FSDPStrategy(
+        auto_wrap_policy=set(BLOCK_CLASSES),
+        sharding_strategy=FSDP_SHARDING[config.fsdp.sharding],
+        state_dict_type=config.fsdp.state_dict_type,
+        cpu_offload=config.fsdp.cpu_offload,
+        mixed_precision=mixed_precision,
+        use_orig_params=True,  # per-parameter weight-decay groups and stable names
     )
+
+
+def build_plugins(config: TrainerConfig) -> list:
+    """Atomic, NaN-refusing checkpoint writes; under SLURM, checkpoint-and-requeue on the pre-emption signal."""
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():
+        requeue_signal = getattr(signal, config.slurm_requeue_signal or "SIGUSR1")
+        plugins.append(SLURMEnvironment(auto_requeue=config.slurm_requeue_signal is not None,
+                                        requeue_signal=requeue_signal))
+    return plugins
+
+
+def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, throughput: TokenThroughput) -> L.Trainer:
+    """Trainer with the checkpoints of `checkpoint_callbacks` in run_dir/checkpoints, the loss guard and the
+    throughput callback. The data module shards batches by rank itself, so Lightning adds no sampler."""
+    guard = LossGuard(config.nonfinite, config.spike_factor, config.max_consecutive_skips)
+    checkpoints = checkpoint_callbacks(run_dir, config.checkpoint_every_n_steps, config.checkpoint_every_minutes,
+                                       config.keep_last_checkpoints)
     return L.Trainer(
         accelerator=config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
-        strategy=config.strategy,
+        strategy=build_strategy(config),
         precision=config.precision,
+        plugins=build_plugins(config),
         max_steps=config.max_steps,
         max_epochs=-1,
         accumulate_grad_batches=config.accumulate_grad_batches,
@@ -93,7 +161,8 @@ def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, th
         log_every_n_steps=config.log_every_n_steps,
         deterministic=config.deterministic,
         logger=build_logger(logger, run_dir),
-        callbacks=[checkpoints, throughput, TQDMProgressBar(refresh_rate=1)],
+        callbacks=[*checkpoints, guard, throughput, TQDMProgressBar(refresh_rate=1)],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
+        use_distributed_sampler=False,
     )

@@ -1,0 +1,131 @@
+"""Fault tolerance with real training runs: checkpoint policy, NaN stop, SLURM pre-emption, kill and resume."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import compose_train, small_run_overrides
+from xlstm_lm.cli.train import train
+from xlstm_lm.training import module as module_file
+from xlstm_lm.training.checkpointing import first_nonfinite_tensor
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def step_of(path: Path) -> int:
+    return torch.load(path, map_location="cpu", weights_only=False)["global_step"]
+
+
+def test_nan_stops_with_the_step_and_checkpoints_keep_last_k_plus_best(tmp_path, data_cache, monkeypatch):
+    calls = []
+
+    def loss_turning_nan_at_step_9(logits, labels, reduction="mean"):
+        loss = next_token_loss(logits, labels, reduction)
+        if reduction == "mean":
+            calls.append(1)
+            if len(calls) == 10:  # the 10th training batch: global step 9
+                return loss * float("nan")
+        return loss
+
+    next_token_loss = module_file.next_token_loss
+    monkeypatch.setattr(module_file, "next_token_loss", loss_turning_nan_at_step_9)
+    overrides = [*small_run_overrides(data_cache, max_steps=12), "trainer.keep_last_checkpoints=2",
+                 "trainer.nonfinite=stop"]
+    with pytest.raises(FloatingPointError, match="training stopped at step 9: the loss is nan"):
+        train(compose_train(overrides), tmp_path)
+    checkpoints = tmp_path / "checkpoints"
+    names = sorted(p.name for p in checkpoints.iterdir())
+    assert [n for n in names if n.startswith("step")] == ["step000006.ckpt", "step000008.ckpt"]
+    assert len([n for n in names if n.startswith("best-step")]) == 1 and "last.ckpt" in names
+    last = torch.load(checkpoints / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 8 and first_nonfinite_tensor(last["state_dict"]) is None
+
+
+def test_time_based_checkpoints_refresh_last_between_step_checkpoints(tmp_path, data_cache):
+    overrides = [*small_run_overrides(data_cache, max_steps=3), "trainer.checkpoint_every_n_steps=100",
+                 "trainer.checkpoint_every_minutes=0.0001"]
+    train(compose_train(overrides), tmp_path)
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
+    assert not list((tmp_path / "checkpoints").glob("step*.ckpt"))  # no step checkpoint was due
+
+
+def train_command(run_dir: Path, data_cache: Path, max_steps: int, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), *small_run_overrides(data_cache, max_steps), f"run_dir={run_dir}",
+            "trainer.checkpoint_every_minutes=null", *extra]
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_slurm_preemption_signal_checkpoints_then_requeues(tmp_path, data_cache):
+    run_dir, record, bin_dir = tmp_path / "run", tmp_path / "scontrol.txt", tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # records its arguments and the checkpoints present when it is called
+    scontrol.write_text(f'#!/bin/sh\n{{ echo "$@"; ls "{run_dir}"; }} > "{record}.part"\nmv "{record}.part" "{record}"\n')
+    scontrol.chmod(0o755)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "train", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    env = {**os.environ, **slurm, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
+    command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000")
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process)  # the first step is logged
+        process.send_signal(signal.SIGUSR1)
+        wait_for(record.exists, process)
+    finally:
+        process.kill()
+        process.communicate()
+    command_line, listing = record.read_text().split("\n", 1)
+    assert command_line == "requeue 4242"
+    assert "hpc_ckpt_1.ckpt" in listing.split()  # written before the requeue
+    assert step_of(run_dir / "hpc_ckpt_1.ckpt") > 0
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    """train/loss per step; a step logged twice (before a kill and after the resume) keeps the later value.
+    Rows the killed process had not flushed yet are lost with it."""
+    with open(run_dir / "logs" / "metrics.csv") as handle:
+        return {int(row["step"]): float(row["train/loss"]) for row in csv.DictReader(handle) if row.get("train/loss")}
+
+
+def test_sigkill_and_restart_with_the_same_command_gives_the_uninterrupted_losses(tmp_path, data_cache):
+    """Needs the resumable data sampler: the batches after the resume must be the ones the uninterrupted run saw."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    steps, extra = 24, ("trainer.checkpoint_every_n_steps=4", "trainer.val_check_interval=12")
+    reference = tmp_path / "reference"
+    subprocess.run(train_command(reference, data_cache, steps, *extra), cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+
+    run_dir = tmp_path / "killed"
+    command = train_command(run_dir, data_cache, steps, *extra)
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    wait_for(lambda: (run_dir / "checkpoints" / "step000008.ckpt").exists(), process)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    newest = max((run_dir / "checkpoints").glob("*.ckpt"), key=lambda path: path.stat().st_mtime_ns)
+    resumed_from = step_of(newest)
+    assert 8 <= resumed_from < steps
+
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {newest}" in (run_dir / "train.log").read_text()
+    expected, resumed = losses_by_step(reference), losses_by_step(run_dir)
+    assert set(range(resumed_from, steps)) <= set(resumed) and set(resumed) <= set(expected)
+    mismatched = {step: (resumed[step], expected[step]) for step in resumed
+                  if abs(resumed[step] - expected[step]) > 1e-6 * abs(expected[step])}
+    assert not mismatched, f"resumed from step {resumed_from}; (resumed, uninterrupted) losses differ at {mismatched}"
