@@ -1,48 +1,249 @@
-"""mLSTM native chunkwise form in PyTorch (DESIGN.md §4, "Chunkwise form").
+"""mLSTM native chunkwise form in PyTorch with a hand-written backward (DESIGN.md §4, "Chunkwise form").
 
-The states between chunks come from a sequential loop over chunks (cheap: one scaled add per chunk, the
-chunks' own contributions are computed for all chunks in one batched matmul); the outputs inside every
-chunk then come from the parallel form, for all chunks at once. A sequence whose length is not a multiple
-of the chunk length ends with one shorter chunk (same math, no padding). Gradients come from autograd.
+Forward: the states between chunks come from a sequential loop over chunks (one scaled add per chunk; the
+chunks' own contributions are one batched matmul for all chunks); the outputs inside every chunk then come
+from the parallel form, for all chunks, batches and heads at once. A sequence whose length is not a
+multiple of the chunk length ends with one shorter chunk (same math, no padding).
+
+Backward (`_ChunkwiseMLSTM`): the exact gradient of that forward, normalizer included (h = num / denom,
+denom = max(|den|, exp(-m)) + eps, with m detached as everywhere, DESIGN.md §4). It keeps the inputs, h
+and the chunk-start states, and recomputes the rest per chunk: the decay matrix (element-wise) and q̂kᵀ (one
+batched matmul); q̂ᵀC0 is not needed again. Autograd instead holds every (B, NH, NC, L, L) intermediate of
+the forward and runs a backward node per operation and per chunk of the state loop. Per chunk, with
+G = dS ⊙ S the gradient of logD (S = (q̂kᵀ) ⊙ D', dS the gradient of S):
+
+    dĩ_s = Σ_r G_rs + (state path),   db_r = Σ_s G_rs - Σ_r' G_r'r + β_r ∂L/∂β_r + (state path),
+    dlogσ(f̃_u) = Σ_{r≥u} db_r   (the cumulative sum b inside the chunk, reversed).
+
+The state gradient flows back through the chunks in one more sequential loop (dC_{k-1} = decay_k dC_k +
+the chunk's q̂ᵀ(β dnum)); the state path's gradients to k, v and the gates are batched afterwards.
 
 Notation:
     B batch, NH heads, S sequence length, L chunk length, NC number of chunks,
     DQK key/query head dim, DV value head dim; ĩ, f̃ gate pre-activations; state (C, n, m) as in
-    `stabilized`; b_L = Σ_{r≤L} logσ(f̃_r) the log decay over a whole chunk.
+    `stabilized`; b_r = Σ_{u≤r} logσ(f̃_u) inside a chunk; b_L the log decay over a whole chunk;
+    a_r = b_L - b_r + ĩ_r the log weight of step r in the chunk's state update.
 """
 
 import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from .stabilized import MLSTMState, chunk_inputs, log_decay_matrix, parallel_outputs, stabilized_update
+from .stabilized import MLSTMState
 
 
-def _equal_chunks(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    i: torch.Tensor,
-    f: torch.Tensor,
-    state: MLSTMState,
-    L: int,
-    eps: float,
-) -> tuple[torch.Tensor, MLSTMState]:
-    """Chunkwise form of a sequence whose length S is a multiple of L; shapes as in `mlstm_chunkwise`."""
-    B, NH, S, DQK = q.shape
-    DV = v.shape[-1]
-    NC = S // L
-    matQ = q.reshape(B, NH, NC, L, DQK)
-    matK = k.reshape(B, NH, NC, L, DQK)
-    matV = v.reshape(B, NH, NC, L, DV)
-    matLogD, vecB = log_decay_matrix(i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L))  # (B, NH, NC, L, L)
-    matCin, vecNin, scaLogI = chunk_inputs(matK, matV, matLogD[..., -1, :])  # (B, NH, NC, ...)
-    states_before = []
-    # unbind, not indexing: its backward stacks the gradients once instead of once per chunk
-    for update in zip(*(x.unbind(2) for x in (vecB[..., -1], matCin, vecNin, scaLogI))):
-        states_before.append(state)
-        state = stabilized_update(state, *update)
-    chunk_states = tuple(torch.stack(parts, dim=2) for parts in zip(*states_before))  # (B, NH, NC, ...)
-    h = parallel_outputs(matQ, matK, matV, matLogD, vecB, chunk_states, eps)  # (B, NH, NC, L, DV)
-    return h.reshape(B, NH, S, DV), state
+def _chunk_gates(vecI: torch.Tensor, vecF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cumulative log forget gates of every chunk and the log weights of the chunk's state update.
+
+    Note: b is summed in float64 so that differences b_r - b_s stay exact (DESIGN.md §4: b_r - b_s of a
+    float32 cumulative sum loses precision once |b| grows); see `_decay_matrix`.
+
+    Args:
+        vecI, vecF: (..., L) gate pre-activations of each chunk.
+
+    Returns:
+        vecB64: (..., L) b in float64, scaLogF: (...) b_L in the dtype of vecI, vecA: (..., L) a_r.
+    """
+    vecB64 = F.logsigmoid(vecF).double().cumsum(-1)
+    vecA = (vecB64[..., -1:] - vecB64).to(vecI.dtype) + vecI
+    return vecB64, vecB64[..., -1].to(vecI.dtype), vecA
+
+
+def _decay_matrix(
+    vecB64: torch.Tensor, vecI: torch.Tensor, scaM0: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Row stabilizers m_r, the state's weights β_r = exp(b_r + m0 - m_r) and the stabilized decay matrix
+    D'_rs = exp(b_r - b_s + ĩ_s - m_r) (0 for s > r).
+
+    m_r = max(b_r + m0, max_{s≤r} logD_rs) = b_r + max(m0, cummax_s(ĩ_s - b_s)): a running max, no L x L
+    pass. The exponent is summed in float64 from the row part b_r - m_r and the column part ĩ_s - b_s.
+
+    Args:
+        vecB64: (..., L) float64 b, vecI: (..., L) input gates, scaM0: (...) stabilizer of the chunk's state.
+
+    Returns:
+        vecM, vecBeta: (..., L), matDp: (..., L, L), in the dtype of vecI.
+    """
+    L = vecI.shape[-1]
+    vecCol = vecI.double() - vecB64  # (..., L)
+    scaM0 = scaM0.double()[..., None]
+    vecRowMax = torch.maximum(vecCol.cummax(-1).values, scaM0)  # m_r - b_r
+    causal = torch.ones(L, L, dtype=torch.bool, device=vecI.device).tril()
+    matExponent = (vecCol[..., None, :] - vecRowMax[..., :, None]).to(vecI.dtype)  # (..., L, L)
+    matDp = torch.where(causal, matExponent.exp_(), 0.0)
+    vecBeta = torch.exp(scaM0 - vecRowMax)
+    return (vecB64 + vecRowMax).to(vecI.dtype), vecBeta.to(vecI.dtype), matDp
+
+
+def _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps):
+    """What the forward and the backward both need of the parallel form inside every chunk, from its start
+    state (`stabilized.parallel_outputs`): num = S V + β q̂ᵀC0 and h = num / denom are left to the forward.
+
+    Args:
+        matQs: (..., L, DQK) scaled queries, matK: (..., L, DQK).
+        vecB64, vecI: (..., L) from `_chunk_gates` and the input gates.
+        vecN0: (..., DQK), scaM0: (...) the state before each chunk.
+
+    Returns:
+        dict of matS = (q̂kᵀ) ⊙ D' and matDp (..., L, L); vecM, vecBeta, vecDen, vecDenom and
+        vecInterN = q̂ᵀn0 (before the β scaling), each (..., L).
+    """
+    vecM, vecBeta, matDp = _decay_matrix(vecB64, vecI, scaM0)
+    matS = (matQs @ matK.mT).mul_(matDp)
+    vecInterN = (matQs @ vecN0[..., None]).squeeze(-1)
+    vecDen = torch.addcmul(matS.sum(-1), vecBeta, vecInterN)
+    vecDenom = torch.maximum(vecDen.abs(), torch.exp(-vecM)) + eps
+    return {"matS": matS, "matDp": matDp, "vecM": vecM, "vecBeta": vecBeta, "vecDen": vecDen,
+            "vecDenom": vecDenom, "vecInterN": vecInterN}
+
+
+def _intra_chunk_backward(matDh, matH, matQs, matK, matV, vecB64, vecI, matC0, vecN0, scaM0, eps):
+    """Gradients of the outputs inside every chunk with respect to its inputs and its start state.
+
+    Note: Σ_v dnum_rv (q̂_rᵀC0)_v = q̂_r · (C0 dnum_r), and C0 dnum is part of dq̂ anyway, so q̂ᵀC0 is
+    not recomputed. The buffers of this function are gone before the state gradients are computed.
+
+    Args:
+        matDh, matH: (..., L, DV) the gradient of h and h; the rest as in `_intra_chunk` and matV
+            (..., L, DV), matC0 (..., DQK, DV).
+
+    Returns:
+        dq̂, dk (..., L, DQK), dv (..., L, DV), dC0 (..., DQK, DV), dn0 (..., DQK), and dĩ, db (..., L).
+    """
+    L, DV = matK.shape[-2], matV.shape[-1]
+    intra = _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps)
+    vecBeta, vecDen, matS = intra["vecBeta"], intra["vecDen"], intra["matS"]
+    # h = num / denom: the normalizer's gradient goes to den where |den| is the max (m is detached)
+    matDnum = matDh / intra["vecDenom"][..., None]
+    vecDdenom = -(matDnum * matH).sum(-1)
+    vecDden = torch.where(vecDen.abs() > torch.exp(-intra["vecM"]), vecDdenom * vecDen.sign(), 0.0)
+    # S enters num through S V and den through its row sums
+    matDS = torch.baddbmm(vecDden.reshape(-1, L, 1), matDnum.reshape(-1, L, DV),
+                          matV.reshape(-1, L, DV).mT).view_as(matS)
+    matDV = matS.mT @ matDnum
+    matG = matDS * matS  # gradient of logD (zero above the diagonal)
+    matDP = matDS.mul_(intra["matDp"])  # gradient of q̂kᵀ
+    matDnumB = matDnum.mul_(vecBeta[..., None])
+    vecDdenB = vecDden * vecBeta
+    matDnumC = matDnumB @ matC0.mT  # (..., L, DQK)
+    vecDlogBeta = (matDnumC * matQs).sum(-1) + vecDdenB * intra["vecInterN"]
+    matDQs = torch.addcmul(matDnumC.add_(matDP @ matK), vecDdenB[..., None], vecN0[..., None, :])
+    matDK = matDP.mT @ matQs
+    dC0 = matQs.mT @ matDnumB
+    dN0 = (matQs.mT @ vecDdenB[..., None]).squeeze(-1)
+    vecGcol = matG.sum(-2)
+    return matDQs, matDK, matDV, dC0, dN0, vecGcol, matG.sum(-1) - vecGcol + vecDlogBeta
+
+
+def _state_weights(scaLogF, vecA, scaM):
+    """Per chunk k: decay_k = exp(b_L + m_{k-1} - m_k) of the old state and w_r = exp(a_r - m_k) of step r.
+
+    Args:
+        scaLogF: (..., NC) b_L, vecA: (..., NC, L) a_r; scaM: (..., NC + 1) the stabilizers before every
+            chunk and after the last.
+
+    Returns:
+        vecDecay (..., NC), matW (..., NC, L).
+    """
+    return torch.exp(scaLogF + scaM[..., :-1] - scaM[..., 1:]), torch.exp(vecA - scaM[..., 1:, None])
+
+
+def _state_backward(dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV):
+    """Gradients through the states between chunks, C_k = decay_k C_{k-1} + Σ_r w_r k_r v_rᵀ (n alike).
+
+    Args:
+        dC_final (B, NH, DQK, DV), dN_final (B, NH, DQK): gradients of the final state.
+        dC_intra (B, NH, NC, DQK, DV), dN_intra (B, NH, NC, DQK): what each chunk's outputs give its start state.
+        vecDecay, matW: from `_state_weights`; matK, matV (B, NH, NC, L, ·); matCs, vecNs: the start states.
+        matDK, matDV: (B, NH, NC, L, ·) gradients of k and v, added to in place.
+
+    Returns:
+        The gradients of the initial C and n, of log w (B, NH, NC, L) and of log decay (B, NH, NC).
+    """
+    dC, dN, grads_C, grads_N = dC_final, dN_final, [], []
+    for scaDecay, dC_k, dN_k in zip(vecDecay.unbind(-1)[::-1], dC_intra.unbind(2)[::-1], dN_intra.unbind(2)[::-1]):
+        grads_C.append(dC)
+        grads_N.append(dN)
+        dC = torch.addcmul(dC_k, scaDecay[..., None, None], dC)
+        dN = torch.addcmul(dN_k, scaDecay[..., None], dN)
+    dC_after = torch.stack(grads_C[::-1], dim=2)  # gradient of the state after each chunk
+    dN_after = torch.stack(grads_N[::-1], dim=2)
+    matKdC = matK @ dC_after  # (B, NH, NC, L, DV)
+    vecKdN = (matK @ dN_after[..., None]).squeeze(-1)
+    matDV.addcmul_(matW[..., None], matKdC)
+    matDK.addcmul_(matW[..., None], (matV @ dC_after.mT).add_(dN_after[..., None, :]))
+    vecDlogW = matW * ((matKdC * matV).sum(-1) + vecKdN)
+    vecDlogDecay = vecDecay * ((dC_after * matCs).sum((-2, -1)) + (dN_after * vecNs).sum(-1))
+    return dC, dN, vecDlogW, vecDlogDecay
+
+
+class _ChunkwiseMLSTM(torch.autograd.Function):
+    """Chunkwise mLSTM over a sequence whose length is a multiple of L, with the exact hand-written backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, i, f, matC0, vecN0, scaM0, L: int, eps: float):
+        B, NH, S, DQK = q.shape
+        DV = v.shape[-1]
+        NC = S // L
+        matQ, matK = q.reshape(B, NH, NC, L, DQK), k.reshape(B, NH, NC, L, DQK)
+        matV = v.reshape(B, NH, NC, L, DV)
+        vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)
+        vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF)
+        # stabilizers first (scalars per chunk), then the states with the final weights in one batched matmul
+        scaLogI, scaM = vecA.amax(-1), [scaM0]
+        for scaLogF_k, scaLogI_k in zip(scaLogF.unbind(-1), scaLogI.unbind(-1)):
+            scaM.append(torch.maximum(scaLogF_k + scaM[-1], scaLogI_k))
+        scaM = torch.stack(scaM, dim=-1)  # (B, NH, NC + 1)
+        vecDecay, matW = _state_weights(scaLogF, vecA, scaM)
+        matKw = matK * matW[..., None]
+        matCin, vecNin = matKw.mT @ matV, matKw.sum(-2)  # (B, NH, NC, DQK, DV), (B, NH, NC, DQK)
+        matC, vecN, states_C, states_N = matC0, vecN0, [], []
+        # unbind, not indexing: one view per chunk, made once
+        for scaDecay, matCin_k, vecNin_k in zip(vecDecay.unbind(-1), matCin.unbind(2), vecNin.unbind(2)):
+            states_C.append(matC)
+            states_N.append(vecN)
+            matC = torch.addcmul(matCin_k, scaDecay[..., None, None], matC)
+            vecN = torch.addcmul(vecNin_k, scaDecay[..., None], vecN)
+        matCs, vecNs = torch.stack(states_C, dim=2), torch.stack(states_N, dim=2)  # state before each chunk
+        matQs = matQ * DQK**-0.5
+        intra = _intra_chunk(matQs, matK, vecB64, vecI, vecNs, scaM[..., :-1], eps)
+        matNum = torch.addcmul(intra["matS"] @ matV, intra["vecBeta"][..., None], matQs @ matCs)
+        h = (matNum / intra["vecDenom"][..., None]).reshape(B, NH, S, DV)
+        ctx.save_for_backward(q, k, v, i, f, h, matCs, vecNs, scaM)
+        ctx.L, ctx.eps = L, eps
+        scaM_final = scaM[..., -1]
+        ctx.mark_non_differentiable(scaM_final)
+        return h, matC, vecN, scaM_final
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dC_final, dN_final, _dM_final):
+        q, k, v, i, f, h, matCs, vecNs, scaM = ctx.saved_tensors
+        L = ctx.L
+        B, NH, S, DQK = q.shape
+        DV = v.shape[-1]
+        NC = S // L
+        matK, matV = k.reshape(B, NH, NC, L, DQK), v.reshape(B, NH, NC, L, DV)
+        vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)
+        vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF)
+        matQs = q.reshape(B, NH, NC, L, DQK) * DQK**-0.5
+        matDQs, matDK, matDV, dC_intra, dN_intra, vecDi, vecDb = _intra_chunk_backward(
+            dh.reshape(B, NH, NC, L, DV), h.reshape(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
+            scaM[..., :-1], ctx.eps,
+        )
+        vecDecay, matW = _state_weights(scaLogF, vecA, scaM)
+        dC, dN, vecDlogW, vecDlogDecay = _state_backward(
+            dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV
+        )
+        # a_r = b_L - b_r + ĩ_r and the decay exp(b_L + ...): their gradients reach ĩ and b
+        vecDi += vecDlogW
+        vecDb -= vecDlogW
+        vecDb[..., -1] += vecDlogW.sum(-1) + vecDlogDecay
+        vecDlogF = vecDb.flip(-1).cumsum(-1).flip(-1)  # b_r sums logσ(f̃_u) over u ≤ r
+        vecDf = vecDlogF * torch.sigmoid(-vecF)
+        dq = (matDQs * DQK**-0.5).reshape(B, NH, S, DQK)
+        return (dq, matDK.reshape(B, NH, S, DQK), matDV.reshape(B, NH, S, DV), vecDi.reshape(B, NH, S),
+                vecDf.reshape(B, NH, S), dC, dN, None, None, None)
 
 
 def mlstm_chunkwise(
@@ -73,6 +274,6 @@ def mlstm_chunkwise(
     for start, stop, L in ((0, split, chunk_size), (split, S, S - split)):
         if stop > start:
             inputs = [x[:, :, start:stop] for x in (q, k, v, i, f)]
-            h, state = _equal_chunks(*inputs, state, L, eps)
+            h, *state = _ChunkwiseMLSTM.apply(*inputs, *state, L, eps)
             outputs.append(h)
-    return torch.cat(outputs, dim=2), state
+    return torch.cat(outputs, dim=2), tuple(state)
