@@ -2,6 +2,8 @@
 
     python scripts/bench_loader.py data.seq_len=2048 data.batch_size=16 --batches 200 --workers 0 2
 
+(Hydra overrides go before --workers, which takes a list.)
+
 Trailing arguments are Hydra overrides of the training config (data=, tokenizer=, data.*); the cache is prepared
 first if it is missing. Each row iterates the training loader of rank 0 for --batches batches after one warm-up
 batch. Prints a table and writes JSON (default outputs/bench/loader.json).
