@@ -61,7 +61,11 @@ def rank_main(rank: int, out: str) -> None:
     if rank == 0:
         Path(out).write_text(json.dumps({"blocks": len(blocks), "sharded": sharded,
                                          **{k: float(v) for k, v in result.items()}}))
+    dist.barrier()
     dist.destroy_process_group()
+    # Note: skip interpreter teardown; gloo's threads occasionally abort there ("terminate called without an
+    # active exception", seen about once in 40 runs) after every result above is computed and written.
+    os._exit(0)
 
 
 def test_fsdp2_per_block_sharding_matches_one_process(tmp_path):
