@@ -78,13 +78,14 @@ class TokenDataModule(L.LightningDataModule):
         self.tokenizer_config = tokenizer
         self.seed = seed
         self._prepared: Optional[PreparedData] = None
+        self._prepared_path: Optional[Path] = None  # set by prepare_data, so this process lists the sources once
         self._windows: dict[str, TokenWindows] = {}
         self._resume_position = 0  # global position of the first training window of this process's run
         self._resume_step = 0  # trainer.global_step when the training loader was made
 
     def prepare_data(self) -> None:
         """Build the cache unless it exists (Lightning calls this on one process per node)."""
-        prepare(self.data_config, self.tokenizer_config)
+        self._prepared_path = prepare(self.data_config, self.tokenizer_config)
 
     def setup(self, stage: Optional[str] = None) -> None:
         """Memory-map both splits; raises ValueError if a split is too short for the loaders."""
@@ -132,13 +133,11 @@ class TokenDataModule(L.LightningDataModule):
             _, world_size = self._rank_and_world_size()
             micro_batches = steps * self.trainer.accumulate_grad_batches
             position += micro_batches * self.data_config.batch_size * world_size
-        return {"position": position, "seed": self.seed, "seq_len": self.data_config.seq_len,
-                "train_windows": len(self._split_windows("train")), "cache": self.cache_path.name}
+        return {"position": position, **self._order_identity()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume the training order; refuses a checkpoint made with other data, windows or seed."""
-        current = {"seed": self.seed, "seq_len": self.data_config.seq_len,
-                   "train_windows": len(self._split_windows("train")), "cache": self.cache_path.name}
+        current = self._order_identity()
         changed = [f"{key}: checkpoint {state.get(key)!r} vs now {value!r}" for key, value in current.items()
                    if state.get(key) != value]
         if changed:
@@ -182,8 +181,13 @@ class TokenDataModule(L.LightningDataModule):
 
     def _opened(self) -> PreparedData:
         if self._prepared is None:
-            self._prepared = load(locate(self.data_config, self.tokenizer_config))
+            self._prepared = load(self._prepared_path or locate(self.data_config, self.tokenizer_config))
         return self._prepared
+
+    def _order_identity(self) -> dict[str, Any]:
+        """What fixes the training order besides the position: a resumed run must match it."""
+        return {"seed": self.seed, "seq_len": self.data_config.seq_len,
+                "train_windows": len(self._split_windows("train")), "cache": self.cache_path.name}
 
     def _split_windows(self, split: str) -> TokenWindows:
         if split not in self._windows:
