@@ -57,6 +57,27 @@ def test_causal_conv_matches_definition_and_carries_state(with_docs):
     torch.testing.assert_close(torch.cat(pieces, 1), y)
 
 
+@pytest.mark.parametrize("with_docs", [False, True])
+def test_causal_conv_gradients_equal_autograd_of_the_definition(with_docs):
+    # The conv has a hand-written backward: its gradients (input, state, weight, bias) must equal autograd
+    # through the definition, and finite differences.
+    torch.manual_seed(0)
+    conv = CausalConv1d(5, 4).double()
+    x = torch.randn(2, 9, 5, dtype=torch.float64, requires_grad=True)
+    state = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
+    doc_starts = (torch.rand(2, 9) < 0.3) if with_docs else None
+    grad_y = torch.randn(2, 9, 5, dtype=torch.float64)
+    params = [x, state, conv.weight, conv.bias]
+    grads = torch.autograd.grad(conv(x, state, doc_starts)[0], params, grad_y)
+    # the definition with the state as the K - 1 inputs before x (they belong to the first token's document)
+    padded = torch.cat([state, x], 1)
+    padded_docs = None if doc_starts is None else torch.cat([torch.zeros(2, 3, dtype=torch.bool), doc_starts], 1)
+    expected = conv_by_definition(padded, conv.weight, conv.bias, padded_docs)[:, 3:]
+    for grad, reference in zip(grads, torch.autograd.grad(expected, params, grad_y)):
+        torch.testing.assert_close(grad, reference)
+    assert torch.autograd.gradcheck(lambda *p: conv(p[0], p[1], doc_starts)[0], (x, state))
+
+
 def test_block_diagonal_linear_is_a_block_diagonal_matrix():
     torch.manual_seed(0)
     layer = BlockDiagonalLinear(12, 8, num_blocks=4).double()

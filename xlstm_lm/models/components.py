@@ -80,6 +80,41 @@ class MultiHeadNorm(nn.Module):
         return normed.flatten(-2) * self.weight
 
 
+class _DepthwiseTaps(torch.autograd.Function):
+    """y_t = bias + Σ_j w_j ⊙ x_{t-K+1+j} [⊙ keep_{t,j}] over a left-padded input, with a hand-written backward.
+
+    The same sums as a depthwise `conv1d`, done as K scaled adds over shifted views: on CPU this is several
+    times faster than the convolution's backward, and it takes the per-tap document masks directly.
+    """
+
+    @staticmethod
+    def forward(ctx, padded, weight, bias, keep):
+        """padded (B, K-1+S, C), weight (C, K), bias (C), keep (B, S, K) float mask or None -> y (B, S, C)."""
+        K = weight.shape[1]
+        S = padded.shape[1] - K + 1
+        y = None
+        for tap in range(K):
+            shifted = padded[:, tap:tap + S]
+            if keep is not None:
+                shifted = shifted * keep[:, :, tap, None]
+            y = torch.addcmul(bias, shifted, weight[:, tap]) if y is None else y.addcmul_(shifted, weight[:, tap])
+        ctx.save_for_backward(padded, weight, keep)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        padded, weight, keep = ctx.saved_tensors
+        K = weight.shape[1]
+        S = grad_y.shape[1]
+        grad_padded = torch.zeros_like(padded)
+        grad_weight = torch.empty_like(weight)
+        for tap in range(K):
+            grad_tap = grad_y if keep is None else grad_y * keep[:, :, tap, None]
+            grad_padded[:, tap:tap + S].addcmul_(grad_tap, weight[:, tap])
+            grad_weight[:, tap] = (grad_tap * padded[:, tap:tap + S]).sum((0, 1))
+        return grad_padded, grad_weight, grad_y.sum((0, 1)), None
+
+
 class CausalConv1d(nn.Module):
     """Causal depthwise 1-d convolution over time with a carried state.
 
@@ -107,19 +142,15 @@ class CausalConv1d(nn.Module):
         if state is None:
             state = x.new_zeros(B, K - 1, self.channels)
         padded = torch.cat([state.to(x.dtype), x], dim=1)  # (B, K-1+S, C)
-        if doc_starts is None:
-            y = F.conv1d(padded.transpose(1, 2), self.weight[:, None, :], self.bias, groups=self.channels)
-            y = y.transpose(1, 2)
-        else:
+        new_state = padded[:, S:]
+        keep = None
+        if doc_starts is not None:
             # document index of every padded position; the state belongs to the document in progress
             doc = F.pad(doc_starts.long().cumsum(dim=1), (K - 1, 0))  # (B, K-1+S)
-            y = self.bias.expand(B, S, -1)
-            for tap in range(K):
-                same_doc = (doc[:, tap:tap + S] == doc[:, K - 1:]).unsqueeze(-1)  # (B, S, 1)
-                y = y + padded[:, tap:tap + S] * self.weight[:, tap] * same_doc
+            keep = torch.stack([doc[:, tap:tap + S] == doc[:, K - 1:] for tap in range(K)], dim=-1).to(x.dtype)
             # inputs of a finished document must not reach the next piece either
-            padded = padded * (doc == doc[:, -1:]).unsqueeze(-1)
-        return y, padded[:, S:]
+            new_state = new_state * (doc[:, S:] == doc[:, -1:]).unsqueeze(-1)
+        return _DepthwiseTaps.apply(padded, self.weight, self.bias, keep), new_state
 
 class BlockDiagonalLinear(nn.Module):
     """Linear map whose matrix is block-diagonal: `num_blocks` independent (in/nb x out/nb) maps.
