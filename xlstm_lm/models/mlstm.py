@@ -20,6 +20,7 @@ from xlstm_lm.models.components import (
     BlockDiagonalLinear,
     CausalConv1d,
     MultiHeadNorm,
+    input_and_forget_gates,
     layer_norm,
     reset_forget_at_doc_starts,
     small_init_,
@@ -72,9 +73,8 @@ class MLSTMLayer(nn.Module):
         conv, new_conv_state = self.conv(x_m, conv_state, doc_starts)
         conv = F.silu(conv)
         q, k, v = self.q(conv), self.k(conv), self.v(x_m)  # (B, S, inner)
-        qkv = torch.cat([q, k, v], dim=-1)
-        i = self.igate(qkv).transpose(1, 2)  # (B, NH, S)
-        f = reset_forget_at_doc_starts(self.fgate(qkv), doc_starts).transpose(1, 2)  # (B, NH, S)
+        i, f = input_and_forget_gates(torch.cat([q, k, v], dim=-1), self.igate, self.fgate)
+        i, f = i.transpose(1, 2), reset_forget_at_doc_starts(f, doc_starts).transpose(1, 2)  # (B, NH, S)
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))  # (B, NH, S, DH)
         out = mlstm(q, k, v, i, f, cell_state, backend=self.backend, chunk_size=self.chunk_size,
                     return_state=return_state)

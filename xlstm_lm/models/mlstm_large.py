@@ -17,6 +17,7 @@ from xlstm_lm.kernels import mlstm
 from xlstm_lm.models.components import (
     GatedFeedForward,
     MultiHeadNorm,
+    input_and_forget_gates,
     reset_forget_at_doc_starts,
     rms_norm,
     round_up,
@@ -72,8 +73,8 @@ class LargeMLSTMBlock(nn.Module):
     def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):
         """x (B, S, D) -> (x' (B, S, D), new state or None)."""
         xn = self.norm(x)
-        i = soft_cap(self.igate(xn), self.gate_soft_cap).transpose(1, 2)  # (B, NH, S)
-        f = reset_forget_at_doc_starts(soft_cap(self.fgate(xn), self.gate_soft_cap), doc_starts).transpose(1, 2)
+        i, f = (soft_cap(gate, self.gate_soft_cap) for gate in input_and_forget_gates(xn, self.igate, self.fgate))
+        i, f = i.transpose(1, 2), reset_forget_at_doc_starts(f, doc_starts).transpose(1, 2)  # (B, NH, S)
         q, k, v = (split_heads(proj(xn), self.num_heads) for proj in (self.q, self.k, self.v))
         out = mlstm(q, k, v, i, f, state,
                     backend=self.backend, chunk_size=self.chunk_size, return_state=return_state)
