@@ -12,6 +12,8 @@ from xlstm_lm.models.components import (
     CausalConv1d,
     GatedFeedForward,
     MultiHeadNorm,
+    block_diagonal_as_bmm,
+    block_diagonal_as_conv,
     reset_forget_at_doc_starts,
     round_up,
     small_init_,
@@ -84,6 +86,16 @@ def test_block_diagonal_linear_is_a_block_diagonal_matrix():
     x = torch.randn(3, 5, 12, dtype=torch.float64)
     dense = torch.block_diag(*layer.weight)  # (12, 8)
     torch.testing.assert_close(layer(x), x @ dense)
+    # both ways of computing it (convolution on CPU, batched matmul on GPU), values and gradients, also on
+    # a strided input (a chunk of a wider projection)
+    wide = torch.randn(3, 5, 24, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(3, 5, 8, dtype=torch.float64)
+    expected = torch.autograd.grad(wide[..., :12] @ dense, (wide, layer.weight), grad_out)
+    for product in (block_diagonal_as_conv, block_diagonal_as_bmm):
+        y = product(wide[..., :12], layer.weight)
+        torch.testing.assert_close(y, wide[..., :12] @ dense)
+        for grad, reference in zip(torch.autograd.grad(y, (wide, layer.weight), grad_out), expected):
+            torch.testing.assert_close(grad, reference)
     with pytest.raises(ValueError, match="divisible"):
         BlockDiagonalLinear(10, 8, num_blocks=4)
 
