@@ -36,7 +36,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from xlstm_lm.kernels import mlstm, slstm
-from xlstm_lm.models import LlamaConfig, LlamaLM, XLSTMConfig, XLSTMLM
+from xlstm_lm.models import LanguageModel, LlamaConfig, LlamaLM, XLSTMConfig, XLSTMLM
 from xlstm_lm.models.slstm import SLSTMLayer
 from xlstm_lm.training.flops import training_flops_per_token
 
@@ -218,13 +218,17 @@ def official_xlstm_lm(ours: XLSTMLM, context_length: int) -> torch.nn.Module | N
 
 
 def training_step_ms(model: torch.nn.Module, batch: int, seq_len: int, vocab_size: int, steps: int) -> float:
-    """Median ms of forward + cross-entropy + backward + AdamW step on random tokens."""
+    """Median ms of forward + cross-entropy + backward + AdamW step on random tokens; our models compute the
+    loss as our trainer does (from the features, `labels=`), others from their logits."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     tokens = torch.randint(vocab_size, (batch, seq_len + 1), generator=torch.Generator().manual_seed(0))
 
     def step():
-        logits = model(tokens[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+        if isinstance(model, LanguageModel):
+            loss = model(tokens[:, :-1], labels=tokens[:, 1:])
+        else:
+            logits = model(tokens[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -5,13 +5,13 @@ from collections import defaultdict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.evaluation.tiny_export import MODEL_VOCAB, corpus_texts, tiny_model
 from xlstm_lm.data.corpus import Document
 from xlstm_lm.evaluation.perplexity import (PerplexityConfig, encode_documents, evaluate_context, join_documents,
                                             position_buckets, score_window, token_byte_counts, token_nll)
-from xlstm_lm.training.module import next_token_loss
 
 MODELS = ["xlstm", "lstm", "llama"]
 
@@ -52,7 +52,7 @@ def test_loss_is_the_training_loss_of_each_window(documents, kind, piece_length)
         for doc in documents:
             for start in range(0, doc.num_labels, context):
                 window = doc.ids[start:start + context + 1][None]  # fresh state for every window
-                nll_sum += next_token_loss(model(window[:, :-1]), window[:, 1:], "sum").item()
+                nll_sum += model(window[:, :-1], labels=window[:, 1:], reduction="sum").item()
                 tokens += window.shape[1] - 1
     assert result.tokens == tokens == sum(doc.num_labels for doc in documents)
     assert result.loss == pytest.approx(nll_sum / tokens, rel=1e-5)
@@ -64,7 +64,7 @@ def test_one_window_equals_the_training_loss_on_it(documents):
     model, doc = tiny_model("xlstm"), documents[0]
     result = evaluate_context(model, [doc], doc.num_labels, PerplexityConfig(piece_length=100))
     with torch.no_grad():
-        expected = next_token_loss(model(doc.ids[None, :-1]), doc.ids[None, 1:])
+        expected = model(doc.ids[None, :-1], labels=doc.ids[None, 1:])
     assert result.windows == 1 and result.note is None
     assert result.loss == pytest.approx(expected.item(), rel=1e-6)
 
@@ -78,7 +78,7 @@ def test_joined_documents_are_one_stream_with_the_same_labels(documents):
     model = tiny_model("xlstm")
     result = evaluate_context(model, [joined], 4 * joined.num_labels, PerplexityConfig(piece_length=300))
     with torch.no_grad():
-        expected = next_token_loss(model(joined.ids[None, :-1]), joined.ids[None, 1:])
+        expected = model(joined.ids[None, :-1], labels=joined.ids[None, 1:])
     assert result.windows == 1 and result.loss == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -97,7 +97,7 @@ def test_token_nll_is_the_unreduced_training_loss():
     labels = torch.randint(0, 11, (2, 5), generator=torch.Generator().manual_seed(2))
     nll = token_nll(logits, labels)
     assert nll.shape == (2, 5)
-    torch.testing.assert_close(nll.mean(), next_token_loss(logits, labels))
+    torch.testing.assert_close(nll.mean(), F.cross_entropy(logits.flatten(0, 1), labels.flatten()))
     assert nll[1, 3].item() == pytest.approx(-torch.log_softmax(logits[1, 3], -1)[labels[1, 3]].item(), rel=1e-6)
 
 

@@ -26,16 +26,16 @@ def step_of(path: Path) -> int:
 def test_nan_stops_with_the_step_and_checkpoints_keep_last_k_plus_best(tmp_path, data_cache, monkeypatch):
     calls = []
 
-    def loss_turning_nan_at_step_9(logits, labels, reduction="mean"):
-        loss = next_token_loss(logits, labels, reduction)
-        if reduction == "mean":
+    def loss_turning_nan_at_step_9(self, input_ids, doc_starts=None, labels=None, reduction="mean"):
+        loss = forward(self, input_ids, doc_starts, labels, reduction)
+        if labels is not None and reduction == "mean":
             calls.append(1)
             if len(calls) == 10:  # the 10th training batch: global step 9
                 return loss * float("nan")
         return loss
 
-    next_token_loss = module_file.next_token_loss
-    monkeypatch.setattr(module_file, "next_token_loss", loss_turning_nan_at_step_9)
+    forward = module_file.LanguageModelModule.forward
+    monkeypatch.setattr(module_file.LanguageModelModule, "forward", loss_turning_nan_at_step_9)
     overrides = [*small_run_overrides(data_cache, max_steps=12), "trainer.keep_last_checkpoints=2",
                  "trainer.nonfinite=stop"]
     with pytest.raises(FloatingPointError, match="training stopped at step 9: the loss is nan"):

@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 
 from xlstm_lm.models import XLSTMLM, XLSTMConfig
-from xlstm_lm.training.module import next_token_loss
 from xlstm_lm.training.optim import OptimizerConfig, build_optimizer, decayed_parameter_names
 from xlstm_lm.training.parallelize import BLOCK_CLASSES
 
@@ -25,12 +24,12 @@ CONFIG = XLSTMConfig(vocab_size=64, embedding_dim=32, num_blocks=2, num_heads=4,
 def train_two_steps(model, ids, decayed) -> dict:
     """Loss, gradient norm (clipped to 0.1) and the loss after one AdamW step, for `ids` (B, S + 1)."""
     optimizer = build_optimizer(model, OptimizerConfig(lr=1e-2), decayed)
-    loss = next_token_loss(model(ids[:, :-1]), ids[:, 1:])
+    loss = model(ids[:, :-1], labels=ids[:, 1:])
     loss.backward()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
     optimizer.step()
     with torch.no_grad():
-        after = next_token_loss(model(ids[:, :-1]), ids[:, 1:])
+        after = model(ids[:, :-1], labels=ids[:, 1:])
     return {"loss": loss.detach(), "grad_norm": norm.full_tensor() if hasattr(norm, "full_tensor") else norm,
             "loss_after_step": after}
 

@@ -1,8 +1,9 @@
 """What every language model of the project shares: the parameter count and the recurrence flag.
 
-All models take `forward(input_ids, state=None, doc_starts=None, return_state=False)` and return
-float32 logits (and the state after the last token when asked), so training, evaluation and generation
-treat them alike. A recurrent model's state has a fixed size; the Transformer's is a KV cache that grows.
+All models take `forward(input_ids, state=None, doc_starts=None, return_state=False, labels=None,
+reduction="mean")` and return float32 logits, or with `labels` the next-token loss computed without the
+logits (and the state after the last token when asked), so training, evaluation and generation treat
+them alike. A recurrent model's state has a fixed size; the Transformer's is a KV cache that grows.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from xlstm_lm.models.components import small_init_
+from xlstm_lm.models.components import small_init_, soft_cap
+from xlstm_lm.models.head_loss import linear_cross_entropy
 
 
 class LanguageModel(nn.Module):
@@ -33,6 +35,16 @@ class LanguageModel(nn.Module):
         self.head = nn.Linear(dim, vocab_size, bias=False)
         if tie:
             self.head.weight = self.embedding.weight
+
+    def output(self, features: torch.Tensor, labels: torch.Tensor | None = None, reduction: str = "mean",
+               logit_soft_cap: float | None = None) -> torch.Tensor:
+        """The head on the final features (B, S, D): float32 logits (B, S, V), or, given labels (B, S), their
+        cross-entropy ("mean" or "sum" over tokens) computed block by block without holding the logits."""
+        if labels is not None:
+            return linear_cross_entropy(features.flatten(0, 1), self.head.weight, labels.flatten(),
+                                        soft_cap=logit_soft_cap, reduction=reduction)
+        logits = self.head(features).float()
+        return soft_cap(logits, logit_soft_cap) if logit_soft_cap else logits
 
     def init_embedding_and_head(self) -> None:
         """Small init (DESIGN §6) for the embedding and, when untied, the head."""

@@ -36,6 +36,11 @@ def wang_init_(weight: torch.Tensor, dim: int, num_blocks: int) -> torch.Tensor:
     return nn.init.normal_(weight, mean=0.0, std=2.0 / (num_blocks * math.sqrt(dim)))
 
 
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap · tanh(x / cap): bounded, smooth, the identity near zero."""
+    return cap * torch.tanh(x / cap)
+
+
 # Forget-gate pre-activation written at the first token of a document so the memory resets (DESIGN §4).
 DOC_RESET_FORGET = -25.0
 

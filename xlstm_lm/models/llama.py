@@ -141,8 +141,10 @@ class LlamaLM(LanguageModel):
         nn.init.ones_(self.final_norm.weight)
 
     def forward(self, input_ids: torch.Tensor, state: Optional[list] = None,
-                doc_starts: Optional[torch.Tensor] = None, return_state: bool = False):
-        """Next-token logits (B, S, V) in float32, and the KV caches when `return_state`.
+                doc_starts: Optional[torch.Tensor] = None, return_state: bool = False,
+                labels: Optional[torch.Tensor] = None, reduction: str = "mean"):
+        """Next-token logits (B, S, V) in float32 (the loss given `labels`, see `output`), and the KV caches
+        when `return_state`.
 
         `doc_starts` (B, S) restricts attention to the current document; it needs an empty cache.
         """
@@ -155,5 +157,5 @@ class LlamaLM(LanguageModel):
         for index, layer in enumerate(self.layers):
             x, cache = self.run_block(layer, x, None if state is None else state[index], doc_starts)
             caches.append(cache)
-        logits = self.head(self.final_norm(x)).float()
-        return (logits, caches) if return_state else logits
+        out = self.output(self.final_norm(x), labels, reduction)
+        return (out, caches) if return_state else out

@@ -18,7 +18,7 @@ from xlstm_lm.kernels import MLSTM_BACKENDS, SLSTM_BACKENDS
 from xlstm_lm.models.base import LanguageModel
 from xlstm_lm.models.components import layer_norm, rms_norm, round_up
 from xlstm_lm.models.mlstm import MLSTMBlock
-from xlstm_lm.models.mlstm_large import LargeMLSTMBlock, soft_cap
+from xlstm_lm.models.mlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMBlock
 
 ARCHITECTURES = ("xlstm", "xlstm_large")
@@ -149,17 +149,20 @@ class XLSTMLM(LanguageModel):
         nn.init.ones_(self.final_norm.weight)
 
     def forward(self, input_ids: torch.Tensor, state: Optional[list] = None,
-                doc_starts: Optional[torch.Tensor] = None, return_state: bool = False):
-        """Next-token logits.
+                doc_starts: Optional[torch.Tensor] = None, return_state: bool = False,
+                labels: Optional[torch.Tensor] = None, reduction: str = "mean"):
+        """Next-token logits, or the next-token loss given the labels.
 
         Args:
             input_ids: (B, S) token ids.
             state: per-block recurrent states from a previous call (None = fresh memory).
             doc_starts: (B, S) bool, True at the first token of a document: memories reset there.
             return_state: also return the per-block states after the last token.
+            labels: (B, S) next-token ids: return their cross-entropy instead of the logits (`output`).
+            reduction: "mean" or "sum" of the loss over tokens.
 
         Returns:
-            logits (B, S, V) in float32, and the list of block states when `return_state`.
+            logits (B, S, V) in float32 (or the loss), and the list of block states when `return_state`.
         """
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state has {len(state)} entries, the model has {len(self.blocks)} blocks")
@@ -168,7 +171,5 @@ class XLSTMLM(LanguageModel):
         for index, block in enumerate(self.blocks):
             x, block_state = self.run_block(block, x, None if state is None else state[index], doc_starts, return_state)
             new_state.append(block_state)
-        logits = self.head(self.final_norm(x)).float()
-        if self.config.logit_soft_cap:
-            logits = soft_cap(logits, self.config.logit_soft_cap)
-        return (logits, new_state) if return_state else logits
+        out = self.output(self.final_norm(x), labels, reduction, self.config.logit_soft_cap)
+        return (out, new_state) if return_state else out

@@ -93,10 +93,12 @@ class LSTMLM(LanguageModel):
         self.init_embedding_and_head()
         self.lstm.reset_parameters()
 
-    def forward(self, input_ids: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):
-        """Next-token logits (B, S, V) in float32, and the final (h, c) when `return_state`."""
+    def forward(self, input_ids: torch.Tensor, state=None, doc_starts=None, return_state: bool = False,
+                labels=None, reduction: str = "mean"):
+        """Next-token logits (B, S, V) in float32 (the loss given `labels`, see `output`), and the final (h, c)
+        when `return_state`."""
         if doc_starts is not None:
             raise ValueError("the LSTM baseline cannot reset at document starts (supports_doc_starts is False)")
         y, new_state = self.lstm(self.embedding(input_ids), None if state is None else tuple(state))
-        logits = self.head(y).float()
-        return (logits, new_state) if return_state else logits
+        out = self.output(y, labels, reduction)
+        return (out, new_state) if return_state else out

@@ -22,14 +22,10 @@ from xlstm_lm.models.components import (
     rms_norm,
     round_up,
     small_init_,
+    soft_cap,
     split_heads,
     wang_init_,
 )
-
-
-def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
-    """cap · tanh(x / cap): bounded, smooth, the identity near zero."""
-    return cap * torch.tanh(x / cap)
 
 
 class LargeMLSTMBlock(nn.Module):

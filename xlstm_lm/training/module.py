@@ -11,17 +11,11 @@ from dataclasses import asdict
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.strategies import FSDPStrategy
 
 from xlstm_lm.models import build_model
 from xlstm_lm.training.optim import (OptimizerConfig, SchedulerConfig, build_optimizer, decayed_parameter_names,
                                      lr_factor)
-
-
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy in nats; logits (B, S, V), labels (B, S)."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction=reduction)
 
 
 class LanguageModelModule(L.LightningModule):
@@ -55,11 +49,13 @@ class LanguageModelModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         self.tokenizer_json = checkpoint.get("tokenizer_json")
 
-    def forward(self, input_ids, doc_starts=None):
-        return self.model(input_ids, doc_starts=doc_starts if self.use_doc_starts else None)
+    def forward(self, input_ids, doc_starts=None, labels=None, reduction="mean"):
+        """Logits, or with labels the next-token cross-entropy in nats (computed without the logits)."""
+        return self.model(input_ids, doc_starts=doc_starts if self.use_doc_starts else None, labels=labels,
+                          reduction=reduction)
 
     def training_step(self, batch, batch_idx):
-        loss = next_token_loss(self(batch["input_ids"], batch.get("doc_starts")), batch["labels"])
+        loss = self(batch["input_ids"], batch.get("doc_starts"), batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
         return loss
@@ -68,7 +64,7 @@ class LanguageModelModule(L.LightningModule):
         self._val_nll_sum = self._val_tokens = 0.0
 
     def validation_step(self, batch, batch_idx):
-        nll = next_token_loss(self(batch["input_ids"], batch.get("doc_starts")), batch["labels"], "sum")
+        nll = self(batch["input_ids"], batch.get("doc_starts"), batch["labels"], "sum")
         self._val_nll_sum += nll.detach()
         self._val_tokens += batch["labels"].numel()
 

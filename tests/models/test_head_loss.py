@@ -1,0 +1,79 @@
+"""The LM head and cross-entropy computed block by block (`linear_cross_entropy`) against F.cross_entropy on
+the full logits in float64: loss and gradients, soft cap, blocks that do not divide the rows, frozen
+weights, no-grad evaluation; and every model's `labels=` path against its own logits."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xlstm_lm.models import build_model
+from xlstm_lm.models.components import soft_cap
+from xlstm_lm.models.head_loss import linear_cross_entropy
+
+
+def reference_loss(features, weight, labels, cap=None, reduction="mean"):
+    logits = features @ weight.T
+    return F.cross_entropy(soft_cap(logits, cap) if cap else logits, labels, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("cap", [None, 3.0])
+@pytest.mark.parametrize("block_rows", [1, 8, 37, 100])
+def test_loss_and_gradients_equal_cross_entropy_of_the_logits(reduction, cap, block_rows):
+    generator = torch.Generator().manual_seed(block_rows)
+    features = torch.randn(37, 6, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = (2 * torch.randn(29, 6, dtype=torch.float64, generator=generator)).requires_grad_()
+    labels = torch.randint(0, 29, (37,), generator=generator)
+    grad_scale = torch.tensor(1.7, dtype=torch.float64)  # the backward must scale by the incoming gradient
+    expected = reference_loss(features, weight, labels, cap, reduction)
+    expected_grads = torch.autograd.grad(expected * grad_scale, (features, weight))
+    loss = linear_cross_entropy(features, weight, labels, soft_cap=cap, reduction=reduction, block_rows=block_rows)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+    for grad, reference in zip(torch.autograd.grad(loss * grad_scale, (features, weight)), expected_grads):
+        torch.testing.assert_close(grad, reference, rtol=1e-10, atol=1e-12)
+
+
+def test_frozen_weight_no_grad_and_float32():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 16, generator=generator, requires_grad=True)
+    weight = torch.randn(300, 16, generator=generator)  # frozen: only the features' gradient is made
+    labels = torch.randint(0, 300, (50,), generator=generator)
+    loss = linear_cross_entropy(features, weight, labels, block_rows=16)
+    (grad,) = torch.autograd.grad(loss, features)
+    expected = reference_loss(features, weight, labels)
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, features)[0])
+    with torch.no_grad():
+        torch.testing.assert_close(linear_cross_entropy(features, weight, labels), expected.detach())
+
+
+def test_bad_arguments_are_named():
+    features, weight, labels = torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        linear_cross_entropy(features, weight, labels, reduction="none")
+    with pytest.raises(ValueError, match=r"features \(N, D\), weight \(V, D\), labels \(N,\)"):
+        linear_cross_entropy(features, torch.randn(5, 4), labels)
+
+
+@pytest.mark.parametrize("model_config", [
+    dict(architecture="xlstm", ratio="1:1", embedding_dim=32, num_blocks=2, num_heads=4, chunk_size=8),
+    dict(architecture="xlstm_large", ratio="1:0", logit_soft_cap=3.0, embedding_dim=32, num_blocks=2, num_heads=4,
+         chunk_size=8),
+    dict(architecture="xlstm", ratio="1:0", tie_embeddings=True, embedding_dim=32, num_blocks=1, num_heads=4,
+         chunk_size=8),
+    dict(architecture="llama", embedding_dim=32, num_blocks=2, num_heads=4),
+    dict(architecture="lstm", embedding_dim=32, num_blocks=2),
+])
+def test_models_labels_path_equals_their_logits(model_config):
+    torch.manual_seed(0)
+    model = build_model({**model_config, "vocab_size": 64})
+    ids = torch.randint(0, 64, (2, 21))
+    logits = model(ids[:, :-1])
+    expected = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    loss = model(ids[:, :-1], labels=ids[:, 1:])
+    torch.testing.assert_close(loss, expected)
+    for grad, reference in zip(torch.autograd.grad(loss, list(model.parameters())), expected_grads):
+        torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
+    loss_sum, state = model(ids[:, :-1], labels=ids[:, 1:], reduction="sum", return_state=True)
+    torch.testing.assert_close(loss_sum, expected * ids[:, 1:].numel())
