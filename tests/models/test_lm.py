@@ -134,3 +134,14 @@ def test_backend_must_exist_for_every_cell_of_the_stack():
         XLSTMConfig(**{**TINY, "ratio": "1:1", "backend": "reference"})
     with pytest.raises(ValueError, match="model.backend='cuda'"):
         XLSTMConfig(**{**TINY, "backend": "cuda"})
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_block_stack_compiles_without_graph_breaks(arch):
+    # trainer.compile=true compiles the whole model: a graph break would split it and fall back to eager
+    # between the pieces (torch._dynamo.explain traces without generating code, in seconds).
+    model = tiny_model(**arch)
+    ids = torch.randint(0, 97, (2, 16))
+    for kwargs in ({}, {"labels": ids}):
+        explanation = torch._dynamo.explain(model)(ids, **kwargs)
+        assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]

@@ -148,16 +148,14 @@ def _state_weights(scaLogF, vecA, scaM):
     return torch.exp(scaLogF + scaM[..., :-1] - scaM[..., 1:]), torch.exp(vecA - scaM[..., 1:, None])
 
 
-def _state_backward(dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV,
-                    dk, dv):
+def _state_backward(dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV):
     """Gradients through the states between chunks, C_k = decay_k C_{k-1} + Σ_r w_r k_r v_rᵀ (n alike).
 
     Args:
         dC_final (B, NH, DQK, DV), dN_final (B, NH, DQK): gradients of the final state.
         dC_intra (B, NH, NC, DQK, DV), dN_intra (B, NH, NC, DQK): what each chunk's outputs give its start state.
         vecDecay, matW: from `_state_weights`; matK, matV (B, NH, NC, L, ·); matCs, vecNs: the start states.
-        matDK, matDV: (B, NH, NC, L, ·) the chunks' own gradients of k and v.
-        dk, dv: (B, NH, NC, L, ·) where the total gradients of k and v are written (any strides).
+        matDK, matDV: (B, NH, NC, L, ·) gradients of k and v, added to in place.
 
     Returns:
         The gradients of the initial C and n, of log w (B, NH, NC, L) and of log decay (B, NH, NC).
@@ -172,31 +170,18 @@ def _state_backward(dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK
     dN_after = torch.stack(grads_N[::-1], dim=2)
     matKdC = matK @ dC_after  # (B, NH, NC, L, DV)
     vecKdN = (matK @ dN_after[..., None]).squeeze(-1)
-    torch.addcmul(matDV, matW[..., None], matKdC, out=dv)
-    torch.addcmul(matDK, matW[..., None], (matV @ dC_after.mT).add_(dN_after[..., None, :]), out=dk)
+    matDV.addcmul_(matW[..., None], matKdC)
+    matDK.addcmul_(matW[..., None], (matV @ dC_after.mT).add_(dN_after[..., None, :]))
     vecDlogW = matW * ((matKdC * matV).sum(-1) + vecKdN)
     vecDlogDecay = vecDecay * ((dC_after * matCs).sum((-2, -1)) + (dN_after * vecNs).sum(-1))
     return dC, dN, vecDlogW, vecDlogDecay
 
 
-def _heads_last(x: torch.Tensor) -> bool:
-    """Whether x (B, NH, S, d) is the transpose of a contiguous (B, S, NH, d) tensor (heads split off a
-    projection's output)."""
-    return x.transpose(1, 2).is_contiguous()
-
-
-def _empty_heads(like: torch.Tensor, shape: tuple[int, int, int, int], heads_last: bool) -> torch.Tensor:
-    """An empty (B, NH, S, d) tensor; with `heads_last` laid out as (B, S, NH, d), so that the caller's
-    transpose back to that layout is free instead of a copy."""
-    B, NH, S, d = shape
-    return like.new_empty(B, S, NH, d).transpose(1, 2) if heads_last else like.new_empty(B, NH, S, d)
-
-
 class _ChunkwiseMLSTM(torch.autograd.Function):
     """Chunkwise mLSTM over a sequence whose length is a multiple of L, with the exact hand-written backward.
 
-    Note: q, k and v are copied once into contiguous chunks (a batched matmul would otherwise copy a strided
-    view at every use); h and the input gradients are written with the strides of v, q, k, v.
+    Note: q, k and v are copied once into contiguous chunks: a batched matmul would otherwise copy a strided
+    view (heads split off a projection) at every use.
     """
 
     @staticmethod
@@ -227,11 +212,9 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         matCs, vecNs = torch.stack(states_C, dim=2), torch.stack(states_N, dim=2)  # state before each chunk
         intra = _intra_chunk(matQs, matK, vecB64, vecI, vecNs, scaM[..., :-1], eps)
         matNum = torch.addcmul(intra["matS"] @ matV, intra["vecBeta"][..., None], matQs @ matCs)
-        h = _empty_heads(matV, (B, NH, S, DV), _heads_last(v))
-        torch.div(matNum, intra["vecDenom"][..., None], out=h.view(B, NH, NC, L, DV))
+        h = (matNum / intra["vecDenom"][..., None]).reshape(B, NH, S, DV)
         ctx.save_for_backward(matQs, matK, matV, i, f, h, matCs, vecNs, scaM)
         ctx.L, ctx.eps = L, eps
-        ctx.grad_layouts = [_heads_last(x) for x in (q, k, v)]
         scaM_final = scaM[..., -1]
         ctx.mark_non_differentiable(scaM_final)
         return h, matC, vecN, scaM_final
@@ -246,15 +229,12 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)
         vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF)
         matDQs, matDK, matDV, dC_intra, dN_intra, vecDi, vecDb = _intra_chunk_backward(
-            dh.reshape(B, NH, NC, L, DV), h.view(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
+            dh.reshape(B, NH, NC, L, DV), h.reshape(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
             scaM[..., :-1], ctx.eps,
         )
         vecDecay, matW = _state_weights(scaLogF, vecA, scaM)
-        dq, dk, dv = (_empty_heads(matV, (B, NH, S, d), heads_last)
-                      for heads_last, d in zip(ctx.grad_layouts, (DQK, DQK, DV)))
         dC, dN, vecDlogW, vecDlogDecay = _state_backward(
-            dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV,
-            dk.view(B, NH, NC, L, DQK), dv.view(B, NH, NC, L, DV),
+            dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV
         )
         # a_r = b_L - b_r + ĩ_r and the decay exp(b_L + ...): their gradients reach ĩ and b
         vecDi += vecDlogW
@@ -262,8 +242,9 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         vecDb[..., -1] += vecDlogW.sum(-1) + vecDlogDecay
         vecDlogF = vecDb.flip(-1).cumsum(-1).flip(-1)  # b_r sums logσ(f̃_u) over u ≤ r
         vecDf = vecDlogF * torch.sigmoid(-vecF)
-        torch.mul(matDQs, DQK**-0.5, out=dq.view(B, NH, NC, L, DQK))
-        return dq, dk, dv, vecDi.reshape(B, NH, S), vecDf.reshape(B, NH, S), dC, dN, None, None, None
+        dq = (matDQs * DQK**-0.5).reshape(B, NH, S, DQK)
+        return (dq, matDK.reshape(B, NH, S, DQK), matDV.reshape(B, NH, S, DV), vecDi.reshape(B, NH, S),
+                vecDf.reshape(B, NH, S), dC, dN, None, None, None)
 
 
 def mlstm_chunkwise(
