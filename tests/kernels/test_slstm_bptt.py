@@ -4,7 +4,7 @@ same stabilized step loop: equal to rounding in float64, within the float32 boun
 import pytest
 import torch
 
-from xlstm_lm.kernels.slstm.native import _cell_step, _fused_recurrent_weights
+from xlstm_lm.kernels.slstm.native import _cell_step, _fused_recurrent_weights, slstm_loop
 
 from .conftest import GATE_REGIMES, TOLERANCES, run_slstm
 
@@ -55,3 +55,17 @@ def test_final_state_gradient_alone(slstm_inputs):
         grads.append([x.grad for name, x in leaves.items() if name != "m"])
     for grad, expected in zip(*grads, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_loop_is_a_well_formed_custom_operator():
+    # The loop is a custom operator so torch.compile keeps it as one node: its fake (shape) implementation,
+    # schema and autograd registration must agree with the real one (torch.library.opcheck).
+    generator = torch.Generator().manual_seed(0)
+    S, NH, B, DH = 5, 2, 3, 4
+    preX = torch.randn(S, NH, B, 4 * DH, generator=generator, dtype=torch.float64, requires_grad=True)
+    matR = (0.3 * torch.randn(NH, DH, 4 * DH, generator=generator, dtype=torch.float64)).requires_grad_()
+    y0, c0, n0 = (torch.randn(NH, B, DH, generator=generator, dtype=torch.float64, requires_grad=True)
+                  for _ in range(3))
+    n0.data.abs_().add_(1.0)
+    m0 = torch.zeros(NH, B, DH, dtype=torch.float64)
+    torch.library.opcheck(slstm_loop, (preX, matR, y0, c0, n0, m0))

@@ -114,7 +114,7 @@ def _intra_chunk_backward(matDh, matH, matQs, matK, matV, vecB64, vecI, matC0, v
     intra = _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps)
     vecBeta, vecDen, matS = intra["vecBeta"], intra["vecDen"], intra["matS"]
     # h = num / denom: the normalizer's gradient goes to den where |den| is the max (m is detached)
-    matDnum = torch.div(matDh, intra["vecDenom"][..., None], out=matV.new_empty(matV.shape))  # contiguous
+    matDnum = (matDh / intra["vecDenom"][..., None]).contiguous()  # dh may be a strided view
     vecDdenom = -(matDnum * matH).sum(-1)
     vecDden = torch.where(vecDen.abs() > torch.exp(-intra["vecM"]), vecDdenom * vecDen.sign(), 0.0)
     # S enters num through S V and den through its row sums
@@ -189,7 +189,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         B, NH, S, DQK = q.shape
         DV = v.shape[-1]
         NC = S // L
-        matQs = torch.mul(q.reshape(B, NH, NC, L, DQK), DQK**-0.5, out=q.new_empty(B, NH, NC, L, DQK))
+        matQs = (q.reshape(B, NH, NC, L, DQK) * DQK**-0.5).contiguous()
         matK = k.reshape(B, NH, NC, L, DQK).contiguous()
         matV = v.reshape(B, NH, NC, L, DV).contiguous()
         vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)

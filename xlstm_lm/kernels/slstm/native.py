@@ -16,7 +16,6 @@ Notation:
 
 import torch
 import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 
 from .._dispatch import check_shape, compute_dtype
 
@@ -78,95 +77,127 @@ def _cell_step(preX: torch.Tensor, matR: torch.Tensor, state: SLSTMState) -> SLS
     return torch.sigmoid(ogate) * (c / n), c, n, m_new
 
 
-class _SLSTMLoop(torch.autograd.Function):
-    """The step loop with a hand-written backward through time: no autograd graph per step.
+# The loop and its backward are custom operators: torch.compile sees each as one opaque node instead of
+# unrolling S Python-level steps into its graph (which took longer to compile than to train).
 
-    The forward keeps the pre-activations of every step and the states c, n, m (a few (S, NH, B, DH)
-    buffers); the backward recomputes the gate activations for all steps at once, then runs the only
-    sequential part, the recurrence of the state gradients, one step at a time:
 
-        dy_t = ∂L/∂y_t + dpre_{t+1} Rᵀ
-        dc_t = f_{t+1} dc_{t+1} + dy_t σ(õ_t) / n_t,   dn_t = f_{t+1} dn_{t+1} - dy_t σ(õ_t) c_t / n_t²
-        dĩ_t = (dc_t tanh(z̃_t) + dn_t) i_t,   dlogσ(f̃_t) = (dc_t c_{t-1} + dn_t n_{t-1}) f_t,
-        dz̃_t = dc_t i_t (1 - tanh²(z̃_t)),   dõ_t = dy_t (c_t / n_t) σ(õ_t) σ(-õ_t)
+@torch.library.custom_op("xlstm_lm::slstm_loop", mutates_args=())
+def slstm_loop(preX: torch.Tensor, matR: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor, n0: torch.Tensor,
+               m0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The step loop, head-major, with a hand-written backward through time (no autograd graph per step).
 
-    (m is detached: it cancels in y). R's gradient is one matmul over all steps at the end.
+    Args:
+        preX: (S, NH, B, 4·DH) input-side pre-activations plus bias; matR: (NH, DH, 4·DH); y0, c0, n0, m0:
+            (NH, B, DH) the initial state.
+
+    Returns:
+        gates: (S, NH, B, 4·DH) pre-activations with the recurrent part; states: (4, S + 1, NH, B, DH) y, c,
+        n, m before the first and after every step. Both are kept for the backward, which recomputes the
+        gate activations for all steps at once and then runs the only sequential part, the recurrence of
+        the state gradients, one step at a time:
+
+            dy_t = ∂L/∂y_t + dpre_{t+1} Rᵀ
+            dc_t = f_{t+1} dc_{t+1} + dy_t σ(õ_t) / n_t,   dn_t = f_{t+1} dn_{t+1} - dy_t σ(õ_t) c_t / n_t²
+            dĩ_t = (dc_t tanh(z̃_t) + dn_t) i_t,   dlogσ(f̃_t) = (dc_t c_{t-1} + dn_t n_{t-1}) f_t,
+            dz̃_t = dc_t i_t (1 - tanh²(z̃_t)),   dõ_t = dy_t (c_t / n_t) σ(õ_t) σ(-õ_t)
+
+        (m is detached: it cancels in y). R's gradient is one matmul over all steps at the end.
     """
+    S, NH, B, DH4 = preX.shape
+    DH = DH4 // 4
+    gates = torch.empty_like(preX)
+    states = torch.empty((4, S + 1, NH, B, DH), dtype=preX.dtype, device=preX.device)
+    states[:, 0] = torch.stack((y0, c0, n0, m0))
+    # every per-step view made once: at these sizes each Python-level call costs as much as the math
+    gate_steps = [gate.unbind(0) for gate in gates.view(S, NH, B, 4, DH).unbind(-2)]
+    y_out, c_out, n_out, m_out = (part[1:].unbind(0) for part in states)
+    y_prev, c_prev, n_prev, m_prev = y0, c0, n0, m0
+    for preX_t, gates_t, igate, fgate, zgate, ogate, y, c, n, m in zip(
+        preX.unbind(0), gates.unbind(0), *gate_steps, y_out, c_out, n_out, m_out
+    ):
+        torch.baddbmm(preX_t, y_prev, matR, out=gates_t)
+        logf_m = F.logsigmoid(fgate).add_(m_prev)
+        torch.maximum(logf_m, igate, out=m)
+        i = torch.exp(igate - m)
+        f = logf_m.sub_(m).exp_()
+        torch.addcmul(i * torch.tanh(zgate), f, c_prev, out=c)
+        torch.addcmul(i, f, n_prev, out=n)
+        torch.mul(torch.sigmoid(ogate), c / n, out=y)
+        y_prev, c_prev, n_prev, m_prev = y, c, n, m
+    return gates, states
 
-    @staticmethod
-    def forward(ctx, preX, matR, y0, c0, n0, m0):
-        S, NH, B, DH4 = preX.shape
-        DH = DH4 // 4
-        gates = torch.empty_like(preX)  # pre-activations with the recurrent part: (S, NH, B, 4·DH)
-        states = torch.empty((4, S + 1, NH, B, DH), dtype=preX.dtype, device=preX.device)  # y, c, n, m
-        states[:, 0] = torch.stack((y0, c0, n0, m0))
-        # every per-step view made once: at these sizes each Python-level call costs as much as the math
-        gate_steps = [gate.unbind(0) for gate in gates.view(S, NH, B, 4, DH).unbind(-2)]
-        y_out, c_out, n_out, m_out = (part[1:].unbind(0) for part in states)
-        y_prev, c_prev, n_prev, m_prev = y0, c0, n0, m0
-        for preX_t, gates_t, igate, fgate, zgate, ogate, y, c, n, m in zip(
-            preX.unbind(0), gates.unbind(0), *gate_steps, y_out, c_out, n_out, m_out
-        ):
-            torch.baddbmm(preX_t, y_prev, matR, out=gates_t)
-            logf_m = F.logsigmoid(fgate).add_(m_prev)
-            torch.maximum(logf_m, igate, out=m)
-            i = torch.exp(igate - m)
-            f = logf_m.sub_(m).exp_()
-            torch.addcmul(i * torch.tanh(zgate), f, c_prev, out=c)
-            torch.addcmul(i, f, n_prev, out=n)
-            torch.mul(torch.sigmoid(ogate), c / n, out=y)
-            y_prev, c_prev, n_prev, m_prev = y, c, n, m
-        ctx.save_for_backward(matR, gates, states)
-        y_last, c_last, n_last, m_last = states[:, -1]
-        ctx.mark_non_differentiable(m_last)
-        return states[0, 1:], y_last, c_last, n_last, m_last
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dY, dy_last, dc_last, dn_last, _dm_last):
-        matR, gates, states = ctx.saved_tensors
-        S, NH, B, DH4 = gates.shape
-        DH = DH4 // 4
-        igate, fgate, zgate, ogate = gates.view(S, NH, B, 4, DH).unbind(-2)
-        y, c, n, m = states
-        # the gate activations of every step at once
-        i = torch.exp(igate - m[1:])
-        f = torch.exp(F.logsigmoid(fgate) + m[:-1] - m[1:])
-        z = torch.tanh(zgate)
-        o = torch.sigmoid(ogate)
-        h = c[1:] / n[1:]
-        # dpre_t = dc_t coef_c + dn_t coef_n + dy_t coef_y, gate by gate (i, f, z, o)
-        sig_f = torch.sigmoid(-fgate)
-        zeros = torch.zeros_like(i)
-        coef_c = torch.stack((z * i, c[:-1] * f * sig_f, i * (1 - z * z), zeros), dim=-2)  # (S, NH, B, 4, DH)
-        coef_n = torch.stack((i, n[:-1] * f * sig_f, zeros, zeros), dim=-2)
-        coef_y = torch.stack((zeros, zeros, zeros, h * o * (1 - o)), dim=-2)
-        # dc_t, dn_t gain dy_t (o/n, -o c/n²); f of the next step carries them back
-        gain = torch.stack((o / n[1:], -o * h / n[1:]), dim=1)  # (S, 2, NH, B, DH)
-        f_next = torch.cat((f[1:], zeros[:1]))  # f_{t+1}, unused at the last step
-        dpre = torch.empty_like(gates)
-        matRt = matR.mT  # (NH, 4·DH, DH)
-        # the carried gradients live in fixed buffers, with their (NH, B, 1, DH) views made once
-        dy = dY[-1] + dy_last
-        dcn = torch.stack((dc_last, dn_last))  # (2, NH, B, DH)
-        dy4, (dc4, dn4) = dy[:, :, None], dcn[:, :, :, None].unbind(0)
-        dpre_next = None  # the last step has no next one
-        steps = zip(dY.unbind(0), dpre.unbind(0), dpre.view(S, NH, B, 4, DH).unbind(0), f_next.unbind(0),
-                    gain.unbind(0), coef_c.unbind(0), coef_n.unbind(0), coef_y.unbind(0))
-        for t, (dY_t, dpre_t, dpre4_t, f_next_t, gain_t, coef_c_t, coef_n_t, coef_y_t) in reversed(list(enumerate(steps))):
-            if t < S - 1:
-                torch.baddbmm(dY_t, dpre_next, matRt, out=dy)
-                dcn.mul_(f_next_t)
-            dcn.addcmul_(gain_t, dy)
-            torch.mul(coef_c_t, dc4, out=dpre4_t)
-            dpre4_t.addcmul_(coef_n_t, dn4)
-            dpre4_t.addcmul_(coef_y_t, dy4)
-            dpre_next = dpre_t
-        dy0 = torch.bmm(dpre[0], matRt)
-        dc0, dn0 = (dcn * f[0]).unbind(0)
-        # dR[h] = Σ_t y_{t-1}ᵀ dpre_t over all steps and the batch
-        dR = y[:-1].transpose(0, 1).reshape(NH, S * B, DH).mT @ dpre.transpose(0, 1).reshape(NH, S * B, DH4)
-        return dpre, dR, dy0, dc0, dn0, None
+@slstm_loop.register_fake
+def _(preX, matR, y0, c0, n0, m0):
+    S, NH, B, DH4 = preX.shape
+    return torch.empty_like(preX), preX.new_empty((4, S + 1, NH, B, DH4 // 4))
+
+
+@torch.library.custom_op("xlstm_lm::slstm_loop_backward", mutates_args=())
+def slstm_loop_backward(dStates: torch.Tensor, matR: torch.Tensor, gates: torch.Tensor, states: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of preX, matR, y0, c0, n0 from the gradient of `slstm_loop`'s states (that of m is ignored)."""
+    S, NH, B, DH4 = gates.shape
+    DH = DH4 // 4
+    igate, fgate, zgate, ogate = gates.view(S, NH, B, 4, DH).unbind(-2)
+    y, c, n, m = states
+    dY, dc_last, dn_last = dStates[0, 1:], dStates[1, -1], dStates[2, -1]
+    # the gate activations of every step at once
+    i = torch.exp(igate - m[1:])
+    f = torch.exp(F.logsigmoid(fgate) + m[:-1] - m[1:])
+    z = torch.tanh(zgate)
+    o = torch.sigmoid(ogate)
+    h = c[1:] / n[1:]
+    # dpre_t = dc_t coef_c + dn_t coef_n + dy_t coef_y, gate by gate (i, f, z, o)
+    sig_f = torch.sigmoid(-fgate)
+    zeros = torch.zeros_like(i)
+    coef_c = torch.stack((z * i, c[:-1] * f * sig_f, i * (1 - z * z), zeros), dim=-2)  # (S, NH, B, 4, DH)
+    coef_n = torch.stack((i, n[:-1] * f * sig_f, zeros, zeros), dim=-2)
+    coef_y = torch.stack((zeros, zeros, zeros, h * o * (1 - o)), dim=-2)
+    # dc_t, dn_t gain dy_t (o/n, -o c/n²); f of the next step carries them back
+    gain = torch.stack((o / n[1:], -o * h / n[1:]), dim=1)  # (S, 2, NH, B, DH)
+    f_next = torch.cat((f[1:], zeros[:1]))  # f_{t+1}, unused at the last step
+    dpre = torch.empty_like(gates)
+    matRt = matR.mT  # (NH, 4·DH, DH)
+    # the carried gradients live in fixed buffers, with their (NH, B, 1, DH) views made once
+    dy = dY[-1].clone()
+    dcn = torch.stack((dc_last, dn_last))  # (2, NH, B, DH)
+    dy4, (dc4, dn4) = dy[:, :, None], dcn[:, :, :, None].unbind(0)
+    dpre_next = None  # the last step has no next one
+    steps = zip(dY.unbind(0), dpre.unbind(0), dpre.view(S, NH, B, 4, DH).unbind(0), f_next.unbind(0),
+                gain.unbind(0), coef_c.unbind(0), coef_n.unbind(0), coef_y.unbind(0))
+    for t, (dY_t, dpre_t, dpre4_t, f_next_t, gain_t, coef_c_t, coef_n_t, coef_y_t) in reversed(list(enumerate(steps))):
+        if t < S - 1:
+            torch.baddbmm(dY_t, dpre_next, matRt, out=dy)
+            dcn.mul_(f_next_t)
+        dcn.addcmul_(gain_t, dy)
+        torch.mul(coef_c_t, dc4, out=dpre4_t)
+        dpre4_t.addcmul_(coef_n_t, dn4)
+        dpre4_t.addcmul_(coef_y_t, dy4)
+        dpre_next = dpre_t
+    dy0 = torch.bmm(dpre[0], matRt)
+    dc0, dn0 = dcn[0] * f[0], dcn[1] * f[0]
+    # dR[h] = Σ_t y_{t-1}ᵀ dpre_t over all steps and the batch
+    dR = y[:-1].transpose(0, 1).reshape(NH, S * B, DH).mT @ dpre.transpose(0, 1).reshape(NH, S * B, DH4)
+    return dpre, dR, dy0, dc0, dn0
+
+
+@slstm_loop_backward.register_fake
+def _(dStates, matR, gates, states):
+    _, NH, B, DH = states.shape[1:]
+    return (torch.empty_like(gates), torch.empty_like(matR), *(gates.new_empty((NH, B, DH)) for _ in range(3)))
+
+
+def _save_for_backward(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], *output)
+
+
+def _backward(ctx, _dGates, dStates):
+    matR, gates, states = ctx.saved_tensors
+    return (*slstm_loop_backward(dStates, matR, gates, states), None)
+
+
+slstm_loop.register_autograd(_backward, setup_context=_save_for_backward)
 
 
 def slstm_native(
@@ -187,8 +218,10 @@ def slstm_native(
     B, S, _, NH, DH = gates_x.shape
     preX = (gates_x + b).permute(1, 3, 0, 2, 4).reshape(S, NH, B, 4 * DH)
     state = [x.transpose(0, 1).contiguous() for x in state]  # (NH, B, DH)
-    y, *final = _SLSTMLoop.apply(preX, _fused_recurrent_weights(R), *state)
-    return y.permute(2, 0, 1, 3), tuple(x.transpose(0, 1) for x in final)  # (S, NH, B, DH) -> (B, S, NH, DH)
+    _, states = slstm_loop(preX, _fused_recurrent_weights(R), *state)
+    y, c, n, m = states[:, -1]  # the final state, (NH, B, DH) each
+    final = (y, c, n, m.detach())
+    return states[0, 1:].permute(2, 0, 1, 3), tuple(x.transpose(0, 1) for x in final)  # (B, S, NH, DH)
 
 
 def slstm_step(
