@@ -8,7 +8,8 @@ markdown table and writing its rows as JSON (`<out-dir>/cpu_<name>.json`).
     slstm    sLSTM layer forward+backward, B 8, NH 4, DH 64, S 256..2048: our layer against the official
              xlstm sLSTM layer (backend "vanilla"); at the cell level ours against flashrnn "vanilla_fwbw"
     model    training step (forward, backward, AdamW), fp32, batch 8 x 512: our xLSTM[7:1] size tiny against
-             the official xLSTMLMModel with the same widths, blocks, heads and sLSTM positions
+             the official xLSTMLMModel with the same widths, blocks, heads and sLSTM positions, each in its
+             own process; with --compile also ours under torch.compile
     context  forward pass at contexts 1k..64k: tokens/s and peak memory of xLSTM[7:1] (fed in pieces with
              the state carried) and the Llama baseline of the same size; plotted to --plot
     mfu      FLOP/s of our tiny training step (xlstm_lm.training.flops) over the FLOP/s of a large fp32
@@ -27,9 +28,11 @@ Notation: B batch, S sequence length, NH heads, DQK/DV mLSTM head dims, DH sLSTM
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -236,37 +239,56 @@ def training_step_ms(model: torch.nn.Module, batch: int, seq_len: int, vocab_siz
     return timed(step, steps)
 
 
-def bench_model(batch: int = 8, seq_len: int = 512, vocab_size: int = 8192, dim: int = 256, blocks: int = 8,
-                heads: int = 4, steps: int = 3) -> list[dict]:
-    """Training-step tokens/s of our xLSTM[7:1] and the official model built to match it."""
+def _model_row(kind: str, batch: int, seq_len: int, vocab_size: int, dim: int, blocks: int, heads: int,
+               steps: int) -> dict:
+    """Build one model ("ours", "ours compiled" or "official") and time its training step; run in a fresh
+    process, so that what one model left in the allocator does not slow the next (the official model's
+    step took 25% longer when it ran after ours in the same process)."""
     torch.manual_seed(0)
     ours = our_xlstm_7_1(vocab_size, dim, blocks, heads)
-    models = {"ours xlstm_7_1": ours}
+    model = official_xlstm_lm(ours, seq_len) if kind == "official" else ours
+    row = {"model": f"{kind} xLSTMLMModel" if kind == "official" else f"{kind} xlstm_7_1"}
+    if kind == "ours compiled":
+        model = torch.compile(model)
+        tokens = torch.randint(vocab_size, (batch, seq_len + 1))
+        start = time.perf_counter()
+        model(tokens[:, :-1], labels=tokens[:, 1:]).backward()  # compiles the forward and the backward
+        row["compile_s"] = time.perf_counter() - start
+    ms = training_step_ms(model, batch, seq_len, vocab_size, steps)
+    return {**row, "parameters": sum(p.numel() for p in model.parameters()),
+            "slstm_at": list(ours.config.slstm_positions), "B": batch, "S": seq_len,
+            "threads": torch.get_num_threads(), "step_ms": ms, "tokens_per_s": batch * seq_len / ms * 1e3}
+
+
+def bench_model(batch: int = 8, seq_len: int = 512, vocab_size: int = 8192, dim: int = 256, blocks: int = 8,
+                heads: int = 4, steps: int = 5, compiled: bool = False) -> list[dict]:
+    """Training-step tokens/s of our xLSTM[7:1] (optionally also under torch.compile) and of the official
+    model built to match it, each measured in its own process."""
+    ours = our_xlstm_7_1(vocab_size, dim, blocks, heads)
+    kinds = ["ours"] + (["ours compiled"] if compiled else [])
     official = official_xlstm_lm(ours, seq_len)
     if official is None:
         print("note: xlstm is not installed: install the peers extra for the official row")
     else:
-        models["official xLSTMLMModel"] = official
-    counts = {name: sum(p.numel() for p in model.parameters()) for name, model in models.items()}
-    if official is not None:
-        gap = abs(counts["official xLSTMLMModel"] / counts["ours xlstm_7_1"] - 1)
-        if gap > 0.01:
-            raise RuntimeError(f"parameter counts differ by {100 * gap:.2f}% (over 1%): {counts}; the official "
+        kinds.append("official")
+        counts = [sum(p.numel() for p in model.parameters()) for model in (ours, official)]
+        if abs(counts[1] / counts[0] - 1) > 0.01:
+            raise RuntimeError(f"parameter counts differ by over 1% (ours, official: {counts}); the official "
                                "model is not built like ours, fix official_xlstm_lm before comparing speed")
     rows = []
-    for name, model in models.items():
-        ms = training_step_ms(model, batch, seq_len, vocab_size, steps)
-        rows.append({"model": name, "parameters": counts[name], "slstm_at": list(ours.config.slstm_positions),
-                     "B": batch, "S": seq_len, "threads": torch.get_num_threads(), "step_ms": ms,
-                     "tokens_per_s": batch * seq_len / ms * 1e3})
+    for kind in kinds:
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh_process:
+            rows.append(fresh_process.submit(_model_row, kind, batch, seq_len, vocab_size, dim, blocks, heads,
+                                             steps).result())
     return rows
 
 
 def bench_context(contexts: tuple[int, ...], piece: int = 4096, vocab_size: int = 8192, dim: int = 256,
                   blocks: int = 8, heads: int = 4) -> list[dict]:
     """Forward tokens/s and peak memory against the context: xLSTM in pieces with the state carried (memory
-    flat in the context), Llama over the whole window (attention grows with it). One run per context (a
-    forward at 64k tokens takes minutes for the Transformer), after a warm-up at the first context."""
+    flat in the context), Llama over the whole window (attention grows with it). One timed run per context
+    (a forward at 64k tokens takes a minute for the Transformer), after a warm-up at the first context, and
+    one more under the profiler for the memory (its per-operation overhead would distort the time)."""
     torch.manual_seed(0)
     xlstm_model = our_xlstm_7_1(vocab_size, dim, blocks, heads).eval()
     llama = LlamaLM(LlamaConfig(vocab_size=vocab_size, embedding_dim=dim, num_blocks=blocks, num_heads=heads)).eval()
@@ -284,8 +306,9 @@ def bench_context(contexts: tuple[int, ...], piece: int = 4096, vocab_size: int 
             for context in contexts:
                 tokens = torch.randint(vocab_size, (1, context), generator=torch.Generator().manual_seed(context))
                 start = time.perf_counter()
-                peak = peak_memory_mib(lambda run=run: run(tokens))
+                run(tokens)
                 seconds = time.perf_counter() - start
+                peak = peak_memory_mib(lambda run=run: run(tokens))
                 rows.append({"model": name, "context": context, "threads": torch.get_num_threads(),
                              "tokens_per_s": context / seconds, "peak_MiB": peak})
     return rows
@@ -338,7 +361,7 @@ def bench_mfu(batch: int = 8, seq_len: int = 512, vocab_size: int = 8192, dim: i
              "matmul_size": matmul_size, "matmul_GFLOP_per_s": peak / 1e9, "mfu": achieved / peak}]
 
 
-def run_benchmarks(names: list[str], smoke: bool, out_dir: Path, plot: Path | None) -> None:
+def run_benchmarks(names: list[str], smoke: bool, out_dir: Path, plot: Path | None, compiled: bool = False) -> None:
     """Run the named sub-benchmarks at full size or, with smoke, at tiny sizes; print and write each."""
     tiny_model = dict(vocab_size=256, dim=32, blocks=2, heads=2)
     for name in names:
@@ -349,7 +372,8 @@ def run_benchmarks(names: list[str], smoke: bool, out_dir: Path, plot: Path | No
             rows = bench_slstm((8,), batch=2, heads=2, head_dim=8, repeats=1) if smoke \
                 else bench_slstm((256, 512, 1024, 2048))
         elif name == "model":
-            rows = bench_model(batch=2, seq_len=32, steps=1, **tiny_model) if smoke else bench_model()
+            rows = bench_model(batch=2, seq_len=32, steps=1, compiled=compiled, **tiny_model) if smoke \
+                else bench_model(compiled=compiled)
         elif name == "context":
             rows = bench_context((64, 128), piece=64, **tiny_model) if smoke \
                 else bench_context(tuple(2**p for p in range(10, 17)))
@@ -386,8 +410,10 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=REPO / "outputs" / "bench", help="where the JSON goes")
     parser.add_argument("--plot", type=Path, default=None,
                         help="context plot (default docs/context_scaling.png, with --smoke <out-dir>/context_scaling.png)")
+    parser.add_argument("--compile", action="store_true",
+                        help="model: also time our model under torch.compile (compiling takes minutes on a CPU)")
     args = parser.parse_args()
-    run_benchmarks(args.only, args.smoke, args.out_dir, args.plot)
+    run_benchmarks(args.only, args.smoke, args.out_dir, args.plot, args.compile)
 
 
 if __name__ == "__main__":
