@@ -14,6 +14,9 @@ markdown table and writing its rows as JSON (`<out-dir>/cpu_<name>.json`).
              the state carried) and the Llama baseline of the same size; plotted to --plot
     mfu      FLOP/s of our tiny training step (xlstm_lm.training.flops) over the FLOP/s of a large fp32
              matmul measured in the same run
+    sizes    on a GPU: training-step tokens/s and MFU of our xLSTM[7:1] at size=125m and 350m, bf16 autocast,
+             Triton kernels, batch 8 x 2048 (rows say "skipped" without a GPU; --smoke runs the same code
+             on the CPU at tiny widths)
 
     OMP_NUM_THREADS=2 python scripts/bench_cpu.py                 # all of them (about 25 minutes on 1 core)
     OMP_NUM_THREADS=1 python scripts/bench_cpu.py --only mlstm    # some of them
@@ -36,12 +39,14 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
 from xlstm_lm.kernels import mlstm, slstm
 from xlstm_lm.models import LanguageModel, LlamaConfig, LlamaLM, XLSTMConfig, XLSTMLM
 from xlstm_lm.models.slstm import SLSTMLayer
-from xlstm_lm.training.flops import training_flops_per_token
+from xlstm_lm.models.components import round_up
+from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL_MLSTM = ("chunkwise--native_autograd", "chunkwise--native_custbw", "parallel--native_stablef_autograd")
@@ -361,6 +366,57 @@ def bench_mfu(batch: int = 8, seq_len: int = 512, vocab_size: int = 8192, dim: i
              "matmul_size": matmul_size, "matmul_GFLOP_per_s": peak / 1e9, "mfu": achieved / peak}]
 
 
+def size_preset(size: str) -> dict:
+    """Width, blocks, heads and vocabulary (rounded up to 64) of a configs/size preset."""
+    preset = OmegaConf.load(REPO / "configs" / "size" / f"{size}.yaml")
+    return dict(dim=preset.model.embedding_dim, blocks=preset.model.num_blocks, heads=preset.model.num_heads,
+                vocab_size=round_up(preset.tokenizer.vocab_size, 64))
+
+
+def bench_sizes(sizes: tuple[str, ...] = ("125m", "350m"), batch: int = 8, seq_len: int = 2048, steps: int = 5,
+                shapes: dict[str, dict] | None = None) -> list[dict]:
+    """Training-step tokens/s and MFU of our xLSTM[7:1] at the paper sizes on the GPU: bf16 autocast, the
+    Triton kernels (backend auto), fused AdamW. Without a GPU the rows say so, unless `shapes` gives small
+    stand-ins (the smoke run: the same code on the CPU, native kernels)."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and shapes is None:
+        return [{"model": "ours xlstm_7_1", "size": size, "skipped": "no GPU: run this on a GPU machine"}
+                for size in sizes]
+    device_name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    rows = []
+    for size in sizes:
+        shape = (shapes or {}).get(size) or size_preset(size)
+        torch.manual_seed(0)
+        model = our_xlstm_7_1(shape["vocab_size"], shape["dim"], shape["blocks"], shape["heads"]).to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda")
+        tokens = torch.randint(shape["vocab_size"], (batch, seq_len + 1), device=device)
+
+        def step():
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = model(tokens[:, :-1], labels=tokens[:, 1:])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        ms = timed(step, steps)
+        tokens_per_s = batch * seq_len / ms * 1e3
+        peak = peak_flops(device_name)
+        achieved = tokens_per_s * training_flops_per_token(model, seq_len)
+        row = {"model": "ours xlstm_7_1", "size": size, "device": device_name, "parameters": model.num_parameters(),
+               "B": batch, "S": seq_len, "step_ms": ms, "tokens_per_s": tokens_per_s,
+               "train_TFLOP_per_s": achieved / 1e12}
+        if peak:  # known for A100/H100/H200 (xlstm_lm.training.flops.PEAK_TFLOPS)
+            row["mfu"] = achieved / peak
+        if device == "cuda":
+            row["peak_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+        rows.append(row)
+    return rows
+
+
 def run_benchmarks(names: list[str], smoke: bool, out_dir: Path, plot: Path | None, compiled: bool = False) -> None:
     """Run the named sub-benchmarks at full size or, with smoke, at tiny sizes; print and write each."""
     tiny_model = dict(vocab_size=256, dim=32, blocks=2, heads=2)
@@ -380,8 +436,11 @@ def run_benchmarks(names: list[str], smoke: bool, out_dir: Path, plot: Path | No
             plot_path = plot or (out_dir / "context_scaling.png" if smoke else REPO / "docs" / "context_scaling.png")
             plot_context(rows, plot_path)
             print(f"plot: {plot_path}")
-        else:
+        elif name == "mfu":
             rows = bench_mfu(batch=2, seq_len=32, steps=1, matmul_size=256, **tiny_model) if smoke else bench_mfu()
+        else:
+            rows = bench_sizes(batch=2, seq_len=32, steps=1, shapes={size: tiny_model for size in ("125m", "350m")}) \
+                if smoke else bench_sizes()
         print(f"\n## {name}\n\n{markdown_rows(rows)}\n")
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / f"cpu_{name}.json").write_text(json.dumps(rows, indent=1))
@@ -403,7 +462,7 @@ def markdown_rows(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    names = ["mlstm", "slstm", "model", "context", "mfu"]
+    names = ["mlstm", "slstm", "model", "context", "mfu", "sizes"]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", nargs="+", choices=names, default=names, help="sub-benchmarks to run")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs, in seconds")

@@ -34,7 +34,7 @@ def test_bench_prepare_smoke_run_writes_both_rows(tmp_path):
     assert pipeline["vs_baseline"] > 0 and "| pipeline |" in result.stdout
 
 
-@pytest.mark.parametrize("benchmark", ["mlstm", "slstm", "model", "context", "mfu"])
+@pytest.mark.parametrize("benchmark", ["mlstm", "slstm", "model", "context", "mfu", "sizes"])
 def test_bench_cpu_smoke_run_writes_rows(tmp_path, benchmark):
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench_cpu.py"), "--smoke", "--only", benchmark,
                              "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=120)
