@@ -17,10 +17,14 @@ BLOCK_CLASSES = frozenset({MLSTMBlock, SLSTMBlock, LargeMLSTMBlock, TransformerL
 
 
 def parallelize(model: LanguageModel, activation_checkpointing: bool = False, compile: bool = False) -> LanguageModel:
-    """Switch on per-block activation checkpointing and compile the model in place (`nn.Module.compile`)."""
+    """Switch on per-block activation checkpointing and compile the model in place (`nn.Module.compile`).
+
+    Note: compiled for static shapes (training's are fixed; a new shape, such as a shorter last validation
+    batch, compiles once more): inductor failed on symbolic sequence lengths in the chunked mLSTM.
+    """
     model.activation_checkpointing = activation_checkpointing
     if compile:
-        model.compile()
+        model.compile(dynamic=False)
     return model
 
 
