@@ -47,6 +47,24 @@ def test_frozen_weight_no_grad_and_float32():
         torch.testing.assert_close(linear_cross_entropy(features, weight, labels), expected.detach())
 
 
+def test_under_bf16_autocast_products_are_bf16_and_the_rest_float32():
+    # Mixed-precision training: the head's products run in bf16 like an autocast Linear would, the softmax,
+    # loss and accumulated head gradient stay float32.
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(64, 32, generator=generator, requires_grad=True)
+    weight = (0.2 * torch.randn(500, 32, generator=generator)).requires_grad_()
+    labels = torch.randint(0, 500, (64,), generator=generator)
+    expected = reference_loss(features, weight, labels)
+    expected_grads = torch.autograd.grad(expected, (features, weight))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear_cross_entropy(features, weight, labels, block_rows=16)
+    grads = torch.autograd.grad(loss, (features, weight))
+    assert loss.dtype == grads[0].dtype == grads[1].dtype == torch.float32
+    torch.testing.assert_close(loss, expected, rtol=1e-2, atol=0)  # bf16 logits: 8 bits of mantissa
+    for grad, reference in zip(grads, expected_grads):
+        assert (grad - reference).norm() / reference.norm() < 2e-2
+
+
 def test_bad_arguments_are_named():
     features, weight, labels = torch.randn(4, 3), torch.randn(5, 3), torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match="reduction must be one of"):

@@ -29,7 +29,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, N, block_rows):
             rows = features[start:start + block_rows]
             targets = labels[start:start + block_rows, None]
-            logits = (rows @ weight.T).to(dtype)  # (n, V)
+            product = rows @ weight.T  # (n, V); bf16 under autocast
+            logits = product.to(dtype)
             if soft_cap:
                 logits = logits.div_(soft_cap).tanh_()
                 capped_slope = 1.0 - logits.square()  # d capped / d raw = 1 - tanh²
@@ -44,8 +45,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad_logits.mul_(capped_slope)
             if grad_features is not None:
                 grad_features[start:start + block_rows] = grad_logits.to(weight.dtype) @ weight
-            if grad_weight is not None:
+            if grad_weight is not None and product.dtype == dtype:
                 grad_weight.addmm_(grad_logits.T, rows.to(dtype))
+            elif grad_weight is not None:  # in-place addmm_ would skip autocast: multiply in its dtype, add in float32
+                grad_weight += grad_logits.T.to(product.dtype) @ rows.to(product.dtype)
         scale = 1.0 / N if reduction == "mean" else 1.0
         ctx.scale, ctx.weight_dtype = scale, weight.dtype
         ctx.save_for_backward(grad_features, grad_weight)
