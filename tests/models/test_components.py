@@ -80,6 +80,17 @@ def test_causal_conv_gradients_equal_autograd_of_the_definition(with_docs):
     assert torch.autograd.gradcheck(lambda *p: conv(p[0], p[1], doc_starts)[0], (x, state))
 
 
+def test_causal_conv_keeps_a_bf16_input_in_bf16():
+    # Under bf16 autocast the up-projection hands the conv bf16 activations; a float32 weight must not promote
+    # the output (and the activation the next layers save) to float32, as an autocast conv1d would not.
+    conv = CausalConv1d(8, 4)
+    x = torch.randn(2, 7, 8, dtype=torch.bfloat16, requires_grad=True)
+    y, state = conv(x, doc_starts=torch.rand(2, 7) < 0.3)
+    assert y.dtype == state.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and conv.weight.grad.dtype == torch.float32
+
+
 def test_block_diagonal_linear_is_a_block_diagonal_matrix():
     torch.manual_seed(0)
     layer = BlockDiagonalLinear(12, 8, num_blocks=4).double()
@@ -98,6 +109,7 @@ def test_block_diagonal_linear_is_a_block_diagonal_matrix():
             torch.testing.assert_close(grad, reference)
     with pytest.raises(ValueError, match="divisible"):
         BlockDiagonalLinear(10, 8, num_blocks=4)
+    assert layer(torch.empty(0, 5, 12, dtype=torch.float64)).shape == (0, 5, 8)  # no rows: no convolution
 
 
 def test_multi_head_norm_normalizes_each_head():

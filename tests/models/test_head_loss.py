@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import soft_cap
+from xlstm_lm.models import head_loss
 from xlstm_lm.models.head_loss import linear_cross_entropy
 
 
@@ -45,6 +46,24 @@ def test_frozen_weight_no_grad_and_float32():
     torch.testing.assert_close(grad, torch.autograd.grad(expected, features)[0])
     with torch.no_grad():
         torch.testing.assert_close(linear_cross_entropy(features, weight, labels), expected.detach())
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_evaluation_does_no_gradient_work(mode, monkeypatch):
+    # Validation runs without gradients: the loss must not go through the function that computes them
+    # (its inputs still require grad there, which is all ctx.needs_input_grad sees).
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(20, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(30, 8, generator=generator, requires_grad=True)
+    labels = torch.randint(0, 30, (20,), generator=generator)
+    expected = reference_loss(features, weight, labels, reduction="sum").detach()
+
+    def refuse(*args):
+        raise AssertionError("gradients computed under " + mode.__name__)
+
+    monkeypatch.setattr(head_loss._LinearCrossEntropy, "apply", refuse)
+    with mode():
+        torch.testing.assert_close(linear_cross_entropy(features, weight, labels, reduction="sum"), expected)
 
 
 def test_under_bf16_autocast_products_are_bf16_and_the_rest_float32():

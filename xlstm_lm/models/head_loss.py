@@ -14,45 +14,52 @@ import torch
 REDUCTIONS = ("mean", "sum")
 
 
+def _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, want_features: bool,
+                    want_weight: bool):
+    """The loss, the factor `reduction` scaled the sum by, and, where wanted, the gradients of the summed
+    loss with respect to the features and the head weight (else None)."""
+    dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    grad_features = torch.empty_like(features) if want_features else None
+    grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if want_weight else None
+    total = torch.zeros((), dtype=torch.float64, device=features.device)
+    for start in range(0, features.shape[0], block_rows):
+        rows = features[start:start + block_rows]
+        targets = labels[start:start + block_rows, None]
+        product = rows @ weight.T  # (n, V); bf16 under autocast
+        logits = product.to(dtype)
+        if soft_cap:
+            logits = logits.div_(soft_cap).tanh_()
+            capped_slope = 1.0 - logits.square()  # d capped / d raw = 1 - tanh²
+            logits = logits.mul_(soft_cap)
+        log_normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
+        total += (log_normalizer - logits.gather(1, targets)).sum(dtype=torch.float64)
+        if not (want_features or want_weight):
+            continue
+        grad_logits = logits.sub_(log_normalizer).exp_()  # softmax, in place of the logits
+        grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, -1.0))
+        if soft_cap:
+            grad_logits.mul_(capped_slope)
+        if want_features:
+            grad_features[start:start + block_rows] = grad_logits.to(weight.dtype) @ weight
+        if want_weight and product.dtype == dtype:
+            grad_weight.addmm_(grad_logits.T, rows.to(dtype))
+        elif want_weight:  # in-place addmm_ would skip autocast: multiply in its dtype, add in float32
+            grad_weight += grad_logits.T.to(product.dtype) @ rows.to(product.dtype)
+    scale = 1.0 / features.shape[0] if reduction == "mean" else 1.0
+    return (total * scale).to(dtype), scale, grad_features, grad_weight
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Loss of features @ weightᵀ (optionally soft-capped) against labels; the gradients are computed in the
     forward (the loss is a scalar, so the backward only scales them)."""
 
     @staticmethod
     def forward(ctx, features, weight, labels, soft_cap, reduction, block_rows):
-        N = features.shape[0]
-        want_features, want_weight = ctx.needs_input_grad[:2]
-        grad_features = torch.empty_like(features) if want_features else None
-        dtype = torch.promote_types(features.dtype, torch.float32)  # float32, or float64 for float64 inputs
-        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if want_weight else None
-        total = torch.zeros((), dtype=torch.float64, device=features.device)
-        for start in range(0, N, block_rows):
-            rows = features[start:start + block_rows]
-            targets = labels[start:start + block_rows, None]
-            product = rows @ weight.T  # (n, V); bf16 under autocast
-            logits = product.to(dtype)
-            if soft_cap:
-                logits = logits.div_(soft_cap).tanh_()
-                capped_slope = 1.0 - logits.square()  # d capped / d raw = 1 - tanh²
-                logits = logits.mul_(soft_cap)
-            log_normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (log_normalizer - logits.gather(1, targets)).sum(dtype=torch.float64)
-            if grad_features is None and grad_weight is None:
-                continue
-            grad_logits = logits.sub_(log_normalizer).exp_()  # softmax, in place of the logits
-            grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, -1.0))
-            if soft_cap:
-                grad_logits.mul_(capped_slope)
-            if grad_features is not None:
-                grad_features[start:start + block_rows] = grad_logits.to(weight.dtype) @ weight
-            if grad_weight is not None and product.dtype == dtype:
-                grad_weight.addmm_(grad_logits.T, rows.to(dtype))
-            elif grad_weight is not None:  # in-place addmm_ would skip autocast: multiply in its dtype, add in float32
-                grad_weight += grad_logits.T.to(product.dtype) @ rows.to(product.dtype)
-        scale = 1.0 / N if reduction == "mean" else 1.0
-        ctx.scale, ctx.weight_dtype = scale, weight.dtype
+        loss, ctx.scale, grad_features, grad_weight = _blockwise_loss(
+            features, weight, labels, soft_cap, reduction, block_rows, *ctx.needs_input_grad[:2])
+        ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_features, grad_weight)
-        return (total * scale).to(dtype)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -72,8 +79,8 @@ def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, labels: t
         features: (N, D) final features; weight: (V, D) head weight; labels: (N,) token ids in [0, V).
         soft_cap: if set, logits are cap · tanh(logits / cap) before the softmax.
         reduction: "mean" or "sum" over the N rows.
-        block_rows: rows per block; by default blocks of about 2M logits on CPU (8 MB, cache-sized) and 32M on
-            GPUs (fewer, larger matrix products).
+        block_rows: rows per block; by default blocks of about 2M logits on CPU (8 MB, cache-sized) and 128M on
+            GPUs (512 MB: few blocks, so adding each block's head-weight gradient stays cheap), 128 rows at least.
 
     Returns:
         The loss, a scalar in float32 (float64 for float64 inputs).
@@ -84,5 +91,8 @@ def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, labels: t
         raise ValueError(f"linear_cross_entropy: features (N, D), weight (V, D), labels (N,) expected, got "
                          f"{tuple(features.shape)}, {tuple(weight.shape)}, {tuple(labels.shape)}")
     if block_rows is None:
-        block_rows = max(16, (1 << (21 if features.device.type == "cpu" else 25)) // weight.shape[0])
-    return _LinearCrossEntropy.apply(features, weight, labels, soft_cap, reduction, block_rows)
+        block_rows = max(128, (1 << (21 if features.device.type == "cpu" else 27)) // weight.shape[0])
+    if torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad):
+        return _LinearCrossEntropy.apply(features, weight, labels, soft_cap, reduction, block_rows)
+    # evaluation (no_grad, inference_mode): the loss alone, no gradient work
+    return _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, False, False)[0]

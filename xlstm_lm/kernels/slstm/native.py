@@ -190,9 +190,12 @@ def _(dStates, matR, gates, states):
 
 def _save_for_backward(ctx, inputs, output):
     ctx.save_for_backward(inputs[1], *output)
+    ctx.set_materialize_grads(False)  # the gates output is never used: no zero-filled gradient for it
 
 
 def _backward(ctx, _dGates, dStates):
+    if dStates is None:
+        return (None,) * 6
     matR, gates, states = ctx.saved_tensors
     return (*slstm_loop_backward(dStates, matR, gates, states), None)
 
