@@ -31,10 +31,12 @@ def test_triton_matches_reference(S, chunk_size, with_state, regime, mlstm_input
     )
 
 
-@pytest.mark.parametrize("DQK, DV", [(32, 16), (24, 40), (64, 64)])
-def test_head_dims(DQK, DV, mlstm_inputs, compare_to_reference):
-    # DQK != DV both ways, dims that are not powers of two (masked blocks), and a 64-wide head
-    inputs = mlstm_inputs(B=1, NH=1, S=70, DQK=DQK, DV=DV, regime="realistic", with_state=True)
+@pytest.mark.parametrize("DQK, DV, S", [(32, 16, 70), (24, 40, 70), (64, 64, 70), (160, 80, 70), (160, 80, 64)])
+def test_head_dims(DQK, DV, S, mlstm_inputs, compare_to_reference):
+    # DQK != DV both ways, dims that are not powers of two (masked blocks), a 64-wide head, and heads wider
+    # than one tile: dq in two 128-wide blocks, dk in 64-wide (S not a multiple of 16) or 128-wide blocks,
+    # reductions over DV in two blocks of 64
+    inputs = mlstm_inputs(B=1, NH=1, S=S, DQK=DQK, DV=DV, regime="realistic", with_state=True)
     compare_to_reference(run_triton(32), run_mlstm("reference"), inputs, fwd_tol=1e-4, grad_tol=1e-3, **STABILIZER)
 
 

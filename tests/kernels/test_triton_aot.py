@@ -1,9 +1,9 @@
 """The mLSTM Triton kernels compiled ahead of time for Hopper (sm_90), no GPU needed (DESIGN.md §13):
 every kernel compiles at the block shapes a GPU run uses, uses no local memory, spills no registers to the
 stack, and its matrix products run as HGMMA. Compiled as a launch compiles them: for 16-byte aligned
-tensors (the launchers pass no others, checked below), and apart for any sequence length and for lengths
-and chunk counts that are multiples of 16. `python -m tests.kernels.test_triton_aot` prints the resource
-table (any sequence length)."""
+tensors (the launchers pass no others, checked below), and apart for each pattern of the sequence length
+and the chunk count being multiples of 16 or not. `python -m tests.kernels.test_triton_aot` prints the resource
+table (for any S and for S and NC multiples of 16)."""
 
 import dataclasses
 import functools
@@ -19,7 +19,7 @@ from .aot import compile_for_hopper, jit_module, markdown_table, resource_usage
 from .conftest import DEVICE
 
 KERNELS = jit_module("xlstm_lm.kernels.mlstm.triton_kernels")
-ACTIVATIONS = {"Q", "K", "V", "H", "dH"}  # bf16 tensors; every other pointer is fp32
+ACTIVATIONS = {"Q", "K", "V", "H", "dH", "dQ", "dK", "dV"}  # bf16 tensors; every other pointer is fp32
 # (kernel, has matrix products, uses the sequential kernels' state tile)
 LAUNCHES = [
     ("chunk_states_kernel", True, True), ("chunk_outputs_kernel", True, False), ("row_scales_kernel", False, False),
@@ -27,11 +27,16 @@ LAUNCHES = [
     ("grad_v_kernel", True, False), ("grad_gates_kernel", False, False), ("step_kernel", False, False),
 ]
 SHAPES = [(64, 128, 256), (64, 128, 128), (128, 256, 128)]  # (chunk size L, DQK, DV), bf16 activations
+# which of the sequence length S and the chunk count NC are multiples of 16: a launch compiles one variant
+# per pattern (at L = 64: S = 512 has S but not NC, S = 1000 NC but not S, S = 100 neither)
+LENGTH_PATTERNS = [(), ("S",), ("NC",), ("S", "NC")]
 
 
-def constexprs(name: str, L: int, DQK: int, DV: int) -> dict:
+def constexprs(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...] = ()) -> dict:
     """The constexpr arguments the launcher in `xlstm_lm.kernels.mlstm.triton` passes to kernel `name`."""
-    blocks = dataclasses.replace(mlstm_triton._blocks(L, DQK, DV, torch.bfloat16), dot_dtype=tl.bfloat16)
+    seq_len = 16 if "S" in multiples_of_16 else 17  # the blocks depend only on whether it is a multiple of 16
+    blocks = mlstm_triton._blocks(L, DQK, DV, torch.bfloat16, seq_len)
+    blocks = dataclasses.replace(blocks, dot_dtype=tl.bfloat16)
     values = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "BLC": blocks.BLC, **blocks.kernel_constexprs(name)}
     if name == "step_kernel":
         values |= {"BK": DQK, "BV": 64}
@@ -39,34 +44,35 @@ def constexprs(name: str, L: int, DQK: int, DV: int) -> dict:
     return {key: value for key, value in values.items() if key in arg_names}
 
 
-def compile_kernel(name: str, L: int, DQK: int, DV: int, lengths_multiple_of_16: bool):
+def compile_kernel(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...]):
     kernel = getattr(KERNELS, name)
-    fixed = constexprs(name, L, DQK, DV)
+    fixed = constexprs(name, L, DQK, DV, multiples_of_16)
 
     def arg_type(arg: str) -> str:
         if arg in fixed:
             return "constexpr"
-        if arg in ("S", "NC"):
+        if arg in ("S", "NC", "NQB", "NKB"):
             return "i32"
         if arg in ("scale", "eps"):
             return "fp32"
         return "*bf16" if arg in ACTIVATIONS else "*fp32"
 
     signature = {arg: arg_type(arg) for arg in kernel.arg_names}
-    lengths = ("S", "NC") if lengths_multiple_of_16 else ()
-    return compile_for_hopper(kernel, signature, fixed, num_warps=mlstm_triton.NUM_WARPS, multiples_of_16=lengths)
+    return compile_for_hopper(
+        kernel, signature, fixed, num_warps=mlstm_triton.NUM_WARPS, multiples_of_16=multiples_of_16
+    )
 
 
 @functools.cache
-def usage_of(name: str, L: int, DQK: int, DV: int, lengths_multiple_of_16: bool = False):
-    return resource_usage(compile_kernel(name, L, DQK, DV, lengths_multiple_of_16))
+def usage_of(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...] = ()):
+    return resource_usage(compile_kernel(name, L, DQK, DV, multiples_of_16))
 
 
-@pytest.mark.parametrize("lengths_multiple_of_16", [False, True])
+@pytest.mark.parametrize("multiples_of_16", LENGTH_PATTERNS)
 @pytest.mark.parametrize("L, DQK, DV", SHAPES)
 @pytest.mark.parametrize("name, has_dots, _", LAUNCHES)
-def test_kernel_compiles_for_hopper(name, has_dots, _, L, DQK, DV, lengths_multiple_of_16):
-    usage = usage_of(name, L, DQK, DV, lengths_multiple_of_16)
+def test_kernel_compiles_for_hopper(name, has_dots, _, L, DQK, DV, multiples_of_16):
+    usage = usage_of(name, L, DQK, DV, multiples_of_16)
     assert usage.local_bytes == 0, f"{name} uses local memory: {usage}"
     assert usage.registers <= 255
     assert usage.shared_bytes <= 227 * 1024  # Hopper's shared memory per block
@@ -74,11 +80,11 @@ def test_kernel_compiles_for_hopper(name, has_dots, _, L, DQK, DV, lengths_multi
         assert usage.hgmma > 0, f"{name} has matrix products but no HGMMA"
 
 
-@pytest.mark.parametrize("lengths_multiple_of_16", [False, True])
+@pytest.mark.parametrize("multiples_of_16", LENGTH_PATTERNS)
 @pytest.mark.parametrize("L, DQK, DV", SHAPES)
 @pytest.mark.parametrize("name", [name for name, _, _ in LAUNCHES])
-def test_no_register_spills(name, L, DQK, DV, lengths_multiple_of_16):
-    usage = usage_of(name, L, DQK, DV, lengths_multiple_of_16)
+def test_no_register_spills(name, L, DQK, DV, multiples_of_16):
+    usage = usage_of(name, L, DQK, DV, multiples_of_16)
     assert usage.stack_bytes == 0, f"{name} spills registers to a stack frame: {usage}"
 
 
@@ -123,9 +129,10 @@ def test_launches_pass_only_aligned_tensors(monkeypatch):
 
 def resource_table() -> str:
     rows = []
-    for L, DQK, DV in SHAPES:
-        for name, _, _ in LAUNCHES:
-            rows.append((f"L={L} DQK={DQK} DV={DV} bf16", usage_of(name, L, DQK, DV)))
+    for multiples_of_16, lengths in (((), "any S"), (("S", "NC"), "S, NC multiples of 16")):
+        for L, DQK, DV in SHAPES:
+            for name, _, _ in LAUNCHES:
+                rows.append((f"L={L} DQK={DQK} DV={DV}, {lengths}", usage_of(name, L, DQK, DV, multiples_of_16)))
     return markdown_table(rows)
 
 

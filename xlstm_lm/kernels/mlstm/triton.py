@@ -78,11 +78,11 @@ class _Blocks:
     BVS: int  # DV block of the state tile in the sequential kernels
     dot_dtype: tl.dtype
     precision: str
-    BKO: int = 64  # DQK block of the output tile of grad_q_kernel, grad_k_kernel (at most BK)
-    BKR: int = 64  # DQK block grad_v_kernel reduces over (at most BK)
-    BVO: int = 64  # DV block of the output tile of chunk_outputs_kernel (at most BV)
+    BKG: int = 128  # DQK block of the dk tile of grad_k_kernel (BK, or 64 where that would spill)
+    BKR: int = 64  # DQK block that chunk_outputs_kernel and grad_v_kernel reduce over (at most BK)
+    BVR: int = 64  # DV block that grad_q_kernel and grad_k_kernel reduce over (at most BV)
     BLS: int = 32  # steps per block in row_scales_kernel and grad_gates_kernel
-    BR: int = 32  # DV (DQK) block of the row reductions in row_scales_kernel (grad_gates_kernel)
+    BR: int = 32  # DV block of the row reductions in row_scales_kernel
 
     @property
     def constexprs(self) -> dict:
@@ -92,29 +92,31 @@ class _Blocks:
         """The tile constexprs of kernel `name`.
 
         Note: at 4 warps (255 registers a thread) these tiles compile for sm_90 without spilling (checked
-        ahead of time in tests/kernels/test_triton_aot.py). chunk_outputs, grad_q and grad_k write
-        accumulator tiles 64 columns wide (128 spill at DV 256 or DQK 256) and reduce over the other head
-        dim in blocks of 128. grad_v writes 128 columns, as a narrower tile would recompute q̂·k once more
-        per extra block, and reduces over DQK in blocks of 64 (pipelined blocks of 128 spill at DQK 256).
-        The row reductions load four (BLS, BR) tiles at once.
+        ahead of time in tests/kernels/test_triton_aot.py). The parallel kernels write accumulator tiles
+        128 columns wide (all of DQK or DV up to 128), so the (rows, columns) matrices inside a chunk are
+        computed once per 128 output columns, and reduce over the other head dim in blocks of 64
+        (pipelined blocks of 128 spill). The exception is grad_k for a sequence length that is not a
+        multiple of 16: Triton compiles that variant with element-wise masks on the per-step vectors, and
+        its 128-wide tile spills, so it writes 64 columns. The row reductions load two (BLS, BR) tiles at
+        once.
         """
         values = self.constexprs
         if name in ("chunk_states_kernel", "state_grads_kernel"):
             values |= {"BK": self.BKS, "BV": self.BVS}
-        elif name == "chunk_outputs_kernel":
-            values |= {"BV": self.BVO}
-        elif name in ("grad_q_kernel", "grad_k_kernel"):
-            values |= {"BK": self.BKO}
-        elif name == "grad_v_kernel":
+        elif name in ("chunk_outputs_kernel", "grad_v_kernel"):
             values |= {"BK": self.BKR}
+        elif name == "grad_q_kernel":
+            values |= {"BV": self.BVR}
+        elif name == "grad_k_kernel":
+            values |= {"BK": self.BKG, "BV": self.BVR}
         elif name == "row_scales_kernel":
             values |= {"BV": self.BR, "BLS": self.BLS}
         elif name == "grad_gates_kernel":
-            values |= {"BK": self.BR, "BLS": self.BLS}
+            values = {"BLS": self.BLS}
         return values
 
 
-def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype) -> _Blocks:
+def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype, seq_len: int) -> _Blocks:
     """Block shapes for a chunk size and head dims: powers of two, at least 16 (the smallest tl.dot).
 
     Note: the chunk length is chunk_size rounded up to such a power; the chunkwise form gives the same
@@ -136,7 +138,8 @@ def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype) -> _Blocks:
     return _Blocks(
         L=chunk_size, BLQ=min(chunk_size, 64), BLC=min(chunk_size, 64), BK=block(DQK, 128), BV=block(DV, 128),
         BKS=block(DQK, 64), BVS=block(DV, 64), dot_dtype=tl.bfloat16 if bf16 else tl.float32, precision="tf32x3",
-        BKO=block(DQK, 64), BVO=block(DV, 64), BKR=block(DQK, 64), BLS=32, BR=block(max(DQK, DV), 32),
+        BKG=block(DQK, 128 if seq_len % 16 == 0 else 64), BKR=block(DQK, 64), BVR=block(DV, 64), BLS=32,
+        BR=block(DV, 32),
     )
 
 
@@ -182,7 +185,7 @@ def _forward(
     h = torch.empty_like(v)
     Mr = q.new_empty((BH, S), dtype=torch.float32)
     Den = torch.empty_like(Mr)
-    grid = (BH * NC * (blocks.L // blocks.BLQ), triton.cdiv(DV, blocks.BVO))
+    grid = (BH * NC * (blocks.L // blocks.BLQ), triton.cdiv(DV, blocks.BV))
     _kernels().chunk_outputs_kernel[grid](
         q, k, v, i, Bv, Cs, Ns, Ms, h, Mr, Den, S, NC, DQK**-0.5, eps, DQK=DQK, DV=DV, BLQ=blocks.BLQ,
         **blocks.kernel_constexprs("chunk_outputs_kernel"), num_warps=NUM_WARPS,
@@ -203,7 +206,8 @@ def _backward(
         dh (BH, S, DV), dC (BH, DQK, DV), dn (BH, DQK): gradients of h and of the final C, n.
 
     Returns:
-        dq, dk (BH, S, DQK), dv (BH, S, DV), di, df (BH, S), dC0 (BH, DQK, DV), dn0 (BH, DQK), float32.
+        dq, dk (BH, S, DQK), dv (BH, S, DV) in the dtypes of q, k, v; di, df (BH, S), dC0 (BH, DQK, DV),
+        dn0 (BH, DQK) in float32.
     """
     kernels = _kernels()
     BH, S, DQK = q.shape
@@ -220,16 +224,18 @@ def _backward(
         q, dh, InvN, Delta, Mr, Bv, Ms, dC, dn, dCs, dNs, S, NC, scale, DQK=DQK, DV=DV, BLC=blocks.BLC,
         **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
     )
-    dq, dk = (q.new_empty(q.shape, dtype=torch.float32) for _ in range(2))
-    dv = v.new_empty(v.shape, dtype=torch.float32)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    NQB, NKB = triton.cdiv(DQK, blocks.BK), triton.cdiv(DQK, blocks.BKG)  # DQK blocks of the dq, dk tiles
+    qdq = q.new_empty((BH, NQB, S), dtype=torch.float32)
+    kdk = k.new_empty((BH, NKB, S), dtype=torch.float32)
     rows = BH * NC * (blocks.L // blocks.BLQ)
     common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS}
-    kernels.grad_q_kernel[(rows, triton.cdiv(DQK, blocks.BKO))](
-        k, v, i, dh, InvN, Delta, Mr, Bv, Cs, Ns, Ms, dq, S, NC, scale,
+    kernels.grad_q_kernel[(rows, NQB)](
+        q, k, v, i, dh, InvN, Delta, Mr, Bv, Cs, Ns, Ms, dq, qdq, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_q_kernel"),
     )
-    kernels.grad_k_kernel[(rows, triton.cdiv(DQK, blocks.BKO))](
-        q, v, i, dh, InvN, Delta, Mr, Bv, Ms, dCs, dNs, dk, S, NC, scale,
+    kernels.grad_k_kernel[(rows, NKB)](
+        q, k, v, i, dh, InvN, Delta, Mr, Bv, Ms, dCs, dNs, dk, kdk, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_k_kernel"),
     )
     kernels.grad_v_kernel[(rows, triton.cdiv(DV, blocks.BV))](
@@ -238,7 +244,8 @@ def _backward(
     dB_final = (final[0] * dC).sum((-2, -1)) + (final[1] * dn).sum(-1)  # (BH,)
     di, df = torch.empty_like(Mr), torch.empty_like(Mr)
     kernels.grad_gates_kernel[(BH,)](
-        q, k, f, dq, dk, dB_final, di, df, S, DQK=DQK, BLS=blocks.BLS, BK=blocks.BR, num_warps=NUM_WARPS
+        qdq, kdk, f, dB_final, di, df, S, NQB, NKB, **blocks.kernel_constexprs("grad_gates_kernel"),
+        num_warps=NUM_WARPS,
     )
     return dq, dk, dv, di, df, dCs[:, 0], dNs[:, 0]
 
@@ -261,7 +268,7 @@ class _MLSTMFunction(torch.autograd.Function):
             q, k, v, i, f, (C0, n0, m0), h, Mr, Den, (C_S, n_S), _aligned(dh), _aligned(dC), _aligned(dn),
             ctx.blocks, ctx.eps,
         )
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), di, df, dC0, dn0, None, None, None
+        return dq, dk, dv, di, df, dC0, dn0, None, None, None
 
 
 def mlstm_triton(
@@ -301,7 +308,7 @@ def mlstm_triton(
     out_dtype = v.dtype
     if out_dtype == torch.float64:
         q, k, v = q.float(), k.float(), v.float()
-    blocks = _blocks(chunk_size, DQK, DV, v.dtype)
+    blocks = _blocks(chunk_size, DQK, DV, v.dtype, S)
 
     def flat(x):  # (B, NH, ...) -> (BH, ...)
         return _aligned(x.reshape(B * NH, *x.shape[2:]))

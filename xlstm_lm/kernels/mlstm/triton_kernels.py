@@ -9,8 +9,9 @@ Forward (chunkwise form of DESIGN.md §4):
 Backward (the extended value [v, 1] turns the normalizer into one more value column):
     `row_scales_kernel`     per step 1/N_r and δ_r, the gradient reaching den_r through N_r.
     `state_grads_kernel`    dC, dn after every chunk, sequentially over chunks in reverse (dC0, dn0 last).
-    `grad_q_kernel`, `grad_k_kernel`, `grad_v_kernel`   dq, dk, dv of every chunk.
-    `grad_gates_kernel`     dĩ, df̃ from the closed form (see `triton.py`).
+    `grad_q_kernel`, `grad_k_kernel`, `grad_v_kernel`   dq, dk, dv of every chunk (in the activations'
+                            dtype), and the per-step dots q·dq, k·dk in float32.
+    `grad_gates_kernel`     dĩ, df̃ from the closed form (see `triton.py`) and those dots.
 Generation: `step_kernel`, one time step with the state in and out.
 
 Note: reductions and scans call tl.reduce / tl.associative_scan with the standard library's combine
@@ -314,11 +315,23 @@ def state_grads_kernel(
 
 
 @triton.jit
+def _store_grad_and_row_dot(X, dX, XdX, grad, bh, pk, t, offs_k, S, DQK: tl.constexpr):
+    """Store a (rows, BK) gradient tile of q or k in the dtype of dX, and x_t·dx_t over the tile's columns
+    (float32, from the unrounded gradient) at XdX[bh, pk, t]: the gate gradients need only these dots."""
+    mask = (t < S)[:, None] & (offs_k < DQK)[None, :]
+    rows = bh * S * DQK + t[:, None] * DQK + offs_k[None, :]
+    matX = tl.load(X + rows, mask=mask, other=0.0).to(tl.float32)
+    tl.store(XdX + (bh * tl.num_programs(1) + pk) * S + t, tl.reduce(matX * grad, 1, _ADD), mask=t < S)
+    tl.store(dX + rows, grad.to(dX.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def grad_q_kernel(
-    K, V, I, dH,  # (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
+    Q, K, V, I, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
     InvN, Delta, Mr,  # (BH, S)
     Bv, Cs, Ns, Ms,  # from chunk_states_kernel
-    dQ,  # out: (BH, S, DQK) fp32
+    dQ,  # out: (BH, S, DQK) in the dtype of Q
+    QdQ,  # out: (BH, cdiv(DQK, BK), S) fp32, q_r·dq_r over each DQK block, for grad_gates_kernel
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -326,7 +339,8 @@ def grad_q_kernel(
     """Grid (BH·NC·(L / BLQ), cdiv(DQK, BK)), rows r of a chunk:
     dq̂_r = β_r (C_prev dnum_r + δ_r n_prev) + Σ_s D'_rs (dnum_r·v_s + δ_r) k_s,  dnum_r = dh_r / N_r."""
     bh, c, jq, t_r = _rows(tl.program_id(0), NC, L, BLQ)
-    offs_k = tl.program_id(1) * BK + tl.arange(0, BK)
+    pk = tl.program_id(1)
+    offs_k = pk * BK + tl.arange(0, BK)
     mask_k = offs_k < DQK
     valid_r = t_r < S
     K, V, I, dH, Bv = K + bh * S * DQK, V + bh * S * DV, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
@@ -359,8 +373,8 @@ def grad_q_kernel(
         matdS = (matG * vecInvN[:, None] + vecDelta[:, None]) * _decay(Bv, I, t_r, t_s, S, vecM, False)  # (BLQ, BLQ)
         matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdS, matK, DOT_DTYPE, PRECISION)
-    tl.store(dQ + bh * S * DQK + t_r[:, None] * DQK + offs_k[None, :], acc * scale,
-             mask=valid_r[:, None] & mask_k[None, :])
+    acc *= scale
+    _store_grad_and_row_dot(Q, dQ, QdQ, acc, bh, pk, t_r, offs_k, S, DQK)
 
 
 @triton.jit
@@ -373,10 +387,11 @@ def _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L: tl.constexpr):
 
 @triton.jit
 def grad_k_kernel(
-    Q, V, I, dH,  # (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
+    Q, K, V, I, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
     InvN, Delta, Mr,  # (BH, S)
     Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
-    dK,  # out: (BH, S, DQK) fp32
+    dK,  # out: (BH, S, DQK) in the dtype of K
+    KdK,  # out: (BH, cdiv(DQK, BK), S) fp32, k_s·dk_s over each DQK block, for grad_gates_kernel
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -384,7 +399,8 @@ def grad_k_kernel(
     """Grid (BH·NC·(L / BLQ), cdiv(DQK, BK)), columns s of a chunk:
     dk_s = e_s (dC_next v_s + dn_next) + Σ_{r≥s} D'_rs (dnum_r·v_s + δ_r) q̂_r."""
     bh, c, js, t_s = _rows(tl.program_id(0), NC, L, BLQ)
-    offs_k = tl.program_id(1) * BK + tl.arange(0, BK)
+    pk = tl.program_id(1)
+    offs_k = pk * BK + tl.arange(0, BK)
     mask_k = offs_k < DQK
     valid_s = t_s < S
     Q, V, I, dH, Bv = Q + bh * S * DQK, V + bh * S * DV, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
@@ -416,7 +432,7 @@ def grad_k_kernel(
         matdSt = (matGt * vecInvN[None, :] + vecDelta[None, :]) * _decay(Bv, I, t_r, t_s, S, vecM, True) * scale
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
-    tl.store(dK + bh * S * DQK + t_s[:, None] * DQK + offs_k[None, :], acc, mask=valid_s[:, None] & mask_k[None, :])
+    _store_grad_and_row_dot(K, dK, KdK, acc, bh, pk, t_s, offs_k, S, DQK)
 
 
 @triton.jit
@@ -424,7 +440,7 @@ def grad_v_kernel(
     Q, K, I, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S), (BH, S, DV)
     InvN, Mr,  # (BH, S)
     Bv, Ms, dCs,  # from chunk_states_kernel and state_grads_kernel
-    dV,  # out: (BH, S, DV) fp32
+    dV,  # out: (BH, S, DV) in the dtype of dV's activation (V)
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -463,17 +479,18 @@ def grad_v_kernel(
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matSt * vecInvN[None, :], matdH, DOT_DTYPE, PRECISION)
-    tl.store(dV + bh * S * DV + t_s[:, None] * DV + offs_v[None, :], acc, mask=valid_s[:, None] & mask_v[None, :])
+    tl.store(dV + bh * S * DV + t_s[:, None] * DV + offs_v[None, :], acc.to(dV.dtype.element_ty),
+             mask=valid_s[:, None] & mask_v[None, :])
 
 
 @triton.jit
 def grad_gates_kernel(
-    Q, K, F,  # (BH, S, DQK), (BH, S, DQK), (BH, S)
-    dQ, dK,  # (BH, S, DQK) fp32
+    QdQ, KdK,  # (BH, NQB, S), (BH, NKB, S) fp32 from grad_q_kernel, grad_k_kernel
+    F,  # (BH, S)
     dBfinal,  # (BH,) Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S
     dI, dF,  # out: (BH, S) fp32
-    S,
-    DQK: tl.constexpr, BLS: tl.constexpr, BK: tl.constexpr,
+    S, NQB, NKB,
+    BLS: tl.constexpr,
 ):
     """Grid (BH,), blocks of BLS steps from the end: dĩ_t = k_t·dk_t and
     df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + dBfinal)."""
@@ -485,14 +502,10 @@ def grad_gates_kernel(
         valid = t < S
         qdq = tl.full((BLS,), 0.0, tl.float32)
         kdk = tl.full((BLS,), 0.0, tl.float32)
-        for kk in range((DQK + BK - 1) // BK):
-            offs_k = kk * BK + tl.arange(0, BK)
-            rows = bh * S * DQK + t[:, None] * DQK + offs_k[None, :]
-            mask = valid[:, None] & (offs_k < DQK)[None, :]
-            matQ = tl.load(Q + rows, mask=mask, other=0.0).to(tl.float32)
-            matK = tl.load(K + rows, mask=mask, other=0.0).to(tl.float32)
-            qdq += tl.reduce(matQ * tl.load(dQ + rows, mask=mask, other=0.0), 1, _ADD)
-            kdk += tl.reduce(matK * tl.load(dK + rows, mask=mask, other=0.0), 1, _ADD)
+        for kk in range(NQB):
+            qdq += tl.load(QdQ + (bh * NQB + kk) * S + t, mask=valid, other=0.0)
+        for kk in range(NKB):
+            kdk += tl.load(KdK + (bh * NKB + kk) * S + t, mask=valid, other=0.0)
         vecdB = qdq - kdk
         suffix = tl.associative_scan(vecdB, 0, _ADD, reverse=True) + carry
         carry += tl.reduce(vecdB, 0, _ADD)
