@@ -161,7 +161,7 @@ def _chunk_states(
     Ns = k.new_empty((BH, NC + 1, DQK), dtype=torch.float32)
     Ms = k.new_empty((BH, NC + 1), dtype=torch.float32)
     Bv = k.new_empty((BH, NC * blocks.L), dtype=torch.float32)
-    grid = (BH, triton.cdiv(DQK, blocks.BKS), triton.cdiv(DV, blocks.BVS))
+    grid = (BH * triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS),)
     _kernels().chunk_states_kernel[grid](
         k, v, i, f, *state, Cs, Ns, Ms, Bv, S, NC, DQK=DQK, DV=DV, BLC=blocks.BLC,
         **blocks.kernel_constexprs("chunk_states_kernel"), num_warps=NUM_WARPS,
@@ -185,7 +185,7 @@ def _forward(
     h = torch.empty_like(v)
     Mr = q.new_empty((BH, S), dtype=torch.float32)
     Den = torch.empty_like(Mr)
-    grid = (BH * NC * (blocks.L // blocks.BLQ), triton.cdiv(DV, blocks.BV))
+    grid = (BH * NC * (blocks.L // blocks.BLQ) * triton.cdiv(DV, blocks.BV),)
     _kernels().chunk_outputs_kernel[grid](
         q, k, v, i, Bv, Cs, Ns, Ms, h, Mr, Den, S, NC, DQK**-0.5, eps, DQK=DQK, DV=DV, BLQ=blocks.BLQ,
         **blocks.kernel_constexprs("chunk_outputs_kernel"), num_warps=NUM_WARPS,
@@ -220,7 +220,7 @@ def _backward(
         h, dh, Mr, Den, InvN, Delta, S, eps, DV=DV, BLS=blocks.BLS, BV=blocks.BR, num_warps=NUM_WARPS
     )
     dCs, dNs = torch.empty_like(Cs), torch.empty_like(Ns)
-    kernels.state_grads_kernel[(BH, triton.cdiv(DQK, blocks.BKS), triton.cdiv(DV, blocks.BVS))](
+    kernels.state_grads_kernel[(BH * triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS),)](
         q, dh, InvN, Delta, Mr, Bv, Ms, dC, dn, dCs, dNs, S, NC, scale, DQK=DQK, DV=DV, BLC=blocks.BLC,
         **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
     )
@@ -230,15 +230,15 @@ def _backward(
     kdk = k.new_empty((BH, NKB, S), dtype=torch.float32)
     rows = BH * NC * (blocks.L // blocks.BLQ)
     common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS}
-    kernels.grad_q_kernel[(rows, NQB)](
+    kernels.grad_q_kernel[(rows * NQB,)](
         q, k, v, i, dh, InvN, Delta, Mr, Bv, Cs, Ns, Ms, dq, qdq, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_q_kernel"),
     )
-    kernels.grad_k_kernel[(rows, NKB)](
+    kernels.grad_k_kernel[(rows * NKB,)](
         q, k, v, i, dh, InvN, Delta, Mr, Bv, Ms, dCs, dNs, dk, kdk, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_k_kernel"),
     )
-    kernels.grad_v_kernel[(rows, triton.cdiv(DV, blocks.BV))](
+    kernels.grad_v_kernel[(rows * triton.cdiv(DV, blocks.BV),)](
         q, k, i, dh, InvN, Mr, Bv, Ms, dCs, dv, S, NC, scale, **common, **blocks.kernel_constexprs("grad_v_kernel")
     )
     dB_final = (final[0] * dC).sum((-2, -1)) + (final[1] * dn).sum(-1)  # (BH,)

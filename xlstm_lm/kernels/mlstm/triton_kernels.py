@@ -80,6 +80,19 @@ def _gates(I, F, t, S):
 
 
 @triton.jit
+def _state_tile(DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """(bh, DQK block, DV block) of a program over BH·cdiv(DQK, BK)·cdiv(DV, BV).
+
+    Note: the tiles of one head are neighbours in launch order, so they run at the same time and read
+    the same steps of k, v (q, dh) from the L2 cache instead of each from memory.
+    """
+    NK: tl.constexpr = (DQK + BK - 1) // BK
+    NV: tl.constexpr = (DV + BV - 1) // BV
+    pid = tl.program_id(0)
+    return (pid // (NK * NV)).to(tl.int64), (pid // NV) % NK, pid % NV
+
+
+@triton.jit
 def chunk_states_kernel(
     K, V, I, F,  # (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S)
     C0, N0, M0,  # (BH, DQK, DV), (BH, DQK), (BH)
@@ -89,9 +102,8 @@ def chunk_states_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (BH, cdiv(DQK, BK), cdiv(DV, BV)): one (BK, BV) tile of C through all chunks in order."""
-    bh = tl.program_id(0).to(tl.int64)
-    pk, pv = tl.program_id(1), tl.program_id(2)
+    """Grid (BH·cdiv(DQK, BK)·cdiv(DV, BV),): one (BK, BV) tile of C through all chunks in order."""
+    bh, pk, pv = _state_tile(DQK, DV, BK, BV)
     offs_k = pk * BK + tl.arange(0, BK)
     offs_v = pv * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < DQK, offs_v < DV
@@ -159,13 +171,21 @@ def _decay(Bv, I, t_r, t_s, S, vecM_r, TRANSPOSE: tl.constexpr):
 
 
 @triton.jit
-def _rows(pid, NC, L: tl.constexpr, BLQ: tl.constexpr):
-    """(bh, chunk c, block index j of BLQ rows inside it, steps t) of a program over BH·NC·(L / BLQ)."""
+def _rows(NT: tl.constexpr, NC, L: tl.constexpr, BLQ: tl.constexpr):
+    """(bh, chunk c, block index j of BLQ rows inside it, steps t, column tile) of a program over
+    BH·NC·(L / BLQ)·NT, NT column tiles per block of rows.
+
+    Note: the column tiles of a block of rows are neighbours in launch order, so the rows they all load
+    come from the L2 cache after the first.
+    """
     NQ: tl.constexpr = L // BLQ
+    pid = tl.program_id(0)
+    tile = pid % NT
+    pid = pid // NT
     bh = (pid // (NC * NQ)).to(tl.int64)
     c = (pid // NQ) % NC
     j = pid % NQ
-    return bh, c, j, c * L + j * BLQ + tl.arange(0, BLQ)
+    return bh, c, j, c * L + j * BLQ + tl.arange(0, BLQ), tile
 
 
 @triton.jit
@@ -178,9 +198,8 @@ def chunk_outputs_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (BH·NC·(L / BLQ), cdiv(DV, BV)): h for BLQ rows of one chunk and BV value columns."""
-    bh, c, jq, t_r = _rows(tl.program_id(0), NC, L, BLQ)
-    pv = tl.program_id(1)
+    """Grid (BH·NC·(L / BLQ)·cdiv(DV, BV),): h for BLQ rows of one chunk and BV value columns."""
+    bh, c, jq, t_r, pv = _rows((DV + BV - 1) // BV, NC, L, BLQ)
     offs_v = pv * BV + tl.arange(0, BV)
     mask_v = offs_v < DV
     valid_r = t_r < S
@@ -276,10 +295,9 @@ def state_grads_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (BH, cdiv(DQK, BK), cdiv(DV, BV)), chunks in reverse:
+    """Grid (BH·cdiv(DQK, BK)·cdiv(DV, BV),), chunks in reverse:
     dC_prev = exp(g + m_prev - m_next) dC_next + Σ_r β_r q̂_r (dh_r / N_r)ᵀ,  dn_prev alike with δ_r."""
-    bh = tl.program_id(0).to(tl.int64)
-    pk, pv = tl.program_id(1), tl.program_id(2)
+    bh, pk, pv = _state_tile(DQK, DV, BK, BV)
     offs_k = pk * BK + tl.arange(0, BK)
     offs_v = pv * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < DQK, offs_v < DV
@@ -315,13 +333,13 @@ def state_grads_kernel(
 
 
 @triton.jit
-def _store_grad_and_row_dot(X, dX, XdX, grad, bh, pk, t, offs_k, S, DQK: tl.constexpr):
+def _store_grad_and_row_dot(X, dX, XdX, grad, bh, pk, t, offs_k, S, DQK: tl.constexpr, BK: tl.constexpr):
     """Store a (rows, BK) gradient tile of q or k in the dtype of dX, and x_t·dx_t over the tile's columns
     (float32, from the unrounded gradient) at XdX[bh, pk, t]: the gate gradients need only these dots."""
     mask = (t < S)[:, None] & (offs_k < DQK)[None, :]
     rows = bh * S * DQK + t[:, None] * DQK + offs_k[None, :]
     matX = tl.load(X + rows, mask=mask, other=0.0).to(tl.float32)
-    tl.store(XdX + (bh * tl.num_programs(1) + pk) * S + t, tl.reduce(matX * grad, 1, _ADD), mask=t < S)
+    tl.store(XdX + (bh * ((DQK + BK - 1) // BK) + pk) * S + t, tl.reduce(matX * grad, 1, _ADD), mask=t < S)
     tl.store(dX + rows, grad.to(dX.dtype.element_ty), mask=mask)
 
 
@@ -336,10 +354,9 @@ def grad_q_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (BH·NC·(L / BLQ), cdiv(DQK, BK)), rows r of a chunk:
+    """Grid (BH·NC·(L / BLQ)·cdiv(DQK, BK),), rows r of a chunk:
     dq̂_r = β_r (C_prev dnum_r + δ_r n_prev) + Σ_s D'_rs (dnum_r·v_s + δ_r) k_s,  dnum_r = dh_r / N_r."""
-    bh, c, jq, t_r = _rows(tl.program_id(0), NC, L, BLQ)
-    pk = tl.program_id(1)
+    bh, c, jq, t_r, pk = _rows((DQK + BK - 1) // BK, NC, L, BLQ)
     offs_k = pk * BK + tl.arange(0, BK)
     mask_k = offs_k < DQK
     valid_r = t_r < S
@@ -374,7 +391,7 @@ def grad_q_kernel(
         matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdS, matK, DOT_DTYPE, PRECISION)
     acc *= scale
-    _store_grad_and_row_dot(Q, dQ, QdQ, acc, bh, pk, t_r, offs_k, S, DQK)
+    _store_grad_and_row_dot(Q, dQ, QdQ, acc, bh, pk, t_r, offs_k, S, DQK, BK)
 
 
 @triton.jit
@@ -396,10 +413,9 @@ def grad_k_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (BH·NC·(L / BLQ), cdiv(DQK, BK)), columns s of a chunk:
+    """Grid (BH·NC·(L / BLQ)·cdiv(DQK, BK),), columns s of a chunk:
     dk_s = e_s (dC_next v_s + dn_next) + Σ_{r≥s} D'_rs (dnum_r·v_s + δ_r) q̂_r."""
-    bh, c, js, t_s = _rows(tl.program_id(0), NC, L, BLQ)
-    pk = tl.program_id(1)
+    bh, c, js, t_s, pk = _rows((DQK + BK - 1) // BK, NC, L, BLQ)
     offs_k = pk * BK + tl.arange(0, BK)
     mask_k = offs_k < DQK
     valid_s = t_s < S
@@ -432,7 +448,7 @@ def grad_k_kernel(
         matdSt = (matGt * vecInvN[None, :] + vecDelta[None, :]) * _decay(Bv, I, t_r, t_s, S, vecM, True) * scale
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
-    _store_grad_and_row_dot(K, dK, KdK, acc, bh, pk, t_s, offs_k, S, DQK)
+    _store_grad_and_row_dot(K, dK, KdK, acc, bh, pk, t_s, offs_k, S, DQK, BK)
 
 
 @triton.jit
@@ -445,10 +461,10 @@ def grad_v_kernel(
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Grid (BH·NC·(L / BLQ), cdiv(DV, BV)), columns s of a chunk:
+    """Grid (BH·NC·(L / BLQ)·cdiv(DV, BV),), columns s of a chunk:
     dv_s = e_s dC_nextᵀ k_s + Σ_{r≥s} D'_rs (q̂_r·k_s) dnum_r."""
-    bh, c, js, t_s = _rows(tl.program_id(0), NC, L, BLQ)
-    offs_v = tl.program_id(1) * BV + tl.arange(0, BV)
+    bh, c, js, t_s, pv = _rows((DV + BV - 1) // BV, NC, L, BLQ)
+    offs_v = pv * BV + tl.arange(0, BV)
     mask_v = offs_v < DV
     valid_s = t_s < S
     Q, K, I, dH, Bv = Q + bh * S * DQK, K + bh * S * DQK, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
