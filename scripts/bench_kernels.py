@@ -8,6 +8,7 @@ float32 states), the native PyTorch chunkwise form (float32 compute), the offici
 Triton kernel (where importable, GPU only) and causal SDPA attention (bf16) as the Transformer baseline.
 
     python scripts/bench_kernels.py                    # GPU: 65,536 tokens, S 512..65,536, NH 16, DQK 128, DV 256
+                                                       # (ours at chunk 64, 128 and 256, the others at 64)
     python scripts/bench_kernels.py --smoke            # CPU: native and SDPA at a reduced size, < 1 min
     python scripts/bench_kernels.py --family slstm     # the sLSTM benchmark
 
@@ -37,18 +38,27 @@ def _tfla_mlstm(chunk_size: int) -> Callable | None:
     return lambda q, k, v, i, f: kernel(q, k, v, i, f, chunk_size=chunk_size)
 
 
-def mlstm_providers(device: torch.device, chunk_size: int) -> dict[str, Callable]:
-    """The mLSTM implementations to time, each a function of (q, k, v, i, f) returning h."""
+def _triton_mlstm(chunk_size: int) -> Callable:
+    """Our Triton backend as a function of (q, k, v, i, f), called directly: the dispatcher would upcast bf16."""
 
-    def triton(q, k, v, i, f):  # straight to the backend: the dispatcher would upcast bf16 activations
+    def triton(q, k, v, i, f):
         B, NH, _, DQK = q.shape
         state = (q.new_zeros((B, NH, DQK, v.shape[-1]), dtype=torch.float32),
                  q.new_zeros((B, NH, DQK), dtype=torch.float32), q.new_zeros((B, NH), dtype=torch.float32))
         return mlstm_triton(q, k, v, i, f, state, chunk_size=chunk_size, eps=1e-6)[0]
 
+    return triton
+
+
+def mlstm_providers(
+    device: torch.device, chunk_size: int, triton_chunk_sizes: tuple[int, ...] = ()
+) -> dict[str, Callable]:
+    """The mLSTM implementations to time, each a function of (q, k, v, i, f) returning h: ours at chunk_size
+    and at each of triton_chunk_sizes (named "triton L<size>"), the others at chunk_size."""
     providers = {"native": lambda q, k, v, i, f: mlstm(q, k, v, i, f, backend="native", chunk_size=chunk_size)}
     if device.type == "cuda":
-        providers = {"triton": triton, **providers}
+        sizes = dict.fromkeys((chunk_size, *triton_chunk_sizes))
+        providers = {f"triton L{size}": _triton_mlstm(size) for size in sizes} | providers
         tfla = _tfla_mlstm(chunk_size)
         if tfla is not None:
             providers["tfla"] = tfla
@@ -58,8 +68,8 @@ def mlstm_providers(device: torch.device, chunk_size: int) -> dict[str, Callable
 
 def bench_mlstm(
     tokens: int = 65536, seq_lens: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536),
-    heads: int = 16, dqk: int = 128, dv: int = 256, chunk_size: int = 64, dtype: torch.dtype = torch.bfloat16,
-    device: str | None = None, repeats: int = 5,
+    heads: int = 16, dqk: int = 128, dv: int = 256, chunk_size: int = 64, triton_chunk_sizes: tuple[int, ...] = (),
+    dtype: torch.dtype = torch.bfloat16, device: str | None = None, repeats: int = 5,
 ) -> list[dict]:
     """Time the mLSTM implementations on random inputs with realistic gates (DESIGN.md §9).
 
@@ -67,6 +77,7 @@ def bench_mlstm(
         tokens: tokens per batch; B = tokens / S for each S in seq_lens.
         heads, dqk, dv: NH, DQK, DV.
         chunk_size: L of the chunkwise kernels.
+        triton_chunk_sizes: further L at which to time our Triton kernels (GPU only).
         dtype: activation dtype of q, k, v (gates and states stay float32).
         device: "cuda" or "cpu"; None picks cuda when present.
         repeats: timed runs per measurement (the median is reported).
@@ -84,7 +95,7 @@ def bench_mlstm(
         i = (-10 * torch.rand(B, heads, S, device=device)).requires_grad_()  # realistic gates (DESIGN.md §9)
         f = (3 + 3 * torch.rand(B, heads, S, device=device)).requires_grad_()
         grad_h = torch.randn(B, heads, S, dv, device=device, dtype=dtype)
-        for name, run in mlstm_providers(device, chunk_size).items():
+        for name, run in mlstm_providers(device, chunk_size, triton_chunk_sizes).items():
 
             def forward():
                 with torch.no_grad():
@@ -120,6 +131,8 @@ def main() -> None:
     parser.add_argument("--dqk", type=int, default=128)
     parser.add_argument("--dv", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=64)
+    parser.add_argument("--triton-chunk-sizes", type=int, nargs="*", default=[128, 256],
+                        help="further chunk sizes at which to time the Triton mLSTM kernels")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=Path("outputs/bench/bench_kernels.json"),
                         help="where to write the rows")
@@ -132,7 +145,8 @@ def main() -> None:
                            dtype=torch.float32, device="cpu", repeats=2)
     else:
         rows = bench_mlstm(tokens=args.tokens, seq_lens=tuple(args.seq_lens), heads=args.heads, dqk=args.dqk,
-                           dv=args.dv, chunk_size=args.chunk_size, repeats=args.repeats)
+                           dv=args.dv, chunk_size=args.chunk_size, triton_chunk_sizes=tuple(args.triton_chunk_sizes),
+                           repeats=args.repeats)
     print(markdown(rows))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=1))
