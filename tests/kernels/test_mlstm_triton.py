@@ -31,12 +31,13 @@ def test_triton_matches_reference(S, chunk_size, with_state, regime, mlstm_input
     )
 
 
-@pytest.mark.parametrize("DQK, DV, S", [(32, 16, 70), (24, 40, 70), (64, 64, 70), (160, 80, 70), (160, 80, 64)])
-def test_head_dims(DQK, DV, S, mlstm_inputs, compare_to_reference):
+@pytest.mark.parametrize("DQK, DV, S, NH", [(32, 16, 70, 1), (24, 40, 70, 1), (64, 64, 70, 1), (160, 80, 70, 2),
+                                             (160, 80, 64, 2)])
+def test_head_dims(DQK, DV, S, NH, mlstm_inputs, compare_to_reference):
     # DQK != DV both ways, dims that are not powers of two (masked blocks), a 64-wide head, and heads wider
     # than one tile: dq in two 128-wide blocks, dk in 64-wide (S not a multiple of 16) or 128-wide blocks,
-    # reductions over DV in two blocks of 64
-    inputs = mlstm_inputs(B=1, NH=1, S=S, DQK=DQK, DV=DV, regime="realistic", with_state=True)
+    # reductions over DV in two blocks of 64, over two heads (per-head strides of the per-block buffers)
+    inputs = mlstm_inputs(B=1, NH=NH, S=S, DQK=DQK, DV=DV, regime="realistic", with_state=True)
     compare_to_reference(run_triton(32), run_mlstm("reference"), inputs, fwd_tol=1e-4, grad_tol=1e-3, **STABILIZER)
 
 
@@ -60,14 +61,26 @@ def test_state_passing(chunk_size, pieces, regime, mlstm_inputs):
         assert relative_error(part, part_full) < bound
 
 
-def test_bfloat16_inputs(mlstm_inputs):
-    # DESIGN.md §9: bf16 activations give relative errors near 1e-2; states stay float32.
+def test_bfloat16_inputs(mlstm_inputs, rng):
+    # DESIGN.md §9: bf16 activations give relative errors near 1e-2; states stay float32. The kernels
+    # write dq, dk, dv in bf16 and the gate gradients in float32.
     inputs = mlstm_inputs(B=1, NH=2, S=100, DQK=16, DV=16, regime="realistic", with_state=False)
     sequence = [inputs[name].bfloat16() for name in "qkv"] + [inputs[name].float() for name in "if"]
-    h, (C, n, m) = mlstm(*(x.to(DEVICE) for x in sequence), backend="triton", chunk_size=32, return_state=True)
-    h_ref = mlstm(*(x.double() for x in sequence), backend="reference")
+    weights = torch.randn(1, 2, 100, 16, generator=rng, dtype=torch.float64)
+
+    def run(backend, dtype_of):
+        leaves = [dtype_of(x).detach().requires_grad_() for x in sequence]
+        h, (C, n, m) = mlstm(*leaves, backend=backend, chunk_size=32, return_state=True)
+        (h.double().cpu() * weights).sum().backward()
+        return h, (C, n, m), [x.grad for x in leaves]
+
+    h, (C, n, m), grads = run("triton", lambda x: x.to(DEVICE))
+    h_ref, _, grads_ref = run("reference", torch.Tensor.double)
     assert h.dtype == torch.bfloat16 and C.dtype == n.dtype == m.dtype == torch.float32
     assert relative_error(h.cpu(), h_ref) < 1e-2
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 3 + [torch.float32] * 2
+    for name, grad, grad_ref in zip("qkvif", grads, grads_ref):
+        assert relative_error(grad.cpu(), grad_ref) < 1e-2, name
 
 
 @pytest.mark.parametrize("regime", ["normal", "extreme"])

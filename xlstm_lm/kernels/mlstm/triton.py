@@ -117,7 +117,8 @@ class _Blocks:
 
 
 def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype, seq_len: int) -> _Blocks:
-    """Block shapes for a chunk size and head dims: powers of two, at least 16 (the smallest tl.dot).
+    """Block shapes for a chunk size, head dims and sequence length: powers of two, at least 16 (the smallest
+    tl.dot). Of seq_len only whether it is a multiple of 16 matters (see `_Blocks.kernel_constexprs`).
 
     Note: the chunk length is chunk_size rounded up to such a power; the chunkwise form gives the same
     result for every chunk length up to rounding. bf16 activations multiply in bf16 on a GPU (HGMMA on

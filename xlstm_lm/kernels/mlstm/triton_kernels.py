@@ -34,7 +34,8 @@ Notation:
     h_r = num_r / N_r with N_r = max(|den_r|, exp(-m_r)) + eps.
     Memory layout (contiguous): q, k (BH, S, DQK); v, h (BH, S, DV); i, f, b, m_r, den (BH, S or NC·L);
     chunk states C (BH, NC + 1, DQK, DV), n (BH, NC + 1, DQK), m (BH, NC + 1); index c = state before
-    chunk c, index NC = final state. Activations fp32 or bf16 (upcast on load), everything else fp32.
+    chunk c, index NC = final state. Activations fp32 or bf16 (upcast on load) and their
+    gradients dq, dk, dv in the same dtype; everything else fp32.
     DOT_DTYPE is the operand dtype of the matrix products (bf16 for bf16 inputs on a GPU, so Hopper uses
     HGMMA), PRECISION their fp32 mode ("tf32x3" keeps float32 accuracy on tensor cores).
 """
