@@ -54,6 +54,7 @@ def test_time_based_checkpoints_refresh_last_between_step_checkpoints(tmp_path, 
     train(compose_train(overrides), tmp_path)
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
     assert not list((tmp_path / "checkpoints").glob("step*.ckpt"))  # no step checkpoint was due
+    assert not list((tmp_path / "checkpoints").glob("last-v*.ckpt"))  # both callbacks write the one last.ckpt
 
 
 def train_command(run_dir: Path, data_cache: Path, max_steps: int, *extra: str) -> list[str]:
@@ -129,3 +130,22 @@ def test_sigkill_and_restart_with_the_same_command_gives_the_uninterrupted_losse
     mismatched = {step: (resumed[step], expected[step]) for step in resumed
                   if abs(resumed[step] - expected[step]) > 1e-6 * abs(expected[step])}
     assert not mismatched, f"resumed from step {resumed_from}; (resumed, uninterrupted) losses differ at {mismatched}"
+
+
+def test_ctrl_c_finishes_the_step_writes_last_ckpt_and_exits_130(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
+                            "trainer.checkpoint_every_n_steps=100000")
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process)  # training has started
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr[-3000:]
+    step = step_of(run_dir / "checkpoints" / "last.ckpt")
+    assert step > 0 and f"interrupted at step {step}" in (run_dir / "train.log").read_text()
+    assert not (run_dir / "export").exists()  # stopped at once: no final validation or export

@@ -111,6 +111,43 @@ def test_resume_with_data_of_another_tokenizer_fails_before_training(tmp_path, d
     assert not (tmp_path / "second" / "checkpoints").exists()
 
 
+def test_restarting_a_run_keeps_the_metrics_logged_before_and_may_train_longer(tmp_path, data_cache, caplog):
+    run_dir = tmp_path / "run"
+    train(compose_train(small_run_overrides(data_cache, max_steps=2)), run_dir)
+    first_log = (run_dir / "logs" / "metrics.csv").read_bytes()
+    train(compose_train(small_run_overrides(data_cache, max_steps=4)), run_dir)  # ckpt_path=auto resumes
+    assert "trainer.max_steps changed from 2 to 4" in caplog.text
+    assert (run_dir / "logs" / "metrics-1.csv").read_bytes() == first_log  # Lightning would have deleted it
+    assert min(logged_steps(run_dir, "train/loss")) >= 2
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_resume_with_another_learning_rate_or_seed_fails_before_the_run_directory_changes(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    train(compose_train(small_run_overrides(data_cache, max_steps=2)), run_dir)
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    with pytest.raises(ValueError, match="optimizer.lr: checkpoint 0.002 vs now 1e-05"):
+        train(compose_train([*small_run_overrides(data_cache, max_steps=2), "optimizer.lr=1e-5"]), run_dir)
+    with pytest.raises(ValueError, match="training data order does not fit this run .*seed: checkpoint 1337 vs now 1"):
+        train(compose_train([*small_run_overrides(data_cache, max_steps=2), "seed=1"]), run_dir)
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+
+
+def test_a_fresh_run_in_a_directory_holding_a_run_is_refused(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    train(compose_train(small_run_overrides(data_cache, max_steps=2)), run_dir)
+    with pytest.raises(ValueError, match="already holds a run's checkpoints and ckpt_path=null"):
+        train(compose_train([*small_run_overrides(data_cache, max_steps=2), "ckpt_path=null"]), run_dir)
+
+
+def test_a_gpu_trainer_without_a_gpu_fails_before_preparing_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="trainer.accelerator=gpu but torch sees no CUDA GPU.*use trainer=cpu"):
+        train(compose_train([*small_run_overrides(cache), "trainer=gpu"]), tmp_path / "run")
+    assert not cache.exists()
+
+
 def test_missing_data_root_fails_with_the_path(tmp_path):
     overrides = [*small_run_overrides(tmp_path / "cache"), f"data.root={tmp_path / 'nowhere'}"]
     with pytest.raises(FileNotFoundError, match="nowhere"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from xlstm_lm.training import checkpointing
-from xlstm_lm.training.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from xlstm_lm.training.checkpointing import AtomicCheckpointIO, find_resume_checkpoint, load_training_checkpoint
 
 
 def checkpoint(step: int, value: float = 1.0) -> dict:
@@ -37,20 +37,47 @@ def test_nan_weights_are_never_written(tmp_path):
     assert torch.load(last, weights_only=False)["global_step"] == 2
 
 
-def test_restart_finds_the_newest_of_last_and_preemption_checkpoints(tmp_path):
+def write_checkpoint(path, step: int, mtime_ns: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "hyper_parameters": {}, "state_dict": {}}, path)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def test_restart_resumes_from_the_highest_step_of_last_step_and_preemption_checkpoints(tmp_path, caplog):
     assert find_resume_checkpoint(tmp_path) is None
     last = tmp_path / "checkpoints" / "last.ckpt"
-    last.parent.mkdir()
-    last.write_bytes(b"a")
+    write_checkpoint(last, 4, 10)
     assert find_resume_checkpoint(tmp_path) == last
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    hpc.write_bytes(b"b")
-    os.utime(last, ns=(1, 1))
+    write_checkpoint(hpc, 6, 5)  # written before last.ckpt's time (e.g. by a copy of the run), yet further on
     assert find_resume_checkpoint(tmp_path) == hpc
-    os.utime(hpc, ns=(0, 0))
-    assert find_resume_checkpoint(tmp_path) == last
-    step_file = last.with_name("step000008.ckpt")  # killed after the step file, before last.ckpt
-    step_file.write_bytes(b"c")
+    step_file = last.with_name("step000006.ckpt")  # the same step, written later
+    write_checkpoint(step_file, 6, 20)
+    assert find_resume_checkpoint(tmp_path) == step_file
+    write_checkpoint(last.with_name("step000002.ckpt"), 2, 30)  # the newest file, an older step
     assert find_resume_checkpoint(tmp_path) == step_file
     (last.parent / "last.ckpt.tmp").write_bytes(b"d")  # an interrupted write is never a candidate
+    (last.parent / "step000099.ckpt").write_bytes(b"not a checkpoint")  # unreadable: skipped with a warning
     assert find_resume_checkpoint(tmp_path) == step_file
+    assert "not resuming from" in caplog.text and "step000099.ckpt" in caplog.text
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("missing", "does not exist"),
+    ("text", "is not a readable training checkpoint"),
+    ("export", "is an exported model, not a training checkpoint"),
+    ("folder", "is a folder but not a sharded FSDP checkpoint"),
+    ("weights", "is not a Lightning training checkpoint"),
+])
+def test_loading_something_else_as_a_training_checkpoint_says_what_it_is(tmp_path, kind, message):
+    path = tmp_path / "thing"
+    if kind == "text":
+        path.write_text("hello")
+    elif kind in ("export", "folder"):
+        path.mkdir()
+        if kind == "export":
+            (path / "model.safetensors").write_bytes(b"")
+    elif kind == "weights":
+        torch.save({"model.weight": torch.zeros(2)}, path)
+    with pytest.raises(FileNotFoundError if kind == "missing" else ValueError, match=message):
+        load_training_checkpoint(path)

@@ -15,7 +15,7 @@ from xlstm_lm.models.mlstm import MLSTMBlock
 from xlstm_lm.models.mlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMBlock
 from xlstm_lm.training.checkpointing import AtomicCheckpointIO
-from xlstm_lm.training.trainer import build_plugins, build_strategy, build_trainer
+from xlstm_lm.training.trainer import LoggerConfig, build_logger, build_plugins, build_strategy, build_trainer
 from xlstm_lm.training.callbacks import TokenThroughput
 
 
@@ -68,3 +68,22 @@ def test_slurm_gets_checkpoint_and_requeue_on_the_configured_signal(monkeypatch)
 def test_lightning_adds_no_distributed_sampler(tmp_path):
     trainer = build_trainer(trainer_config(), OmegaConf.to_object(compose_train()).logger, tmp_path, TokenThroughput())
     assert trainer._accelerator_connector.use_distributed_sampler is False
+
+
+def test_online_wandb_without_credentials_fails_with_the_ways_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    with pytest.raises(ValueError, match="wandb login.*logger.mode=offline"):
+        build_logger(LoggerConfig(kind="wandb"), tmp_path)
+
+
+def test_a_restart_moves_the_earlier_metrics_aside(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.csv").write_text("first")
+    build_logger(LoggerConfig(kind="csv"), tmp_path)
+    (logs / "metrics.csv").write_text("second")
+    build_logger(LoggerConfig(kind="csv"), tmp_path)
+    assert (logs / "metrics-1.csv").read_text() == "first" and (logs / "metrics-2.csv").read_text() == "second"
+    assert not (logs / "metrics.csv").exists()

@@ -26,10 +26,11 @@ from xlstm_lm.data import TokenDataModule
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
-from xlstm_lm.training.callbacks import TokenThroughput
-from xlstm_lm.training.checkpointing import find_resume_checkpoint
+from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
+from xlstm_lm.training.checkpointing import CHECKPOINT_DIR, find_resume_checkpoint, load_training_checkpoint
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
+from xlstm_lm.training.optim import lr_factor
 from xlstm_lm.training.parallelize import parallelize
 from xlstm_lm.training.trainer import build_trainer
 
@@ -59,30 +60,60 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(found) if found is not None else None
 
 
-def check_resume_compatible(ckpt_path: str, module: LanguageModelModule) -> None:
-    """Fail before training when the checkpoint to resume was trained with another model config or tokenizer."""
-    path = Path(ckpt_path)
-    if not path.exists():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist: give a .ckpt file, e.g. <run>/checkpoints/last.ckpt")
-    if path.is_dir():  # a sharded FSDP checkpoint: everything but the tensors is in meta.pt
-        path = path / "meta.pt"
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+def _differences(saved: dict | None, current: dict, prefix: str) -> list[str]:
+    saved = saved or {}
+    return [f"{prefix}{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}"
+            for key in sorted(set(current) | set(saved)) if saved.get(key) != current.get(key)]
+
+
+def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamodule: TokenDataModule) -> None:
+    """Fail before training (and before the logger touches the run's files) when the checkpoint to resume is
+    not a training checkpoint, or was trained with another model config, tokenizer, optimizer or scheduler
+    settings, or data order; a changed trainer.max_steps (training longer) is allowed with a warning."""
+    checkpoint = load_training_checkpoint(Path(ckpt_path))
     saved_tokenizer = checkpoint.get("tokenizer_json")
     if saved_tokenizer is not None and saved_tokenizer != module.tokenizer_json:
         raise ValueError(
             f"checkpoint {ckpt_path} was trained with another tokenizer than the data of this run, so its token ids "
             "mean other text. Resume with the same data= and tokenizer= settings as the original run."
         )
-    saved = checkpoint.get("hyper_parameters", {})
-    saved_model = saved.get("model")
-    current = module.hparams["model"]
-    if saved_model != current:
-        keys = sorted(k for k in set(current) | set(saved_model or {})
-                      if (saved_model or {}).get(k) != current.get(k))
-        diffs = ", ".join(f"{k}: checkpoint {(saved_model or {}).get(k)!r} vs now {current.get(k)!r}" for k in keys)
+    saved = checkpoint["hyper_parameters"]
+    model_diffs = _differences(saved.get("model"), module.hparams["model"], "")
+    if model_diffs:
         raise ValueError(
-            f"checkpoint {ckpt_path} was trained with another model config ({diffs}). "
+            f"checkpoint {ckpt_path} was trained with another model config ({', '.join(model_diffs)}). "
             "Resume with the same model=/size= overrides as the original run, or drop ckpt_path to start afresh."
+        )
+    schedule_diffs = [*_differences(saved.get("optimizer"), module.hparams["optimizer"], "optimizer."),
+                      *_differences(saved.get("scheduler"), module.hparams["scheduler"], "scheduler.")]
+    if schedule_diffs:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with other optimization settings ({', '.join(schedule_diffs)}). "
+            "A resumed run continues the checkpoint's optimizer state and learning-rate schedule, so the change "
+            "would be ignored. Resume with the original values, or start a new run (another run_dir)."
+        )
+    saved_max_steps, max_steps = saved.get("max_steps"), module.hparams["max_steps"]
+    if saved_max_steps is not None and saved_max_steps != max_steps:
+        step, peak = checkpoint["global_step"], module.optimizer_config.lr
+        sched = module.scheduler_config
+        before, after = (peak * lr_factor(step, sched.warmup_steps, total, sched.min_lr_ratio)
+                         for total in (saved_max_steps, max_steps))
+        log.warning("trainer.max_steps changed from %d to %d: the cosine schedule is stretched to the new length, "
+                    "so the learning rate at step %d moves from %.3g to %.3g", saved_max_steps, max_steps, step,
+                    before, after)
+    data_state = checkpoint.get(type(datamodule).__qualname__)
+    if data_state is not None:
+        datamodule.setup("fit")  # memory-maps the splits (Lightning's own call later is cheap)
+        datamodule.check_resumable(data_state)
+
+
+def check_fresh_run_dir(ckpt_path: str | None, run_dir: Path) -> None:
+    """ckpt_path=null starts afresh: refuse a run_dir that already holds a run, whose checkpoints, export and
+    logs the new run would mix with its own."""
+    if ckpt_path is None and any(run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt")):
+        raise ValueError(
+            f"run_dir={run_dir} already holds a run's checkpoints and ckpt_path=null starts a new one: resume it "
+            "with ckpt_path=auto (the default), or give the new run another run_dir"
         )
 
 
@@ -100,6 +131,9 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     """Train one model; returns the final metrics (validation loss and perplexity included)."""
     config: TrainConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     run_dir = Path(run_dir)
+    if config.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={config.trainer.accelerator} but torch sees no CUDA GPU on this machine: "
+                         "use trainer=cpu (trainer.strategy=ddp trainer.devices=2 for DDP on CPU processes)")
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TokenDataModule(config.data, config.tokenizer, seed=config.seed)
@@ -112,9 +146,10 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
         log.warning("%s cannot reset its memory at document starts: windows are read straight through",
                     model_config.architecture)
+    check_fresh_run_dir(config.ckpt_path, run_dir)
     ckpt_path = resolve_ckpt_path(config.ckpt_path, run_dir)
     if ckpt_path:
-        check_resume_compatible(ckpt_path, module)
+        check_resume_compatible(ckpt_path, module, datamodule)
     parallelize(module.model, config.trainer.activation_checkpointing, config.trainer.compile)
 
     device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
@@ -122,7 +157,11 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     throughput = TokenThroughput(flops_per_token=training_flops_per_token(module.model, config.data.seq_len),
                                  peak_flops_per_device=peak_flops(device_name, config.trainer.peak_tflops))
     trainer = build_trainer(config.trainer, config.logger, run_dir, throughput)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    except TrainingInterrupted as stop:
+        log.warning("%s: run the same command to resume from it (no final validation or export)", stop)
+        raise SystemExit(130) from None  # the exit status of a program ended by Ctrl-C
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if module.last_validated_step != trainer.global_step:  # always report the final weights
         trainer.validate(module, datamodule=datamodule)

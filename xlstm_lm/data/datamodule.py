@@ -137,6 +137,11 @@ class TokenDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume the training order; refuses a checkpoint made with other data, windows or seed."""
+        self.check_resumable(state)
+        self._resume_position = int(state["position"])
+
+    def check_resumable(self, state: dict[str, Any]) -> None:
+        """Raise ValueError unless `state` (from `state_dict`, as a checkpoint holds it) has this run's order."""
         current = self._order_identity()
         changed = [f"{key}: checkpoint {state.get(key)!r} vs now {value!r}" for key, value in current.items()
                    if state.get(key) != value]
@@ -146,7 +151,6 @@ class TokenDataModule(L.LightningDataModule):
                 "would repeat or skip data. Resume with the same data=, tokenizer=, data.seq_len and seed as the "
                 "original run, or start a new run from its weights."
             )
-        self._resume_position = int(state["position"])
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -1,10 +1,14 @@
-"""Training callbacks: throughput (tokens/s) in the progress bar and the logs, and the NaN/spike guard."""
+"""Training callbacks: throughput (tokens/s) in the progress bar and the logs, the NaN/spike guard, and a
+checkpoint on Ctrl-C."""
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -112,3 +116,49 @@ class LossGuard(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.__dict__.update(state_dict)
+
+
+class TrainingInterrupted(Exception):
+    """Raised out of `Trainer.fit` after Ctrl-C, once the checkpoint of the finished step is written."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}; checkpoint written to {checkpoint}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class CheckpointOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) lets the current optimizer step finish, writes `checkpoint` and ends the run with
+    `TrainingInterrupted`, so the same command resumes from that step; a second Ctrl-C interrupts at once.
+
+    The request is combined over ranks after every optimizer step (one all-reduce when there are several),
+    so all ranks stop at the same step and write the checkpoint together.
+    """
+
+    def __init__(self, checkpoint: Path):
+        self.checkpoint = checkpoint
+        self.requested = False
+        self._previous_handler = None
+
+    def on_train_start(self, trainer, pl_module):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            self._previous_handler = signal.signal(signal.SIGINT, self._request) or signal.default_int_handler
+
+    def _request(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, self._previous_handler)
+        log.warning("Ctrl-C: stopping after this step and writing a checkpoint (Ctrl-C again stops at once)")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # inside an accumulation: the optimizer step is not done
+        requested = self.requested
+        if trainer.world_size > 1:
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if requested:
+            trainer.save_checkpoint(self.checkpoint)
+            raise TrainingInterrupted(trainer.global_step, self.checkpoint)
+
+    def teardown(self, trainer, pl_module, stage):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None

@@ -3,7 +3,7 @@ and the newest checkpoint of a run directory found by itself on restart.
 
 Layout of a run directory:
 
-    checkpoints/last.ckpt            the newest state (every N steps, every T minutes, at the end)
+    checkpoints/last.ckpt            the newest state (every N steps, every T minutes, on Ctrl-C, at the end)
     checkpoints/stepNNNNNN.ckpt      the last K of the every-N-steps checkpoints
     checkpoints/best-stepNNNNNN.ckpt the lowest val/loss so far
     hpc_ckpt_<n>.ckpt                written by Lightning on SLURM's pre-emption signal before it requeues
@@ -11,7 +11,9 @@ Layout of a run directory:
 
 from __future__ import annotations
 
+import logging
 import os
+import pickle
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +23,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+log = logging.getLogger(__name__)
 
 
 def first_nonfinite_tensor(state_dict: dict[str, Any]) -> Optional[str]:
@@ -57,27 +61,66 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 def checkpoint_callbacks(run_dir: Path, every_n_steps: int, every_minutes: Optional[float],
                          keep_last: int) -> list[ModelCheckpoint]:
     """Every N steps (`last.ckpt` plus the last `keep_last` step files), every T minutes (`last.ckpt` only),
-    and the best by val/loss. One ModelCheckpoint cannot count both steps and time, hence two."""
+    and the best by val/loss. One ModelCheckpoint cannot count both steps and time, hence two; both write
+    the same last.ckpt (without the version counter Lightning would name the second one's last-v1.ckpt)."""
     directory = str(run_dir / CHECKPOINT_DIR)
     callbacks = [
         ModelCheckpoint(dirpath=directory, filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=every_n_steps, save_last=True, save_top_k=keep_last,
-                        monitor="step", mode="max"),  # the highest steps are the latest
+                        monitor="step", mode="max",  # the highest steps are the latest
+                        enable_version_counter=False),
         ModelCheckpoint(dirpath=directory, filename="best-step{step:06d}", auto_insert_metric_name=False,
                         monitor="val/loss", mode="min", save_top_k=1),
     ]
     if every_minutes:
         callbacks.append(ModelCheckpoint(dirpath=directory, train_time_interval=timedelta(minutes=every_minutes),
-                                         save_last=True, save_top_k=0))
+                                         save_last=True, save_top_k=0, enable_version_counter=False))
     return callbacks
 
 
-def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
-    """The newest checkpoint a restart of this run should continue from, None for a fresh run.
+def load_training_checkpoint(path: Path) -> dict[str, Any]:
+    """A Lightning training checkpoint of this project, tensors memory-mapped (cheap to open for its metadata).
 
-    Every checkpoint file is complete (written atomically), so the one written last holds the latest state:
-    usually `checkpoints/last.ckpt`, but a kill can fall between a step file and last.ckpt, and a SLURM
-    pre-emption writes `hpc_ckpt_<n>.ckpt`.
+    Raises:
+        FileNotFoundError: path does not exist.
+        ValueError: path is an export, a weights file or anything else that is not such a checkpoint.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: give a .ckpt file, e.g. <run>/checkpoints/{LAST}")
+    if path.is_dir():
+        if (path / "model.safetensors").exists():
+            raise ValueError(f"{path} is an exported model, not a training checkpoint: resume from "
+                             f"<run>/{CHECKPOINT_DIR}/{LAST} (xlstm-eval and xlstm-generate read exports)")
+        if not (path / "meta.pt").exists():
+            raise ValueError(f"{path} is a folder but not a sharded FSDP checkpoint (it has no meta.pt)")
+        path = path / "meta.pt"  # a sharded FSDP checkpoint: everything but the tensors is in meta.pt
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path} is not a readable training checkpoint ({reason[:200]}): give a .ckpt written by "
+                         f"xlstm-lm, e.g. <run>/{CHECKPOINT_DIR}/{LAST}") from error
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "global_step" not in checkpoint:
+        raise ValueError(f"{path} is not a Lightning training checkpoint of xlstm-lm (no hyper_parameters or "
+                         "global_step): exported weights cannot be resumed from")
+    return checkpoint
+
+
+def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The checkpoint a restart of this run should continue from (the highest global step), None for a fresh run.
+
+    Usually `checkpoints/last.ckpt`, but a kill can fall between a step file and last.ckpt, and a SLURM
+    pre-emption writes `hpc_ckpt_<n>.ckpt`. Ranked by the step stored inside, not by file times (a copy of the
+    run directory changes those); among equal steps the newer file wins. Unreadable files are skipped.
     """
     candidates = [*run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
-    return max(candidates, key=lambda path: path.stat().st_mtime_ns, default=None)
+    ranked = []
+    for path in candidates:
+        try:
+            step = int(load_training_checkpoint(path)["global_step"])
+        except (ValueError, FileNotFoundError) as error:
+            log.warning("not resuming from %s: %s", path, error)
+            continue
+        ranked.append((step, path.stat().st_mtime_ns, path))
+    return max(ranked, key=lambda ranking: ranking[:2])[2] if ranked else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from dataclasses import dataclass, field
@@ -14,11 +15,13 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_only
 
-from xlstm_lm.training.callbacks import NONFINITE_ACTIONS, LossGuard, TokenThroughput
-from xlstm_lm.training.checkpointing import AtomicCheckpointIO, checkpoint_callbacks
+from xlstm_lm.training.callbacks import NONFINITE_ACTIONS, CheckpointOnInterrupt, LossGuard, TokenThroughput
+from xlstm_lm.training.checkpointing import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, checkpoint_callbacks
 from xlstm_lm.training.parallelize import BLOCK_CLASSES
 
+log = logging.getLogger(__name__)
 LOGGERS = ("csv", "wandb", "none")
 # trainer.fsdp.sharding -> torch's ShardingStrategy name
 FSDP_SHARDING = {"full": "FULL_SHARD", "hybrid": "HYBRID_SHARD", "grad_op": "SHARD_GRAD_OP"}
@@ -95,11 +98,32 @@ class LoggerConfig:
             raise ValueError(f"logger.kind must be one of {LOGGERS}, got {self.kind!r}")
 
 
+def keep_previous_metrics(run_dir: Path) -> Optional[Path]:
+    """Move a resumed run's logs/metrics.csv to logs/metrics-<n>.csv (n = 1, 2, ... in order of the restarts),
+    because Lightning's CSV logger deletes the file it finds; returns the new path. Rank 0 only."""
+    metrics = run_dir / "logs" / "metrics.csv"
+    if rank_zero_only.rank != 0 or not metrics.is_file():
+        return None
+    index = 1
+    while (kept := metrics.with_name(f"metrics-{index}.csv")).exists():
+        index += 1
+    metrics.rename(kept)
+    log.info("the metrics logged before this restart are in %s", kept)
+    return kept
+
+
 def build_logger(config: LoggerConfig, run_dir: Path):
     if config.kind == "csv":
+        keep_previous_metrics(run_dir)
         return CSVLogger(save_dir=str(run_dir), name="logs", version="")
     if config.kind == "wandb":
         mode = config.mode or os.environ.get("WANDB_MODE", "online")
+        if mode == "online" and rank_zero_only.rank == 0:
+            import wandb
+
+            if not wandb.login(prompt=False):
+                raise ValueError("logger=wandb logs online but finds no W&B credentials: run `wandb login` or set "
+                                 "WANDB_API_KEY, or log offline with logger.mode=offline (or WANDB_MODE=offline)")
         return WandbLogger(project=config.project, name=config.name, save_dir=str(run_dir), mode=mode)
     return False
 
@@ -139,8 +163,8 @@ def build_plugins(config: TrainerConfig) -> list:
 
 
 def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, throughput: TokenThroughput) -> L.Trainer:
-    """Trainer with the checkpoints of `checkpoint_callbacks` in run_dir/checkpoints, the loss guard and the
-    throughput callback. The data module shards batches by rank itself, so Lightning adds no sampler."""
+    """Trainer with the checkpoints of `checkpoint_callbacks` in run_dir/checkpoints, the loss guard, last.ckpt
+    on Ctrl-C and the throughput callback. The data module shards batches by rank itself, so Lightning adds no sampler."""
     guard = LossGuard(config.nonfinite, config.spike_factor, config.max_consecutive_skips)
     checkpoints = checkpoint_callbacks(run_dir, config.checkpoint_every_n_steps, config.checkpoint_every_minutes,
                                        config.keep_last_checkpoints)
@@ -161,7 +185,8 @@ def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, th
         log_every_n_steps=config.log_every_n_steps,
         deterministic=config.deterministic,
         logger=build_logger(logger, run_dir),
-        callbacks=[*checkpoints, guard, throughput, TQDMProgressBar(refresh_rate=1)],
+        callbacks=[*checkpoints, guard, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR / LAST), throughput,
+                   TQDMProgressBar(refresh_rate=1)],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         use_distributed_sampler=False,
