@@ -305,3 +305,11 @@ def test_mixture_is_deterministic(tmp_path: Path) -> None:
     for split in ("train", "val"):
         assert np.array_equal(first.tokens(split), second.tokens(split))
     assert not (first.path / "staging").exists()
+
+
+def test_an_unwritable_cache_dir_names_the_setting(configs: tuple, tmp_path: Path) -> None:
+    data, tokenizer = configs
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="set data.cache_dir to a writable folder"):
+        prepare(dataclasses.replace(data, cache_dir=str(blocker / "cache")), tokenizer)

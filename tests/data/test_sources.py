@@ -165,3 +165,10 @@ def test_unreachable_hub_fails_at_once_naming_local_files(monkeypatch) -> None:
         source_documents(SourceConfig(kind="hf", name="roneneldan/TinyStories"))
     assert time.perf_counter() - start < 2.0
     assert issubclass(OfflineError, ValueError)  # the CLIs report it as one message and exit code 1
+
+
+def test_a_folder_leaves_out_hidden_files_and_python_caches(tmp_path: Path) -> None:
+    for name in ("a.txt", "sub/b.txt", ".git/objects/c", "sub/.hidden.txt", "__pycache__/d.cpython-311.pyc"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("text")
+    assert expand_files([str(tmp_path)]) == [(tmp_path / "a.txt").resolve(), (tmp_path / "sub" / "b.txt").resolve()]

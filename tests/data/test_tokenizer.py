@@ -99,3 +99,10 @@ def test_pretrained_without_network_fails_at_once_naming_tokenizer_path(monkeypa
     monkeypatch.setattr(socket, "create_connection", refuse_connection)
     with pytest.raises(OfflineError, match=r"tokenizer.pretrained=gpt2 needs the network.*tokenizer.path="):
         build_tokenizer(TokenizerConfig(pretrained="gpt2"), list)
+
+
+def test_load_rejects_a_file_that_is_not_a_tokenizer_naming_it(tmp_path: Path) -> None:
+    file = tmp_path / "notes.json"
+    file.write_text("{not json")
+    with pytest.raises(ValueError, match="notes.json is not a usable tokenizer.json"):
+        load_tokenizer(file)

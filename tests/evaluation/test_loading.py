@@ -3,11 +3,12 @@
 import shutil
 
 import pytest
+import torch
 
 from tests.evaluation.tiny_export import MODEL_VOCAB, corpus_texts
 from xlstm_lm.data.config import TokenizerConfig
 from xlstm_lm.data.tokenizer import EOS_TOKEN, train_tokenizer
-from xlstm_lm.evaluation.loading import load_checkpoint
+from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
 
 
 def test_export_loads_in_eval_mode_with_its_tokenizer(tiny_export):
@@ -37,3 +38,12 @@ def test_a_file_that_is_not_a_checkpoint_is_one_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
     with pytest.raises(ValueError, match="not an xlstm-lm checkpoint"):
         load_checkpoint(str(tmp_path / "notes.txt"))
+
+
+def test_device_names_are_checked(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device=gpu is not a device name"):
+        resolve_device("gpu")
+    with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")

@@ -7,8 +7,9 @@ import os
 import sys
 from contextlib import contextmanager
 
-# Raised for bad configs, paths and data by the library; a bug raises something else and keeps its traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError)
+# Raised for bad configs, paths and data by the library, and by the NaN guard (FloatingPointError, with the step
+# and what to do); a bug raises something else and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError)
 
 
 @contextmanager

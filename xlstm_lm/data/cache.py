@@ -144,9 +144,12 @@ def prepare(cfg_data: DataConfig, cfg_tok: TokenizerConfig) -> Path:
     if path.is_dir():
         logger.info("Reusing prepared data at %s", path)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     work_dir = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
-    work_dir.mkdir()
+    try:
+        work_dir.mkdir(parents=True)
+    except OSError as error:
+        raise ValueError(f"cannot write the prepared data under {path.parent} ({error.strerror}): set "
+                         "data.cache_dir to a writable folder") from error
     try:
         manifest = _build(sources, cfg_data, cfg_tok, work_dir, fingerprint=path.name)
         _publish(work_dir, path)
@@ -277,7 +280,8 @@ def _build(
         if entry["documents"] == 0:
             raise ValueError(
                 f"The {split} split is empty ({sum(r['documents'] for r in records)} documents read): add documents "
-                "or change data.val_fraction"
+                "or change data.val_fraction. Documents are split whole: a plain-text file is one document, so "
+                "give several files, or a .jsonl with one document per line"
             )
     manifest = {
         "format_version": FORMAT_VERSION,

@@ -156,7 +156,8 @@ def open_source(source: SourceConfig, cfg: DataConfig) -> Source:
 
 
 def expand_files(patterns: list[str]) -> list[Path]:
-    """The files named by paths, folders and glob patterns, in the order given, each once.
+    """The files named by paths, folders and glob patterns, in the order given, each once. A folder gives
+    every file below it except hidden ones (a name starting with ".", e.g. .git) and __pycache__.
 
     Raises:
         FileNotFoundError: a path without wildcards does not exist.
@@ -168,7 +169,7 @@ def expand_files(patterns: list[str]) -> list[Path]:
         if path.is_file():
             matches = [path]
         elif path.is_dir():
-            matches = sorted(file for file in path.rglob("*") if file.is_file())
+            matches = sorted(file for file in path.rglob("*") if file.is_file() and not _skipped(file.relative_to(path)))
         elif globbing.has_magic(pattern):
             matches = sorted(Path(name) for name in globbing.glob(str(path), recursive=True) if Path(name).is_file())
         else:
@@ -177,6 +178,11 @@ def expand_files(patterns: list[str]) -> list[Path]:
             raise ValueError(f"data.files entry {pattern!r} matches no file: check the path and the pattern")
         files.update(dict.fromkeys(file.resolve() for file in matches))
     return list(files)
+
+
+def _skipped(relative: Path) -> bool:
+    """Whether a file found in a folder is left out: hidden, or under a hidden folder or __pycache__."""
+    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
 
 
 def file_fingerprint(file: Path) -> list[Any]:

@@ -60,7 +60,10 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"Tokenizer file {file} does not exist: set tokenizer.path to a tokenizer.json or null")
-    return tokenizer_from_json(file.read_text())
+    try:
+        return tokenizer_from_json(file.read_text(errors="replace"))
+    except Exception as error:  # tokenizers raises a bare Exception for text it cannot parse
+        raise ValueError(f"{file} is not a usable tokenizer.json: {error}") from error
 
 
 def tokenizer_from_json(text: str) -> Tokenizer:

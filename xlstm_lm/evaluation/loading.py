@@ -17,10 +17,20 @@ from xlstm_lm.models.io import TOKENIZER_FILE, load_model
 
 
 def resolve_device(name: str) -> torch.device:
-    """"auto" is the GPU when there is one, else the CPU; any other name is passed to torch."""
+    """"auto" is the GPU when there is one, else the CPU; any other name is passed to torch.
+
+    Raises:
+        ValueError: not a device name, or a CUDA device on a machine where torch sees none.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"device={name} is not a device name (auto, cpu, cuda, cuda:1, ...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name} but torch sees no CUDA GPU on this machine: use device=cpu or device=auto")
+    return device
 
 
 def load_checkpoint(path: str, tokenizer_path: Optional[str] = None,
