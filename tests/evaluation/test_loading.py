@@ -47,3 +47,13 @@ def test_device_names_are_checked(monkeypatch):
     with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_another_tokenizer_than_the_checkpoints_is_warned_about(tiny_export, tmp_path, caplog):
+    other = tmp_path / "other.json"
+    train_tokenizer(corpus_texts()[:3], TokenizerConfig(vocab_size=260)).save(str(other))  # fits, but differs
+    load_checkpoint(str(tiny_export), tokenizer_path=str(other))
+    assert "is not the tokenizer" in caplog.text
+    caplog.clear()
+    load_checkpoint(str(tiny_export), tokenizer_path=str(tiny_export / "tokenizer.json"))
+    assert "is not the tokenizer" not in caplog.text

@@ -149,3 +149,24 @@ def test_ctrl_c_finishes_the_step_writes_last_ckpt_and_exits_130(tmp_path, data_
     step = step_of(run_dir / "checkpoints" / "last.ckpt")
     assert step > 0 and f"interrupted at step {step}" in (run_dir / "train.log").read_text()
     assert not (run_dir / "export").exists()  # stopped at once: no final validation or export
+
+
+def test_ctrl_c_on_rank_0_of_ddp_stops_both_ranks_at_the_same_step(tmp_path, data_cache):
+    """Only the launching process gets the signal here: the request reaches rank 1 through the all-reduce."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
+                            "trainer.checkpoint_every_n_steps=100000", "trainer.strategy=ddp", "trainer.devices=2")
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # its own group: cleaned up with rank 1
+    try:
+        wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process, timeout=300)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130, stderr[-3000:]
+    step = step_of(run_dir / "checkpoints" / "last.ckpt")
+    assert step > 0 and f"interrupted at step {step}" in (run_dir / "train.log").read_text()
+    assert f"interrupted at step {step}" in (run_dir / "train_ddp_process_1.log").read_text()

@@ -6,6 +6,7 @@ the checkpoint unless a tokenizer.json is given, and must fit the model's vocabu
 
 from __future__ import annotations
 
+import logging
 from typing import Optional
 
 import torch
@@ -14,6 +15,8 @@ from tokenizers import Tokenizer
 from xlstm_lm.data.tokenizer import load_tokenizer, tokenizer_from_json
 from xlstm_lm.models import LanguageModel
 from xlstm_lm.models.io import TOKENIZER_FILE, load_model
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,6 +55,10 @@ def load_checkpoint(path: str, tokenizer_path: Optional[str] = None,
     model, tokenizer_json = load_model(path, map_location=device)
     if tokenizer_path is not None:
         tokenizer = load_tokenizer(tokenizer_path)
+        if tokenizer_json is not None and tokenizer.to_str() != tokenizer_from_json(tokenizer_json).to_str():
+            log.warning("tokenizer_path=%s is not the tokenizer %s was trained with: its token ids mean other text, "
+                        "so losses and samples are not comparable (leave tokenizer_path out to use the checkpoint's)",
+                        tokenizer_path, path)
     elif tokenizer_json is not None:
         tokenizer = tokenizer_from_json(tokenizer_json)
     else:
