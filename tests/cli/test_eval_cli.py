@@ -10,10 +10,11 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONFIG_DIR
 from tests.evaluation.tiny_export import MODEL_VOCAB, corpus_texts, tiny_export  # noqa: F401 (a fixture)
-from xlstm_lm.cli.eval import evaluate
+from xlstm_lm.cli.eval import evaluate, held_out_mismatch
 from xlstm_lm.cli.schemas import register_eval_configs
 from xlstm_lm.data.config import TokenizerConfig
 from xlstm_lm.data.tokenizer import train_tokenizer
+from xlstm_lm.evaluation.documents import EvalDataConfig
 
 
 def run_eval(cwd, *overrides):
@@ -105,3 +106,16 @@ def test_plot_labels_are_short_run_names():
     assert checkpoint_label("outputs/extrapolation/llama/export") == "llama"
     assert checkpoint_label("outputs/2026-11-25/10-00-00/checkpoints/last.ckpt") == "10-00-00/last.ckpt"
     assert checkpoint_label("models/tiny") == "tiny"
+
+
+def test_a_held_out_split_other_than_trainings_is_detected(tmp_path):
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    (export / "train_config.yaml").write_text(
+        "data:\n  kind: folder\n  root: null\n  glob: '**/*.py'\n  include_tests: false\n  val_fraction: 0.01\n")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"  # found through the run's export
+    for checkpoint in (str(export), str(ckpt)):
+        assert "data.val_fraction 0.01 in training vs 0.05 here" in held_out_mismatch(checkpoint, EvalDataConfig())
+    assert held_out_mismatch(str(export), EvalDataConfig(val_fraction=0.01)) is None
+    assert held_out_mismatch(str(export), EvalDataConfig(files=["book.txt"])) is None  # not a split
+    assert held_out_mismatch(str(tmp_path / "elsewhere"), EvalDataConfig()) is None  # no training config

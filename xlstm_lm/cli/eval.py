@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from xlstm_lm.cli.errors import exit_on_user_error
 from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs
 from xlstm_lm.cli.train import CONFIG_DIR
-from xlstm_lm.evaluation.documents import load_documents
+from xlstm_lm.evaluation.documents import EvalDataConfig, load_documents
 from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
 from xlstm_lm.evaluation.perplexity import (ContextResult, PeakMemory, encode_documents, evaluate_context,
                                             join_documents)
@@ -51,6 +51,10 @@ def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any
     device = resolve_device(config.device)
     results: list[tuple[str, list[ContextResult]]] = []
     for path in config.checkpoints:
+        mismatch = held_out_mismatch(path, config.data)
+        if mismatch:
+            log.warning("%s: %s, so the 'val' documents scored here may include ones it trained on: give data.root, "
+                        "data.glob, data.include_tests and data.val_fraction as in training", path, mismatch)
         model, tokenizer = load_checkpoint(path, config.tokenizer_path, device)
         encoded = encode_documents(documents, tokenizer)
         if config.data.concatenate:
@@ -77,6 +81,26 @@ def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any
     print(f"peak memory: {report['memory']}")
     print(f"wrote {run_dir / JSON_FILE} and {run_dir / PLOT_FILE}")
     return report
+
+
+def held_out_mismatch(checkpoint: str, data: EvalDataConfig) -> str | None:
+    """How the folder split `data` scores differs from the split `checkpoint` was trained with, or None when it
+    does not (or when that cannot be told: other data kinds, no training config beside the checkpoint).
+
+    Note: the training config is export/train_config.yaml, beside an export or in the run of a .ckpt.
+    """
+    if data.files or data.split != "val":
+        return None
+    path = Path(checkpoint)
+    config_file = (path if path.is_dir() else path.parent.parent / "export") / "train_config.yaml"
+    if not config_file.is_file():
+        return None
+    trained = OmegaConf.to_container(OmegaConf.load(config_file)).get("data", {})
+    if trained.get("kind", "folder") != "folder":
+        return None
+    changed = [f"data.{key} {trained.get(key)!r} in training vs {getattr(data, key)!r} here"
+               for key in ("root", "glob", "include_tests", "val_fraction") if trained.get(key) != getattr(data, key)]
+    return "; ".join(changed) or None
 
 
 def checkpoint_label(path: str) -> str:
