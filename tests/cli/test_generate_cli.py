@@ -45,8 +45,21 @@ def test_sampling_depends_on_the_seed_only(tiny_export):  # noqa: F811
     assert sample(0) == sample(0) != sample(1)
 
 
+def test_a_prompt_file_is_the_prompt(tiny_export, tmp_path):  # noqa: F811
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text("f(a, b=[1]) and ${HOME}")
+    settings = [f"ckpt={tiny_export}", "gen.max_new_tokens=5", "gen.temperature=0"]
+    from_file = generate_text(compose_generate([*settings, f"prompt_file={prompt_file}"]))
+    typed = quote_prompt_override([*settings, f"prompt={prompt_file.read_text()}"])
+    assert from_file == generate_text(compose_generate(typed))
+    assert from_file.startswith("f(a, b=[1]) and ${HOME}")
+
+
 @pytest.mark.parametrize("overrides,error,message", [
     ([], ValueError, "ckpt is required"),
+    (["ckpt=EXPORT", "prompt=x", "prompt_file=p.txt"], ValueError, "not both"),
+    (["ckpt=EXPORT", "prompt_file=/no/such/prompt.txt"], FileNotFoundError, "/no/such/prompt.txt"),
+    (["ckpt=EXPORT", "gen.prefill_length=0"], ValueError, "gen.prefill_length must be a positive integer"),
     (["ckpt=/no/such/export"], FileNotFoundError, "/no/such/export"),
     (["ckpt=EXPORT", "gen.top_p=0"], ValueError, "gen.top_p must be in"),
 ])

@@ -171,4 +171,5 @@ def test_a_folder_leaves_out_hidden_files_and_python_caches(tmp_path: Path) -> N
     for name in ("a.txt", "sub/b.txt", ".git/objects/c", "sub/.hidden.txt", "__pycache__/d.cpython-311.pyc"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("text")
-    assert expand_files([str(tmp_path)]) == [(tmp_path / "a.txt").resolve(), (tmp_path / "sub" / "b.txt").resolve()]
+    expected = [(tmp_path / "a.txt").resolve(), (tmp_path / "sub" / "b.txt").resolve()]
+    assert expand_files([str(tmp_path)]) == expected

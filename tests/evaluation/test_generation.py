@@ -10,11 +10,12 @@ from xlstm_lm.evaluation.generation import GenerationConfig, generate, sample_ne
 PROMPT = [0, 17, 42, 99, 5, 230]
 
 
+@pytest.mark.parametrize("prefill_length", [2048, 4])  # the prompt in one pass, and in pieces of 4, 2
 @pytest.mark.parametrize("kind", ["xlstm", "lstm", "llama"])
-def test_greedy_steps_equal_one_pass_over_the_generated_text(kind):
+def test_greedy_steps_equal_one_pass_over_the_generated_text(kind, prefill_length):
     model = tiny_model(kind)
-    generation = generate(model, PROMPT, GenerationConfig(max_new_tokens=12, temperature=0, stop_at_eos=False),
-                          return_logits=True)
+    cfg = GenerationConfig(max_new_tokens=12, temperature=0, stop_at_eos=False, prefill_length=prefill_length)
+    generation = generate(model, PROMPT, cfg, return_logits=True)
     assert len(generation.token_ids) == 12
     tokens = torch.tensor([PROMPT + generation.token_ids])
     with torch.no_grad():

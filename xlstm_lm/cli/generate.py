@@ -15,6 +15,7 @@ import logging
 import re
 import sys
 import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -36,13 +37,25 @@ def generate_text(cfg: DictConfig | GenerateConfig) -> str:
     config: GenerateConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     model, tokenizer = load_checkpoint(config.ckpt, config.tokenizer_path, resolve_device(config.device))
     eos = eos_id(tokenizer)
-    prompt_ids = [eos, *tokenizer.encode(config.prompt).ids]
+    prompt_ids = [eos, *tokenizer.encode(read_prompt(config)).ids]
     start = time.perf_counter()
     generation = generate(model, prompt_ids, config.gen, eos_id=eos, vocab_size=tokenizer.get_vocab_size())
     seconds = time.perf_counter() - start
     log.info("%d tokens in %.2f s (%.1f tokens/s)", len(generation.token_ids), seconds,
              len(generation.token_ids) / seconds)
     return tokenizer.decode(prompt_ids + generation.token_ids)
+
+
+def read_prompt(config: GenerateConfig) -> str:
+    """The prompt: `prompt`, or the text of `prompt_file` (for prompts too long for a command line)."""
+    if config.prompt_file is None:
+        return config.prompt
+    if config.prompt:
+        raise ValueError("give prompt= or prompt_file=, not both")
+    file = Path(config.prompt_file).expanduser()
+    if not file.is_file():
+        raise FileNotFoundError(f"prompt_file={config.prompt_file} does not exist")
+    return file.read_text(encoding="utf-8", errors="replace")
 
 
 def quote_prompt_override(args: list[str]) -> list[str]:

@@ -75,6 +75,7 @@ class GenerateConfig:
 
     ckpt: str = MISSING  # an export folder or a Lightning .ckpt
     prompt: str = ""
+    prompt_file: Optional[str] = None  # a text file holding the prompt, instead of prompt=
     tokenizer_path: Optional[str] = None  # a tokenizer.json to use instead of the checkpoint's own
     device: str = "auto"
     gen: GenerationConfig = field(default_factory=GenerationConfig)

@@ -31,6 +31,8 @@ class GenerationConfig:
         top_p: sample among the most likely tokens whose probabilities sum to top_p; 1.0 keeps all.
         seed: seed of the sampling generator.
         stop_at_eos: stop after the end-of-document token.
+        prefill_length: prompt tokens per forward pass of the prefill, the state carried between them (a
+            long prompt would otherwise hold logits for every one of its tokens at once).
     """
 
     max_new_tokens: int = 100
@@ -39,8 +41,11 @@ class GenerationConfig:
     top_p: float = 0.95
     seed: int = 0
     stop_at_eos: bool = True
+    prefill_length: int = 2048
 
     def __post_init__(self) -> None:
+        if self.prefill_length < 1:
+            raise ValueError(f"gen.prefill_length must be a positive integer, got {self.prefill_length}")
         if self.max_new_tokens < 1:
             raise ValueError(f"gen.max_new_tokens must be a positive integer, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -110,7 +115,9 @@ def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig,
         raise ValueError("the prompt needs at least one token (start it with the end-of-document token)")
     device = next(model.parameters()).device
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    logits, state = model(torch.tensor([prompt_ids], device=device), return_state=True)
+    prompt, state = torch.tensor([prompt_ids], device=device), None
+    for start in range(0, prompt.shape[1], cfg.prefill_length):
+        logits, state = model(prompt[:, start:start + cfg.prefill_length], state=state, return_state=True)
     tokens, step_logits = [], []
     for step in range(cfg.max_new_tokens):
         next_logits = logits[:, -1]  # (1, V)
