@@ -26,7 +26,8 @@ LAUNCHES = [
     ("state_grads_kernel", True, True), ("grad_q_kernel", True, False), ("grad_k_kernel", True, False),
     ("grad_v_kernel", True, False), ("grad_gates_kernel", False, False), ("step_kernel", False, False),
 ]
-SHAPES = [(64, 128, 256), (64, 128, 128), (128, 256, 128)]  # (chunk size L, DQK, DV), bf16 activations
+# (chunk size L, DQK, DV), bf16 activations; the last two are the benchmark's heads at the larger chunks it times
+SHAPES = [(64, 128, 256), (64, 128, 128), (128, 256, 128), (128, 128, 256), (256, 128, 256)]
 # which of the sequence length S and the chunk count NC are multiples of 16: a launch compiles one variant
 # per pattern (at L = 64: S = 512 has S but not NC, S = 1000 NC but not S, S = 100 neither)
 LENGTH_PATTERNS = [(), ("S",), ("NC",), ("S", "NC")]
