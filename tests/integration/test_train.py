@@ -148,6 +148,14 @@ def test_a_gpu_trainer_without_a_gpu_fails_before_preparing_data(tmp_path, monke
     assert not cache.exists()
 
 
+def test_triton_kernels_on_a_cpu_trainer_fail_before_preparing_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="model.backend=triton runs on CUDA GPUs"):
+        train(compose_train([*small_run_overrides(cache), "model.backend=triton"]), tmp_path / "run")
+    assert not cache.exists()
+
+
 def test_missing_data_root_fails_with_the_path(tmp_path):
     overrides = [*small_run_overrides(tmp_path / "cache"), f"data.root={tmp_path / 'nowhere'}"]
     with pytest.raises(FileNotFoundError, match="nowhere"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -107,6 +108,19 @@ def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamod
         datamodule.check_resumable(data_state)
 
 
+def check_hardware(config: TrainConfig) -> None:
+    """Fail before data preparation when the trainer or the kernels ask for a GPU this machine lacks."""
+    accelerator = config.trainer.accelerator
+    on_gpu = accelerator in ("gpu", "cuda")
+    if on_gpu and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator} but torch sees no CUDA GPU on this machine: use "
+                         "trainer=cpu (trainer.strategy=ddp trainer.devices=2 for DDP on CPU processes)")
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    if getattr(config.model, "backend", "auto") == "triton" and not on_gpu and not interpreted:
+        raise ValueError("model.backend=triton runs on CUDA GPUs: train with trainer=gpu, or use model.backend=auto "
+                         "(the Triton kernels on a GPU, native PyTorch elsewhere)")
+
+
 def check_fresh_run_dir(ckpt_path: str | None, run_dir: Path) -> None:
     """ckpt_path=null starts afresh: refuse a run_dir that already holds a run, whose checkpoints, export and
     logs the new run would mix with its own."""
@@ -131,9 +145,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     """Train one model; returns the final metrics (validation loss and perplexity included)."""
     config: TrainConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     run_dir = Path(run_dir)
-    if config.trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ValueError(f"trainer.accelerator={config.trainer.accelerator} but torch sees no CUDA GPU on this machine: "
-                         "use trainer=cpu (trainer.strategy=ddp trainer.devices=2 for DDP on CPU processes)")
+    check_hardware(config)
     L.seed_everything(config.seed, workers=True)
 
     datamodule = TokenDataModule(config.data, config.tokenizer, seed=config.seed)
