@@ -36,7 +36,7 @@ from xlstm_lm.training.parallelize import parallelize
 from xlstm_lm.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
-CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+CONFIG_DIR = str(Path(__file__).parents[1] / "configs")  # the repository's configs/ (linked), or the installed copy
 
 
 def resolve_vocab_size(model, tokenizer_vocab: int):
