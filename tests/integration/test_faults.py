@@ -133,18 +133,20 @@ def test_sigkill_and_restart_with_the_same_command_gives_the_uninterrupted_losse
 
 
 def test_ctrl_c_finishes_the_step_writes_last_ckpt_and_exits_130(tmp_path, data_cache):
+    """As a terminal sends it: to the whole process group, the data loader's worker included."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
-                            "trainer.checkpoint_every_n_steps=100000")
+                            "trainer.checkpoint_every_n_steps=100000", "data.num_workers=1")
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True)
+                               text=True, start_new_session=True)
     try:
         wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process)  # training has started
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
     finally:
-        process.kill()
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode == 130, stderr[-3000:]
     step = step_of(run_dir / "checkpoints" / "last.ckpt")
     assert step > 0 and f"interrupted at step {step}" in (run_dir / "train.log").read_text()

@@ -62,6 +62,13 @@ def test_restart_resumes_from_the_highest_step_of_last_step_and_preemption_check
     assert "not resuming from" in caplog.text and "step000099.ckpt" in caplog.text
 
 
+def test_a_run_whose_checkpoints_are_all_unreadable_is_not_silently_restarted(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="holds checkpoints but none can be resumed from"):
+        find_resume_checkpoint(tmp_path)
+
+
 @pytest.mark.parametrize("kind, message", [
     ("missing", "does not exist"),
     ("text", "is not a readable training checkpoint"),

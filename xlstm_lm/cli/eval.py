@@ -98,8 +98,14 @@ def held_out_mismatch(checkpoint: str, data: EvalDataConfig) -> str | None:
     trained = OmegaConf.to_container(OmegaConf.load(config_file)).get("data", {})
     if trained.get("kind", "folder") != "folder":
         return None
+    def same(key: str) -> bool:
+        value, here = trained.get(key), getattr(data, key)
+        if key == "root" and value is not None and here is not None:
+            return Path(value).expanduser().resolve() == Path(here).expanduser().resolve()
+        return value == here
+
     changed = [f"data.{key} {trained.get(key)!r} in training vs {getattr(data, key)!r} here"
-               for key in ("root", "glob", "include_tests", "val_fraction") if trained.get(key) != getattr(data, key)]
+               for key in ("root", "glob", "include_tests", "val_fraction") if not same(key)]
     return "; ".join(changed) or None
 
 

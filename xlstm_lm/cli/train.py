@@ -28,7 +28,7 @@ from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
-from xlstm_lm.training.checkpointing import CHECKPOINT_DIR, find_resume_checkpoint, load_training_checkpoint
+from xlstm_lm.training.checkpointing import find_resume_checkpoint, load_training_checkpoint, run_checkpoints
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.optim import lr_factor
@@ -62,9 +62,11 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def _differences(saved: dict | None, current: dict, prefix: str) -> list[str]:
+    """The settings the checkpoint records with another value now (a setting added since it was written is not
+    in it and not compared)."""
     saved = saved or {}
-    return [f"{prefix}{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}"
-            for key in sorted(set(current) | set(saved)) if saved.get(key) != current.get(key)]
+    return [f"{prefix}{key}: checkpoint {saved[key]!r} vs now {current.get(key)!r}"
+            for key in sorted(saved) if saved[key] != current.get(key)]
 
 
 def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamodule: TokenDataModule) -> None:
@@ -90,12 +92,17 @@ def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamod
     if schedule_diffs:
         raise ValueError(
             f"checkpoint {ckpt_path} was trained with other optimization settings ({', '.join(schedule_diffs)}). "
-            "A resumed run continues the checkpoint's optimizer state and learning-rate schedule, so the change "
-            "would be ignored. Resume with the original values, or start a new run (another run_dir)."
+            "A resumed run continues the checkpoint's optimizer state and learning-rate schedule: an optimizer "
+            "change would be ignored, a scheduler change would make the learning rate jump. Resume with the "
+            "original values, or start a new run (another run_dir)."
         )
     saved_max_steps, max_steps = saved.get("max_steps"), module.hparams["max_steps"]
-    if saved_max_steps is not None and saved_max_steps != max_steps:
-        step, peak = checkpoint["global_step"], module.optimizer_config.lr
+    step = checkpoint["global_step"]
+    if max_steps <= step:
+        log.warning("trainer.max_steps=%d is not above the checkpoint's step %d: nothing is left to train, the run "
+                    "only validates and exports", max_steps, step)
+    elif saved_max_steps is not None and saved_max_steps != max_steps:
+        peak = module.optimizer_config.lr
         sched = module.scheduler_config
         before, after = (peak * lr_factor(step, sched.warmup_steps, total, sched.min_lr_ratio)
                          for total in (saved_max_steps, max_steps))
@@ -124,7 +131,7 @@ def check_hardware(config: TrainConfig) -> None:
 def check_fresh_run_dir(ckpt_path: str | None, run_dir: Path) -> None:
     """ckpt_path=null starts afresh: refuse a run_dir that already holds a run, whose checkpoints, export and
     logs the new run would mix with its own."""
-    if ckpt_path is None and any(run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt")):
+    if ckpt_path is None and run_checkpoints(run_dir):
         raise ValueError(
             f"run_dir={run_dir} already holds a run's checkpoints and ckpt_path=null starts a new one: resume it "
             "with ckpt_path=auto (the default), or give the new run another run_dir"

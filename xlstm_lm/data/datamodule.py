@@ -15,11 +15,15 @@ A batch is a dict of (B, S) tensors, S = seq_len:
                        starts the split). Recurrent models reset their memory there (DESIGN.md §4).
 """
 
+import os
+import signal
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
@@ -212,4 +216,14 @@ class TokenDataModule(L.LightningDataModule):
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=torch.cuda.is_available(),
+            worker_init_fn=partial(_init_worker, rank=self._rank_and_world_size()[0]),
         )
+
+
+def _init_worker(worker_id: int, rank: int) -> None:
+    """DataLoader workers ignore Ctrl-C, which reaches the whole process group: the main process turns it into a
+    checkpoint and a clean stop, and needs its workers for that. Seeded as Lightning seeds workers (which it
+    does only for loaders without a worker_init_fn)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id, rank)

@@ -128,20 +128,32 @@ class TrainingInterrupted(Exception):
 
 class CheckpointOnInterrupt(L.Callback):
     """Ctrl-C (SIGINT) lets the current optimizer step finish, writes `checkpoint` and ends the run with
-    `TrainingInterrupted`, so the same command resumes from that step; a second Ctrl-C interrupts at once.
+    `TrainingInterrupted` before the next step, so the same command resumes from that step; a second Ctrl-C
+    interrupts at once. A process started with SIGINT ignored (e.g. in the background of a script) keeps
+    ignoring it.
 
     The request is combined over ranks after every optimizer step (one all-reduce when there are several),
-    so all ranks stop at the same step and write the checkpoint together.
+    so all ranks stop at the same step and write the checkpoint together. The run ends at the start of the
+    next batch, not at the end of this one, so that Lightning finishes the step (its logs, checkpoints and
+    any validation due) exactly as an uninterrupted run does.
     """
 
     def __init__(self, checkpoint: Path):
         self.checkpoint = checkpoint
         self.requested = False
+        self._stopped_at: int | None = None
+        self._installed = False
         self._previous_handler = None
 
     def on_train_start(self, trainer, pl_module):
-        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
-            self._previous_handler = signal.signal(signal.SIGINT, self._request) or signal.default_int_handler
+        if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+            return
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is signal.SIG_IGN:
+            return
+        self._previous_handler = previous if previous is not None else signal.default_int_handler
+        signal.signal(signal.SIGINT, self._request)
+        self._installed = True
 
     def _request(self, signum, frame):
         self.requested = True
@@ -154,11 +166,15 @@ class CheckpointOnInterrupt(L.Callback):
         requested = self.requested
         if trainer.world_size > 1:
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
-        if requested:
+        if requested and self._stopped_at is None:
             trainer.save_checkpoint(self.checkpoint)
-            raise TrainingInterrupted(trainer.global_step, self.checkpoint)
+            self._stopped_at = trainer.global_step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._stopped_at is not None:
+            raise TrainingInterrupted(self._stopped_at, self.checkpoint)
 
     def teardown(self, trainer, pl_module, stage):
-        if self._previous_handler is not None:
+        if self._installed:
             signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+            self._installed = False

@@ -113,14 +113,25 @@ def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
     Usually `checkpoints/last.ckpt`, but a kill can fall between a step file and last.ckpt, and a SLURM
     pre-emption writes `hpc_ckpt_<n>.ckpt`. Ranked by the step stored inside, not by file times (a copy of the
     run directory changes those); among equal steps the newer file wins. Unreadable files are skipped.
+
+    Raises:
+        ValueError: the run has checkpoints but none can be read (rather than silently starting afresh
+            over them).
     """
-    candidates = [*run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
-    ranked = []
-    for path in candidates:
+    ranked, problems = [], []
+    for path in run_checkpoints(run_dir):
         try:
             step = int(load_training_checkpoint(path)["global_step"])
+            ranked.append((step, path.stat().st_mtime_ns, path))
         except (ValueError, FileNotFoundError) as error:
             log.warning("not resuming from %s: %s", path, error)
-            continue
-        ranked.append((step, path.stat().st_mtime_ns, path))
+            problems.append(str(error))
+    if problems and not ranked:
+        raise ValueError(f"{run_dir} holds checkpoints but none can be resumed from ({'; '.join(problems)}): give "
+                         "one with ckpt_path=PATH, or start afresh in another run_dir")
     return max(ranked, key=lambda ranking: ranking[:2])[2] if ranked else None
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The checkpoints of a run directory: checkpoints/*.ckpt and SLURM pre-emption ones."""
+    return [*run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]

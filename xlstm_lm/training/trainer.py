@@ -98,11 +98,17 @@ class LoggerConfig:
             raise ValueError(f"logger.kind must be one of {LOGGERS}, got {self.kind!r}")
 
 
+def is_first_process() -> bool:
+    """Rank 0 before Lightning has set the ranks up: not a DDP child (LOCAL_RANK), another SLURM/torchrun task
+    (RANK, SLURM_PROCID, read by rank_zero_only) or the launcher on another node (NODE_RANK)."""
+    return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
 def keep_previous_metrics(run_dir: Path) -> Optional[Path]:
     """Move a resumed run's logs/metrics.csv to logs/metrics-<n>.csv (n = 1, 2, ... in order of the restarts),
     because Lightning's CSV logger deletes the file it finds; returns the new path. Rank 0 only."""
     metrics = run_dir / "logs" / "metrics.csv"
-    if rank_zero_only.rank != 0 or not metrics.is_file():
+    if not is_first_process() or not metrics.is_file():
         return None
     index = 1
     while (kept := metrics.with_name(f"metrics-{index}.csv")).exists():
@@ -118,10 +124,10 @@ def build_logger(config: LoggerConfig, run_dir: Path):
         return CSVLogger(save_dir=str(run_dir), name="logs", version="")
     if config.kind == "wandb":
         mode = config.mode or os.environ.get("WANDB_MODE", "online")
-        if mode == "online" and rank_zero_only.rank == 0:
+        if mode == "online" and is_first_process():
             import wandb
 
-            if not wandb.login(prompt=False):
+            if not wandb.login(prompt=False, verify=False):
                 raise ValueError("logger=wandb logs online but finds no W&B credentials: run `wandb login` or set "
                                  "WANDB_API_KEY, or log offline with logger.mode=offline (or WANDB_MODE=offline)")
         return WandbLogger(project=config.project, name=config.name, save_dir=str(run_dir), mode=mode)
