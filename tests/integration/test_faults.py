@@ -132,17 +132,18 @@ def test_sigkill_and_restart_with_the_same_command_gives_the_uninterrupted_losse
     assert not mismatched, f"resumed from step {resumed_from}; (resumed, uninterrupted) losses differ at {mismatched}"
 
 
-def test_ctrl_c_finishes_the_step_writes_last_ckpt_and_exits_130(tmp_path, data_cache):
-    """As a terminal sends it: to the whole process group, the data loader's worker included."""
+def interrupt_training(tmp_path: Path, data_cache: Path, send_sigint, *extra: str) -> tuple[Path, int]:
+    """Start an endless training run in its own process group, call send_sigint(process) once it has logged a
+    step, and check it exits 130 with last.ckpt written at the step it names; returns (run_dir, that step)."""
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
-                            "trainer.checkpoint_every_n_steps=100000", "data.num_workers=1")
+                            "trainer.checkpoint_every_n_steps=100000", *extra)
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:
-        wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process)  # training has started
-        os.killpg(process.pid, signal.SIGINT)
+        wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process, timeout=300)
+        send_sigint(process)
         _, stderr = process.communicate(timeout=120)
     finally:
         if process.poll() is None:
@@ -150,25 +151,18 @@ def test_ctrl_c_finishes_the_step_writes_last_ckpt_and_exits_130(tmp_path, data_
     assert process.returncode == 130, stderr[-3000:]
     step = step_of(run_dir / "checkpoints" / "last.ckpt")
     assert step > 0 and f"interrupted at step {step}" in (run_dir / "train.log").read_text()
+    return run_dir, step
+
+
+def test_ctrl_c_finishes_the_step_writes_last_ckpt_and_exits_130(tmp_path, data_cache):
+    """As a terminal sends it: to the whole process group, the data loader's worker included."""
+    run_dir, _ = interrupt_training(tmp_path, data_cache, lambda process: os.killpg(process.pid, signal.SIGINT),
+                                    "data.num_workers=1")
     assert not (run_dir / "export").exists()  # stopped at once: no final validation or export
 
 
 def test_ctrl_c_on_rank_0_of_ddp_stops_both_ranks_at_the_same_step(tmp_path, data_cache):
     """Only the launching process gets the signal here: the request reaches rank 1 through the all-reduce."""
-    run_dir = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
-                            "trainer.checkpoint_every_n_steps=100000", "trainer.strategy=ddp", "trainer.devices=2")
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)  # its own group: cleaned up with rank 1
-    try:
-        wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process, timeout=300)
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode == 130, stderr[-3000:]
-    step = step_of(run_dir / "checkpoints" / "last.ckpt")
-    assert step > 0 and f"interrupted at step {step}" in (run_dir / "train.log").read_text()
+    run_dir, step = interrupt_training(tmp_path, data_cache, lambda process: process.send_signal(signal.SIGINT),
+                                       "trainer.strategy=ddp", "trainer.devices=2")
     assert f"interrupted at step {step}" in (run_dir / "train_ddp_process_1.log").read_text()
