@@ -48,6 +48,12 @@ def test_nan_stops_with_the_step_and_checkpoints_keep_last_k_plus_best(tmp_path,
     assert last["global_step"] == 8 and first_nonfinite_tensor(last["state_dict"]) is None
 
 
+def test_the_last_step_is_checkpointed_when_it_is_no_multiple_of_the_interval(tmp_path, data_cache):
+    train(compose_train([*small_run_overrides(data_cache, max_steps=5), "trainer.checkpoint_every_minutes=null"]),
+          tmp_path)  # step checkpoints every 2 steps: 2 and 4
+    assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 5  # so the same command does not train step 5 again
+
+
 def test_time_based_checkpoints_refresh_last_between_step_checkpoints(tmp_path, data_cache):
     overrides = [*small_run_overrides(data_cache, max_steps=3), "trainer.checkpoint_every_n_steps=100",
                  "trainer.checkpoint_every_minutes=0.0001"]

@@ -28,7 +28,8 @@ from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
-from xlstm_lm.training.checkpointing import find_resume_checkpoint, load_training_checkpoint, run_checkpoints
+from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, find_resume_checkpoint, load_training_checkpoint,
+                                             run_checkpoints)
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.optim import lr_factor
@@ -181,6 +182,8 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     except TrainingInterrupted as stop:
         log.warning("%s: run the same command to resume from it (no final validation or export)", stop)
         raise SystemExit(130) from None  # the exit status of a program ended by Ctrl-C
+    if trainer.global_step % config.trainer.checkpoint_every_n_steps:  # the step checkpoints missed the last steps
+        trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if module.last_validated_step != trainer.global_step:  # always report the final weights
         trainer.validate(module, datamodule=datamodule)

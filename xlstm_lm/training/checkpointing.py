@@ -3,7 +3,8 @@ and the newest checkpoint of a run directory found by itself on restart.
 
 Layout of a run directory:
 
-    checkpoints/last.ckpt            the newest state (every N steps, every T minutes, on Ctrl-C, at the end)
+    checkpoints/last.ckpt            the newest state: every N steps, every T minutes, on Ctrl-C, and at the
+                                     end (by cli/train.py, when the last step is no multiple of N)
     checkpoints/stepNNNNNN.ckpt      the last K of the every-N-steps checkpoints
     checkpoints/best-stepNNNNNN.ckpt the lowest val/loss so far
     hpc_ckpt_<n>.ckpt                written by Lightning on SLURM's pre-emption signal before it requeues
