@@ -98,6 +98,7 @@ def held_out_mismatch(checkpoint: str, data: EvalDataConfig) -> str | None:
     trained = OmegaConf.to_container(OmegaConf.load(config_file)).get("data", {})
     if trained.get("kind", "folder") != "folder":
         return None
+
     def same(key: str) -> bool:
         value, here = trained.get(key), getattr(data, key)
         if key == "root" and value is not None and here is not None:

@@ -169,7 +169,8 @@ def expand_files(patterns: list[str]) -> list[Path]:
         if path.is_file():
             matches = [path]
         elif path.is_dir():
-            matches = sorted(file for file in path.rglob("*") if file.is_file() and not _skipped(file.relative_to(path)))
+            matches = sorted(file for file in path.rglob("*")
+                             if file.is_file() and not _skipped(file.relative_to(path)))
         elif globbing.has_magic(pattern):
             matches = sorted(Path(name) for name in globbing.glob(str(path), recursive=True) if Path(name).is_file())
         else:

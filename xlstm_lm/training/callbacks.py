@@ -142,8 +142,7 @@ class CheckpointOnInterrupt(L.Callback):
         self.checkpoint = checkpoint
         self.requested = False
         self._stopped_at: int | None = None
-        self._installed = False
-        self._previous_handler = None
+        self._previous_handler = None  # set while this callback's handler is installed
 
     def on_train_start(self, trainer, pl_module):
         if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
@@ -153,7 +152,6 @@ class CheckpointOnInterrupt(L.Callback):
             return
         self._previous_handler = previous if previous is not None else signal.default_int_handler
         signal.signal(signal.SIGINT, self._request)
-        self._installed = True
 
     def _request(self, signum, frame):
         self.requested = True
@@ -175,6 +173,6 @@ class CheckpointOnInterrupt(L.Callback):
             raise TrainingInterrupted(self._stopped_at, self.checkpoint)
 
     def teardown(self, trainer, pl_module, stage):
-        if self._installed:
+        if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
-            self._installed = False
+            self._previous_handler = None

@@ -104,18 +104,17 @@ def is_first_process() -> bool:
     return rank_zero_only.rank == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def keep_previous_metrics(run_dir: Path) -> Optional[Path]:
+def keep_previous_metrics(run_dir: Path) -> None:
     """Move a resumed run's logs/metrics.csv to logs/metrics-<n>.csv (n = 1, 2, ... in order of the restarts),
-    because Lightning's CSV logger deletes the file it finds; returns the new path. Rank 0 only."""
+    because Lightning's CSV logger deletes the file it finds. Rank 0 only."""
     metrics = run_dir / "logs" / "metrics.csv"
     if not is_first_process() or not metrics.is_file():
-        return None
+        return
     index = 1
     while (kept := metrics.with_name(f"metrics-{index}.csv")).exists():
         index += 1
     metrics.rename(kept)
     log.info("the metrics logged before this restart are in %s", kept)
-    return kept
 
 
 def build_logger(config: LoggerConfig, run_dir: Path):
@@ -170,7 +169,8 @@ def build_plugins(config: TrainerConfig) -> list:
 
 def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, throughput: TokenThroughput) -> L.Trainer:
     """Trainer with the checkpoints of `checkpoint_callbacks` in run_dir/checkpoints, the loss guard, last.ckpt
-    on Ctrl-C and the throughput callback. The data module shards batches by rank itself, so Lightning adds no sampler."""
+    on Ctrl-C and the throughput callback. The data module shards batches by rank itself, so Lightning adds no
+    sampler."""
     guard = LossGuard(config.nonfinite, config.spike_factor, config.max_consecutive_skips)
     checkpoints = checkpoint_callbacks(run_dir, config.checkpoint_every_n_steps, config.checkpoint_every_minutes,
                                        config.keep_last_checkpoints)
