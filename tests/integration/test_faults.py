@@ -89,7 +89,9 @@ def test_slurm_preemption_signal_checkpoints_then_requeues(tmp_path, data_cache)
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     try:
-        wait_for(lambda: (run_dir / "logs" / "metrics.csv").exists(), process)  # the first step is logged
+        # after the first checkpoint: a signal during the very first torch.save lands inside torch's lazy import
+        # of its serialization config, and Lightning's handler saving again then finds that module half-made
+        wait_for(lambda: (run_dir / "checkpoints" / "step000002.ckpt").exists(), process)
         process.send_signal(signal.SIGUSR1)
         wait_for(record.exists, process)
     finally:
