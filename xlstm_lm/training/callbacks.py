@@ -1,5 +1,5 @@
-"""Training callbacks: throughput (tokens/s) in the progress bar and the logs, the NaN/spike guard, and a
-checkpoint on Ctrl-C."""
+"""Training callbacks: throughput (tokens/s) in the progress bar and the logs, the NaN/spike guard, a
+checkpoint on Ctrl-C, and continuous step numbers in the logs of a resumed run."""
 
 from __future__ import annotations
 
@@ -45,6 +45,16 @@ class TokenThroughput(L.Callback):
         if self.flops_per_token and self.peak_flops_per_device:
             mfu = self._rate * self.flops_per_token / (self.peak_flops_per_device * trainer.world_size)
             pl_module.log("train/mfu", mfu, prog_bar=True)
+
+
+class ContinuousLogSteps(L.Callback):
+    """Logs a resumed run at the step numbers an uninterrupted run uses (the optimizer steps done before the
+    logged one). Lightning adds one to its logging step on a restart, right for a checkpoint saved within a
+    step but one too many for last.ckpt saved after the run's last step, so a run trained longer skipped a
+    step in its metrics. Optimizer steps and logged steps are the same count here (skipped steps count too)."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
 
 
 NONFINITE_ACTIONS = ("skip", "stop")

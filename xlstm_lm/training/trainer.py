@@ -17,7 +17,8 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
-from xlstm_lm.training.callbacks import NONFINITE_ACTIONS, CheckpointOnInterrupt, LossGuard, TokenThroughput
+from xlstm_lm.training.callbacks import (NONFINITE_ACTIONS, CheckpointOnInterrupt, ContinuousLogSteps, LossGuard,
+                                         TokenThroughput)
 from xlstm_lm.training.checkpointing import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, checkpoint_callbacks
 from xlstm_lm.training.parallelize import BLOCK_CLASSES
 
@@ -192,7 +193,7 @@ def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, th
         deterministic=config.deterministic,
         logger=build_logger(logger, run_dir),
         callbacks=[*checkpoints, guard, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR / LAST), throughput,
-                   TQDMProgressBar(refresh_rate=1)],
+                   ContinuousLogSteps(), TQDMProgressBar(refresh_rate=1)],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         use_distributed_sampler=False,
