@@ -80,8 +80,11 @@ def test_step_shape_mismatch():
         mlstm_step(q[..., None], k, v, i, f, None)
 
 
-@pytest.mark.parametrize("backend", sorted(MLSTM_BACKENDS))
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("backend, dtype", [
+    (backend, dtype) for backend in sorted(MLSTM_BACKENDS)
+    for dtype in (torch.bfloat16, torch.float16, torch.float32, torch.float64)
+    if (backend, dtype) != ("triton", torch.float64)  # refused: test_mlstm_triton.py
+])
 def test_dtypes(backend, dtype):
     # h follows v; states are float32 whatever the activation dtype, float64 only for float64 inputs.
     h, (C, n, m) = mlstm(*inputs(dtype), state(), backend=backend, chunk_size=4, return_state=True)

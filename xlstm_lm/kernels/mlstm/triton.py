@@ -50,8 +50,9 @@ def _check_runnable(*tensors: torch.Tensor) -> None:
             "(set TRITON_INTERPRET=1 to run it in the Triton interpreter, or use backend='native')"
         )
     for x in tensors:
-        if x.dtype not in (torch.float32, torch.bfloat16, torch.float64):
-            raise ValueError(f"the triton mLSTM backend takes float32 or bfloat16 activations, got {x.dtype}")
+        if x.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the triton mLSTM backend takes float32 or bfloat16 activations, got {x.dtype} "
+                             "(use backend='native' or 'reference' for float64)")
 
 
 def _aligned(x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +154,7 @@ def _chunk_states(
         k: (BH, S, DQK), v: (BH, S, DV), i, f: (BH, S), state (C0, n0, m0), all contiguous.
 
     Returns:
-        Cs (BH, NC + 1, DQK, DV), Ns (BH, NC + 1, DQK), Ms (BH, NC + 1), Bv (BH, NC·L), float32.
+        Cs (BH, NC + 1, DQK, DV), Ns (BH, NC + 1, DQK), Ms (BH, NC + 1) in float32, Bv (BH, NC·L) in float64.
     """
     BH, S, DQK = k.shape
     DV = v.shape[-1]
@@ -161,7 +162,7 @@ def _chunk_states(
     Cs = k.new_empty((BH, NC + 1, DQK, DV), dtype=torch.float32)
     Ns = k.new_empty((BH, NC + 1, DQK), dtype=torch.float32)
     Ms = k.new_empty((BH, NC + 1), dtype=torch.float32)
-    Bv = k.new_empty((BH, NC * blocks.L), dtype=torch.float32)
+    Bv = k.new_empty((BH, NC * blocks.L), dtype=torch.float64)
     grid = (BH * triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS),)
     _kernels().chunk_states_kernel[grid](
         k, v, i, f, *state, Cs, Ns, Ms, Bv, S, NC, DQK=DQK, DV=DV, BLC=blocks.BLC,
@@ -286,29 +287,21 @@ def mlstm_triton(
     """mLSTM over a sequence of any length with the Triton chunkwise kernels, differentiable.
 
     Args:
-        q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`; q, k, v float32 or bfloat16 (float64 is
-            computed in float32, see Note).
-        state: initial (C, n, m), float32 (float64 with float64 inputs).
+        q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`; q, k, v float32 or bfloat16.
+        state: initial (C, n, m), float32.
         chunk_size: chunk length L, rounded up to a power of two >= 16; S need not be a multiple of it.
         eps: added to the normalizer.
 
     Returns:
-        h (B, NH, S, DV) in the dtype of v and the final state (float32; float64 for float64 inputs).
-
-    Note: the kernels compute in float32 only. Float64 inputs (which the dispatcher passes as they are)
-    are rounded to float32 and the results cast back, so their accuracy is float32's: use the reference
-    backend where float64 accuracy matters.
+        h (B, NH, S, DV) in the dtype of v and the final state in float32.
 
     Raises:
         RuntimeError: tensors not on CUDA and TRITON_INTERPRET is not set.
-        ValueError: an unsupported dtype or chunk size.
+        ValueError: an unsupported dtype (float64: the kernels compute in float32) or chunk size.
     """
     _check_runnable(q, k, v)
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
-    out_dtype = v.dtype
-    if out_dtype == torch.float64:
-        q, k, v = q.float(), k.float(), v.float()
     blocks = _blocks(chunk_size, DQK, DV, v.dtype, S)
 
     def flat(x):  # (B, NH, ...) -> (BH, ...)
@@ -316,9 +309,7 @@ def mlstm_triton(
 
     inputs = [flat(x) for x in (q, k, v)] + [flat(x).float() for x in (i, f, *state)]
     h, matC, vecN, scaM = _MLSTMFunction.apply(*inputs, blocks, eps)
-    state_dtype = torch.float64 if out_dtype == torch.float64 else torch.float32
-    final = (matC.reshape(B, NH, DQK, DV), vecN.reshape(B, NH, DQK), scaM.reshape(B, NH))
-    return h.reshape(B, NH, S, DV).to(out_dtype), tuple(x.to(state_dtype) for x in final)
+    return h.reshape(B, NH, S, DV), (matC.reshape(B, NH, DQK, DV), vecN.reshape(B, NH, DQK), scaM.reshape(B, NH))
 
 
 def mlstm_triton_step(

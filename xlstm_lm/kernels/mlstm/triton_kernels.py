@@ -32,7 +32,15 @@ Notation:
     m_r the row stabilizer max(b_r + m_prev, max_s logD_rs), D'_rs = exp(logD_rs - m_r),
     β_r = exp(b_r + m_prev - m_r); a_s = b_L - b_s + ĩ_s the weight of step s in the next state.
     h_r = num_r / N_r with N_r = max(|den_r|, exp(-m_r)) + eps.
-    Memory layout (contiguous): q, k (BH, S, DQK); v, h (BH, S, DV); i, f, b, m_r, den (BH, S or NC·L);
+    Precision: b is summed in float64, and every exponent built from it (b_r - b_s + ĩ_s - m_r, β_r, a_s,
+    the state decays) is formed in float64 before exp in float32. A float32 sum of logσ(f̃) loses the low
+    bits of b_r - b_s once |b| is large (logσ(f̃) near -30 for the extreme gates of DESIGN.md §9: |b| grows
+    to 30·L inside a chunk), which made h 10-100x less accurate than the float64-b native form. In the
+    (rows, columns) tiles the float64 row part b_r - m_r and column part ĩ_s - b_s are split into two
+    float32 numbers each (`_split`), so the tiles stay float32 and their sum is exact where it matters
+    (near 0, the large terms).
+    Memory layout (contiguous): q, k (BH, S, DQK); v, h (BH, S, DV); i, f, m_r, den (BH, S); b (BH, NC·L)
+    float64;
     chunk states C (BH, NC + 1, DQK, DV), n (BH, NC + 1, DQK), m (BH, NC + 1); index c = state before
     chunk c, index NC = final state. Activations fp32 or bf16 (upcast on load) and their
     gradients dq, dk, dv in the same dtype; everything else fp32.
@@ -73,11 +81,26 @@ def _dot(a, b, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr):
 
 @triton.jit
 def _gates(I, F, t, S):
-    """(logσ(f̃), ĩ) at steps t, fp32; steps t >= S are masked to (0, -inf)."""
+    """(logσ(f̃), ĩ) at steps t in float64 (logσ evaluated in float32, as the native form does); steps
+    t >= S are masked to (0, -inf)."""
     valid = t < S
     logf = tl.where(valid, _logsigmoid(tl.load(F + t, mask=valid, other=0.0).to(tl.float32)), 0.0)
     igate = tl.where(valid, tl.load(I + t, mask=valid, other=0.0).to(tl.float32), float("-inf"))
-    return logf, igate
+    return logf.to(tl.float64), igate.to(tl.float64)
+
+
+@triton.jit
+def _split(x):
+    """float64 x as hi + lo, two float32 numbers: a sum of two such splits, (hi + hi') + (lo + lo'), is
+    exact to float32 rounding of the result where hi and hi' (nearly) cancel."""
+    hi = x.to(tl.float32)
+    return hi, (x - hi.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
+def _exp64(x):
+    """exp of a float64 exponent, in float32."""
+    return tl.exp(x.to(tl.float32))
 
 
 @triton.jit
@@ -98,7 +121,7 @@ def chunk_states_kernel(
     K, V, I, F,  # (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S)
     C0, N0, M0,  # (BH, DQK, DV), (BH, DQK), (BH)
     Cs, Ns, Ms,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK), (BH, NC + 1)
-    Bv,  # out: (BH, NC·L)
+    Bv,  # out: (BH, NC·L) float64
     S, NC,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -116,14 +139,14 @@ def chunk_states_kernel(
 
     matC = tl.load(C0 + bh * DQK * DV + tile_kv, mask=mask_kv, other=0.0)  # (BK, BV)
     vecN = tl.load(N0 + bh * DQK + offs_k, mask=mask_k, other=0.0)  # (BK,)
-    scaM = tl.load(M0 + bh)
+    scaM = tl.load(M0 + bh)  # float32, as stored: every kernel uses the stored value
     for c in range(NC):
         tl.store(Cs + c * DQK * DV + tile_kv, matC, mask=mask_kv)
         tl.store(Ns + c * DQK + offs_k, vecN, mask=mask_k & (pv == 0))
         tl.store(Ms + c, scaM, mask=lead)
         # pass 1: b inside the chunk, g = b_L and max_s (ĩ_s - b_s), so that max_s a_s = g + that
-        carry = 0.0
-        max_ib = float("-inf")
+        carry = tl.full((), 0.0, tl.float64)
+        max_ib = tl.full((), float("-inf"), tl.float64)
         for j in range(L // BLC):
             t = c * L + j * BLC + tl.arange(0, BLC)
             logf, igate = _gates(I, F, t, S)
@@ -132,18 +155,18 @@ def chunk_states_kernel(
             max_ib = tl.maximum(max_ib, tl.reduce(igate - vecB, 0, _MAX))
             carry += tl.reduce(logf, 0, _ADD)
         scaG = carry
-        scaMnew = tl.maximum(scaG + scaM, scaG + max_ib)
-        scaDecay = tl.exp(scaG + scaM - scaMnew)
+        scaMnew = (scaG + tl.maximum(scaM.to(tl.float64), max_ib)).to(tl.float32)
+        scaDecay = _exp64(scaG + scaM.to(tl.float64) - scaMnew.to(tl.float64))
         matC = scaDecay * matC
         vecN = scaDecay * vecN
         # pass 2: add Σ_s exp(a_s - m_new) k_s v_sᵀ
-        carry = 0.0
+        carry = tl.full((), 0.0, tl.float64)
         for j in range(L // BLC):
             t = c * L + j * BLC + tl.arange(0, BLC)
             logf, igate = _gates(I, F, t, S)
             vecB = carry + tl.associative_scan(logf, 0, _ADD)
             carry += tl.reduce(logf, 0, _ADD)
-            vecW = tl.exp(scaG - vecB + igate - scaMnew)  # (BLC,), 0 at masked steps
+            vecW = _exp64(scaG - vecB + igate - scaMnew.to(tl.float64))  # (BLC,), 0 at masked steps
             valid = t < S
             matK = tl.load(K + t[:, None] * DQK + offs_k[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
             matV = tl.load(V + t[:, None] * DV + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
@@ -158,16 +181,16 @@ def chunk_states_kernel(
 
 @triton.jit
 def _decay(Bv, I, t_r, t_s, S, vecM_r, TRANSPOSE: tl.constexpr):
-    """D'_rs = exp(b_r - b_s + ĩ_s - m_r) for s ≤ r < S, else 0: (len(t_r), len(t_s)), or its transpose."""
-    vecB_r = tl.load(Bv + t_r)
-    vecB_s = tl.load(Bv + t_s)
-    igate = tl.load(I + t_s, mask=t_s < S, other=0.0).to(tl.float32)
+    """D'_rs = exp((b_r - m_r) + (ĩ_s - b_s)) for s ≤ r < S, else 0: (len(t_r), len(t_s)), or its transpose.
+    Both parts are float64 split into float32 pairs (see the module's note on precision)."""
+    row_hi, row_lo = _split(tl.load(Bv + t_r) - vecM_r.to(tl.float64))
+    col_hi, col_lo = _split(tl.load(I + t_s, mask=t_s < S, other=0.0).to(tl.float64) - tl.load(Bv + t_s))
     if TRANSPOSE:
         keep = (t_s[:, None] <= t_r[None, :]) & (t_r[None, :] < S)
-        logD = vecB_r[None, :] - vecB_s[:, None] + igate[:, None] - vecM_r[None, :]
+        logD = (row_hi[None, :] + col_hi[:, None]) + (row_lo[None, :] + col_lo[:, None])
     else:
         keep = (t_s[None, :] <= t_r[:, None]) & (t_r[:, None] < S)
-        logD = vecB_r[:, None] - vecB_s[None, :] + igate[None, :] - vecM_r[:, None]
+        logD = (row_hi[:, None] + col_hi[None, :]) + (row_lo[:, None] + col_lo[None, :])
     return tl.exp(tl.where(keep, logD, float("-inf")))
 
 
@@ -206,18 +229,21 @@ def chunk_outputs_kernel(
     valid_r = t_r < S
     Q, K, V, I, Bv = Q + bh * S * DQK, K + bh * S * DQK, V + bh * S * DV, I + bh * S, Bv + bh * NC * L
     state = bh * (NC + 1) + c
-    scaM = tl.load(Ms + state)
-    vecB_r = tl.load(Bv + t_r)  # (BLQ,)
-    # row stabilizer: max(b_r + m_prev, max_s logD_rs)
-    vecM = vecB_r + scaM
-    for js in range(jq + 1):
+    scaM = tl.load(Ms + state).to(tl.float64)
+    vecB_r = tl.load(Bv + t_r)  # (BLQ,) float64
+    # row stabilizer m_r = b_r + max(m_prev, max_{s≤r} (ĩ_s - b_s)): the earlier blocks' maxima, then a
+    # running maximum over this block's own steps, which are the rows (a masked reduction: the interpreter
+    # cannot scan with a maximum)
+    scaRowMax = scaM
+    for js in range(jq):
         t_s = c * L + js * BLQ + tl.arange(0, BLQ)
-        vecB_s = tl.load(Bv + t_s)
-        igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float32)
-        matLogD = tl.where(t_s[None, :] <= t_r[:, None], vecB_r[:, None] - vecB_s[None, :] + igate[None, :],
-                           float("-inf"))
-        vecM = tl.maximum(vecM, tl.reduce(matLogD, 1, _MAX))
-    vecBeta = tl.exp(vecB_r + scaM - vecM)
+        igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float64)
+        scaRowMax = tl.maximum(scaRowMax, tl.reduce(igate - tl.load(Bv + t_s), 0, _MAX))
+    vecCol = tl.load(I + t_r, mask=valid_r, other=float("-inf")).to(tl.float64) - vecB_r
+    causal = t_r[None, :] <= t_r[:, None]
+    vecRowMax = tl.maximum(tl.reduce(tl.where(causal, vecCol[None, :], float("-inf")), 1, _MAX), scaRowMax)
+    vecM = (vecB_r + vecRowMax).to(tl.float32)  # stored and used in float32, by the backward too
+    vecBeta = _exp64(vecB_r + scaM - vecM.to(tl.float64))
     # inter-chunk part: β q̂ᵀ C_prev, β q̂ᵀ n_prev
     matNum = tl.full((BLQ, BV), 0.0, tl.float32)
     vecDen = tl.full((BLQ,), 0.0, tl.float32)
@@ -314,15 +340,15 @@ def state_grads_kernel(
         c = NC - 1 - cc
         tl.store(dCs + (c + 1) * DQK * DV + tile_kv, matdC, mask=mask_kv)
         tl.store(dNs + (c + 1) * DQK + offs_k, vecdN, mask=mask_k & (pv == 0))
-        scaM = tl.load(Ms + c)
-        scaDecay = tl.exp(tl.load(Bv + c * L + L - 1) + scaM - tl.load(Ms + c + 1))
+        scaM = tl.load(Ms + c).to(tl.float64)
+        scaDecay = _exp64(tl.load(Bv + c * L + L - 1) + scaM - tl.load(Ms + c + 1).to(tl.float64))
         matdC = scaDecay * matdC
         vecdN = scaDecay * vecdN
         for j in range(L // BLC):
             t = c * L + j * BLC + tl.arange(0, BLC)
             valid = t < S
             vecM = tl.load(Mr + t, mask=valid, other=0.0)
-            vecBeta = tl.exp(tl.where(valid, tl.load(Bv + t) + scaM - vecM, float("-inf"))) * scale
+            vecBeta = tl.where(valid, _exp64(tl.load(Bv + t) + scaM - vecM.to(tl.float64)), 0.0) * scale
             matQ = tl.load(Q + t[:, None] * DQK + offs_k[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
             matdH = tl.load(dH + t[:, None] * DV + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
             vecInvN = tl.load(InvN + t, mask=valid, other=0.0)
@@ -366,7 +392,8 @@ def grad_q_kernel(
     vecM = tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0)
     vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
     vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
-    vecBeta = tl.exp(tl.where(valid_r, tl.load(Bv + t_r) + tl.load(Ms + state) - vecM, float("-inf")))
+    vecBeta = tl.where(valid_r, _exp64(tl.load(Bv + t_r) + tl.load(Ms + state).to(tl.float64)
+                                       - vecM.to(tl.float64)), 0.0)
     acc = tl.full((BLQ, BK), 0.0, tl.float32)
     for vv in range((DV + BV - 1) // BV):
         offs_v = vv * BV + tl.arange(0, BV)
@@ -398,9 +425,9 @@ def grad_q_kernel(
 @triton.jit
 def _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L: tl.constexpr):
     """e_s = exp(a_s - m_next): the weight of step s of chunk c in the state after it (0 past S)."""
-    igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float32)
+    igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float64)
     logA = tl.load(Bv + c * L + L - 1) - tl.load(Bv + t_s) + igate
-    return tl.exp(logA - tl.load(Ms + bh * (NC + 1) + c + 1))
+    return _exp64(logA - tl.load(Ms + bh * (NC + 1) + c + 1).to(tl.float64))
 
 
 @triton.jit
@@ -510,24 +537,25 @@ def grad_gates_kernel(
     BLS: tl.constexpr,
 ):
     """Grid (BH,), blocks of BLS steps from the end: dĩ_t = k_t·dk_t and
-    df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + dBfinal)."""
+    df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + dBfinal), the sums in float64 (their terms cancel
+    where the forget gates saturate)."""
     bh = tl.program_id(0).to(tl.int64)
-    carry = tl.load(dBfinal + bh)
+    carry = tl.load(dBfinal + bh).to(tl.float64)
     nblocks = (S + BLS - 1) // BLS
     for jj in range(nblocks):
         t = (nblocks - 1 - jj) * BLS + tl.arange(0, BLS)
         valid = t < S
-        qdq = tl.full((BLS,), 0.0, tl.float32)
-        kdk = tl.full((BLS,), 0.0, tl.float32)
+        qdq = tl.full((BLS,), 0.0, tl.float64)
+        kdk = tl.full((BLS,), 0.0, tl.float64)
         for kk in range(NQB):
-            qdq += tl.load(QdQ + (bh * NQB + kk) * S + t, mask=valid, other=0.0)
+            qdq += tl.load(QdQ + (bh * NQB + kk) * S + t, mask=valid, other=0.0).to(tl.float64)
         for kk in range(NKB):
-            kdk += tl.load(KdK + (bh * NKB + kk) * S + t, mask=valid, other=0.0)
+            kdk += tl.load(KdK + (bh * NKB + kk) * S + t, mask=valid, other=0.0).to(tl.float64)
         vecdB = qdq - kdk
-        suffix = tl.associative_scan(vecdB, 0, _ADD, reverse=True) + carry
+        suffix = (tl.associative_scan(vecdB, 0, _ADD, reverse=True) + carry).to(tl.float32)
         carry += tl.reduce(vecdB, 0, _ADD)
         fgate = tl.load(F + bh * S + t, mask=valid, other=0.0).to(tl.float32)
-        tl.store(dI + bh * S + t, kdk, mask=valid)
+        tl.store(dI + bh * S + t, kdk.to(tl.float32), mask=valid)
         tl.store(dF + bh * S + t, suffix / (1.0 + tl.exp(fgate)), mask=valid)
 
 
