@@ -6,7 +6,9 @@ On a CPU the kernels run in the Triton interpreter (tests/kernels/conftest.py se
 on a GPU the same tests run the compiled kernels on CUDA tensors.
 """
 
+import logging
 from functools import partial
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +16,8 @@ import triton
 from triton.compiler import ASTSource
 
 from xlstm_lm.kernels import slstm
-from xlstm_lm.kernels.slstm.triton import _launch_config
+from xlstm_lm.kernels.slstm import _auto_backend, _report_native_on_gpu
+from xlstm_lm.kernels.slstm.triton import _launch_config, unsupported
 
 from .aot import HOPPER, jit_module, markdown_table, resource_usage
 from .conftest import TOLERANCES, run_slstm
@@ -40,6 +43,21 @@ def test_matches_float64(DH, regime, with_state, slstm_inputs, compare_to_refere
     fwd_tol, grad_tol = TOLERANCES[regime]
     compare_to_reference(
         run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=fwd_tol, grad_tol=grad_tol,
+        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
+    )
+
+
+@pytest.mark.parametrize("B, DH", [(20, 16), (2, 128)])
+def test_several_batch_tiles_and_the_widest_head(B, DH, slstm_inputs, compare_to_reference):
+    # B = 20: two batch tiles, the second with 12 masked rows. DH = 128 in float32 runs in the interpreter;
+    # on a GPU its R does not fit in shared memory, which the backend says instead of failing to launch.
+    inputs = slstm_inputs(B=B, S=6, NH=1, DH=DH, regime="normal", with_state=True)
+    if DEVICE == "cuda" and DH == 128:
+        with pytest.raises(ValueError, match="shared memory"):
+            run_triton(**{name: x.float() for name, x in inputs.items()})
+        return
+    compare_to_reference(
+        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=1e-4, grad_tol=1e-3,
         no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
     )
 
@@ -73,6 +91,22 @@ def test_bfloat16_inputs(slstm_inputs, compare_to_reference):
         run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=1e-2, grad_tol=2e-2,
         no_grad_inputs=("m",), no_grad_outputs=(STATE_M,), dtype=torch.bfloat16,
     )
+
+
+@pytest.mark.parametrize("DH, dtype, device, reason", [
+    (64, torch.float32, "cuda", None), (128, torch.bfloat16, "cuda", None), (128, torch.float32, "cpu", None),
+    (128, torch.float32, "cuda", "shared memory"), (192, torch.bfloat16, "cuda", "power of two"),
+    (64, torch.float64, "cuda", "float64"),
+])
+def test_auto_runs_native_on_a_gpu_where_the_kernel_cannot(DH, dtype, device, reason, caplog):
+    # The paper's model sizes have sLSTM heads of 192 to 512 units: `auto` must not send them to the kernel.
+    gates_x = SimpleNamespace(shape=(2, 8, 4, 1, DH), dtype=dtype, is_cuda=device == "cuda")
+    _report_native_on_gpu.cache_clear()  # it reports each reason once per process
+    found = unsupported(gates_x)
+    assert found is None if reason is None else reason in found
+    with caplog.at_level(logging.INFO):
+        assert _auto_backend(gates_x) == ("triton" if device == "cuda" and reason is None else "native")
+    assert (reason is not None and device == "cuda") == ("native PyTorch loop" in caplog.text)
 
 
 def test_auto_is_triton_on_cuda_and_native_elsewhere(slstm_inputs):

@@ -11,13 +11,34 @@ Notation:
     state (y, c, n, m) each (B, NH, DH).
 """
 
+import logging
+from functools import cache
+
 import torch
 
 from .._dispatch import compute_dtype, select_backend
 from .native import SLSTMState, check_weights, prepare_state, slstm_native, slstm_step
-from .triton import slstm_triton
+from .triton import slstm_triton, unsupported
 
 SLSTM_BACKENDS = {"native": slstm_native, "triton": slstm_triton}
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _report_native_on_gpu(reason: str) -> None:
+    """Say once per reason why `auto` runs the PyTorch loop on a GPU."""
+    log.info("sLSTM backend auto: the fused Triton kernel cannot run (%s); using the native PyTorch loop", reason)
+
+
+def _auto_backend(gates_x: torch.Tensor) -> str:
+    """triton for CUDA inputs the fused kernel takes, else native."""
+    if not gates_x.is_cuda:
+        return "native"
+    if reason := unsupported(gates_x):
+        _report_native_on_gpu(reason)
+        return "native"
+    return "triton"
 
 
 def slstm(
@@ -37,7 +58,8 @@ def slstm(
         b: (4, NH, DH) gate biases.
         state: initial (y, c, n, m) each (B, NH, DH); None for a fresh state (y = c = n = 0, m = -inf).
             m carries no gradient.
-        backend: a key of SLSTM_BACKENDS, or "auto": triton for CUDA tensors (float64 excepted), else native.
+        backend: a key of SLSTM_BACKENDS, or "auto": triton for CUDA tensors the fused kernel takes (a head
+            dim that is a power of two in [16, 128], no float64, DH = 128 only in bf16/fp16), else native.
         return_state: also return the final state.
 
     Returns:
@@ -49,10 +71,9 @@ def slstm(
             dim it does not support).
         RuntimeError: backend="triton" on CPU tensors without the Triton interpreter.
     """
-    auto = "triton" if gates_x.is_cuda and gates_x.dtype != torch.float64 else "native"
-    kernel = select_backend(SLSTM_BACKENDS, backend, auto=auto)
     if gates_x.dim() != 5 or gates_x.shape[2] != 4:
         raise ValueError(f"gates_x must have shape (B, S, 4, NH, DH), got {tuple(gates_x.shape)}")
+    kernel = select_backend(SLSTM_BACKENDS, _auto_backend(gates_x) if backend == "auto" else backend, auto="native")
     B, S, _, NH, DH = gates_x.shape
     if S < 1:
         raise ValueError("the sequence is empty (S = 0)")

@@ -24,6 +24,23 @@ from .native import SLSTMState
 
 BATCH_TILE = 16  # rows of y per program: tl.dot needs at least 16 on a GPU
 MIN_DH, MAX_DH = 16, 128
+# R of a head must stay on chip: DH = 128 in bf16 (128 KiB) compiles to 136-140 KiB of shared memory for
+# sm_90, in float32 (256 KiB) it needs about 272-296 KiB, more than the 227 KiB an SM offers
+MAX_R_BYTES_ON_GPU = 128 * 1024
+
+
+def unsupported(gates_x: torch.Tensor) -> str | None:
+    """Why the fused kernel cannot take these gate inputs (B, S, 4, NH, DH), or None if it can."""
+    DH = gates_x.shape[-1]
+    if DH & (DH - 1) or not MIN_DH <= DH <= MAX_DH:
+        return f"it needs a head dim DH that is a power of two in [16, 128], got {DH}"
+    if gates_x.dtype == torch.float64:
+        return "it computes in float32; use backend='native' for float64"
+    R_bytes = 4 * DH * DH * (2 if gates_x.dtype in (torch.bfloat16, torch.float16) else 4)
+    if gates_x.is_cuda and R_bytes > MAX_R_BYTES_ON_GPU:
+        return (f"the recurrent weights of a head, 4 x {DH} x {DH} in {gates_x.dtype}, do not fit in a GPU's "
+                "shared memory; use bfloat16 activations (trainer.precision=bf16-mixed) or backend='native'")
+    return None
 
 
 def _launch_config(B: int, NH: int, DH: int) -> tuple[tuple[int, int], dict]:
@@ -117,18 +134,16 @@ def slstm_triton(
 
     Raises:
         RuntimeError: CPU tensors while the Triton interpreter is off (TRITON_INTERPRET=1 turns it on).
-        ValueError: a head dim that is not a power of two in [16, 128], or float64 inputs.
+        ValueError: inputs the kernel cannot take (see `unsupported`): a head dim that is not a power of
+            two in [16, 128], float64, or float32 at DH = 128 on a GPU.
     """
-    DH = gates_x.shape[-1]
     if not gates_x.is_cuda and not triton.knobs.runtime.interpret:
         raise RuntimeError(
             "the triton sLSTM backend needs CUDA tensors (or TRITON_INTERPRET=1 for the Triton interpreter); "
             "use backend='native' on the CPU"
         )
-    if DH & (DH - 1) or not MIN_DH <= DH <= MAX_DH:
-        raise ValueError(f"the triton sLSTM backend needs a head dim DH that is a power of two in [16, 128], got {DH}")
-    if gates_x.dtype == torch.float64:
-        raise ValueError("the triton sLSTM backend computes in float32; use backend='native' for float64")
+    if reason := unsupported(gates_x):
+        raise ValueError(f"the triton sLSTM backend cannot run here: {reason}")
     f32 = [x.float().contiguous() for x in (R, b, *state)]
     save = torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, *f32))
     y, *final = _SLSTMFunction.apply(save, gates_x.contiguous(), *f32)
