@@ -19,7 +19,7 @@ from .aot import compile_for_hopper, jit_module, markdown_table, resource_usage
 from .conftest import DEVICE
 
 KERNELS = jit_module("xlstm_lm.kernels.mlstm.triton_kernels")
-ACTIVATIONS = {"Q", "K", "V", "H", "dH", "dQ", "dK", "dV"}  # bf16 tensors; every other pointer is fp32
+ACTIVATIONS = {"Q", "K", "V", "H", "dH", "dQ", "dK", "dV"}  # bf16 tensors; b is fp64, every other pointer fp32
 # (kernel, has matrix products, uses the sequential kernels' state tile)
 LAUNCHES = [
     ("chunk_states_kernel", True, True), ("chunk_outputs_kernel", True, False), ("row_scales_kernel", False, False),
@@ -52,11 +52,11 @@ def compile_kernel(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[
     def arg_type(arg: str) -> str:
         if arg in fixed:
             return "constexpr"
-        if arg in ("S", "NC", "NQB", "NKB"):
+        if arg in ("S", "NC", "NKB"):
             return "i32"
         if arg in ("scale", "eps"):
             return "fp32"
-        return "*bf16" if arg in ACTIVATIONS else "*fp32"
+        return "*bf16" if arg in ACTIVATIONS else "*fp64" if arg == "Bv" else "*fp32"
 
     signature = {arg: arg_type(arg) for arg in kernel.arg_names}
     return compile_for_hopper(

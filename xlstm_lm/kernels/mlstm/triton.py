@@ -12,6 +12,7 @@ max(|den|, exp(-m)) + eps and the initial state do not change that. Hence
     dĩ_t = k_t·dk_t,   df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S),
 
 DESIGN.md §4's closed form plus the last term, the gradient reaching the gates through the final state.
+The kernels take q_t·dq_t from an exact identity of the outputs (see `row_scales_kernel`), not from dq.
 
 Notation:
     B batch, NH heads, BH = B·NH, S sequence length, L chunk length, NC = ceil(S / L),
@@ -217,36 +218,37 @@ def _backward(
     scale = DQK**-0.5
     Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, blocks)
     NC = Cs.shape[1] - 1
-    InvN, Delta = torch.empty_like(Mr), torch.empty_like(Mr)
+    InvN, Delta, qdq = torch.empty_like(Mr), torch.empty_like(Mr), torch.empty_like(Mr)
+    parts = Mr.new_empty((BH, 4, S))
     kernels.row_scales_kernel[(BH, triton.cdiv(S, blocks.BLS))](
-        h, dh, Mr, Den, InvN, Delta, S, eps, DV=DV, BLS=blocks.BLS, BV=blocks.BR, num_warps=NUM_WARPS
+        h, dh, i, Mr, Den, Bv, InvN, Delta, qdq, parts, S, NC, eps, DV=DV, L=blocks.L, BLS=blocks.BLS, BV=blocks.BR,
+        num_warps=NUM_WARPS,
     )
     dCs, dNs = torch.empty_like(Cs), torch.empty_like(Ns)
     kernels.state_grads_kernel[(BH * triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS),)](
-        q, dh, InvN, Delta, Mr, Bv, Ms, dC, dn, dCs, dNs, S, NC, scale, DQK=DQK, DV=DV, BLC=blocks.BLC,
+        q, dh, InvN, Delta, parts, Bv, Ms, dC, dn, dCs, dNs, S, NC, scale, DQK=DQK, DV=DV, BLC=blocks.BLC,
         **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    NQB, NKB = triton.cdiv(DQK, blocks.BK), triton.cdiv(DQK, blocks.BKG)  # DQK blocks of the dq, dk tiles
-    qdq = q.new_empty((BH, NQB, S), dtype=torch.float32)
+    NKB = triton.cdiv(DQK, blocks.BKG)  # DQK blocks of the dk tiles
     kdk = k.new_empty((BH, NKB, S), dtype=torch.float32)
     rows = BH * NC * (blocks.L // blocks.BLQ)
     common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS}
-    kernels.grad_q_kernel[(rows * NQB,)](
-        q, k, v, i, dh, InvN, Delta, Mr, Bv, Cs, Ns, Ms, dq, qdq, S, NC, scale,
+    kernels.grad_q_kernel[(rows * triton.cdiv(DQK, blocks.BK),)](
+        q, k, v, dh, InvN, Delta, parts, Cs, Ns, Ms, dq, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_q_kernel"),
     )
     kernels.grad_k_kernel[(rows * NKB,)](
-        q, k, v, i, dh, InvN, Delta, Mr, Bv, Ms, dCs, dNs, dk, kdk, S, NC, scale,
+        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dk, kdk, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_k_kernel"),
     )
     kernels.grad_v_kernel[(rows * triton.cdiv(DV, blocks.BV),)](
-        q, k, i, dh, InvN, Mr, Bv, Ms, dCs, dv, S, NC, scale, **common, **blocks.kernel_constexprs("grad_v_kernel")
+        q, k, dh, InvN, parts, Bv, Ms, dCs, dv, S, NC, scale, **common, **blocks.kernel_constexprs("grad_v_kernel")
     )
     dB_final = (final[0] * dC).sum((-2, -1)) + (final[1] * dn).sum(-1)  # (BH,)
     di, df = torch.empty_like(Mr), torch.empty_like(Mr)
     kernels.grad_gates_kernel[(BH,)](
-        qdq, kdk, f, dB_final, di, df, S, NQB, NKB, **blocks.kernel_constexprs("grad_gates_kernel"),
+        qdq, kdk, f, dB_final, di, df, S, NKB, **blocks.kernel_constexprs("grad_gates_kernel"),
         num_warps=NUM_WARPS,
     )
     return dq, dk, dv, di, df, dCs[:, 0], dNs[:, 0]

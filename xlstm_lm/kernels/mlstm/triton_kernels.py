@@ -7,11 +7,11 @@ Forward (chunkwise form of DESIGN.md §4):
                             chunks; also writes b, the cumulative log forget gate inside each chunk.
     `chunk_outputs_kernel`  h of every chunk from the state before it (parallel over chunks).
 Backward (the extended value [v, 1] turns the normalizer into one more value column):
-    `row_scales_kernel`     per step 1/N_r and δ_r, the gradient reaching den_r through N_r.
+    `row_scales_kernel`     per step 1/N_r, δ_r, the gradient reaching den_r through N_r, and q_r·dq_r.
     `state_grads_kernel`    dC, dn after every chunk, sequentially over chunks in reverse (dC0, dn0 last).
     `grad_q_kernel`, `grad_k_kernel`, `grad_v_kernel`   dq, dk, dv of every chunk (in the activations'
-                            dtype), and the per-step dots q·dq, k·dk in float32.
-    `grad_gates_kernel`     dĩ, df̃ from the closed form (see `triton.py`) and those dots.
+                            dtype), and the per-step dots k·dk in float32.
+    `grad_gates_kernel`     dĩ, df̃ from the closed form (see `triton.py`) and the dots q·dq, k·dk.
 Generation: `step_kernel`, one time step with the state in and out.
 
 Note: reductions and scans call tl.reduce / tl.associative_scan with the standard library's combine
@@ -38,7 +38,9 @@ Notation:
     to 30·L inside a chunk), which made h 10-100x less accurate than the float64-b native form. In the
     (rows, columns) tiles the float64 row part b_r - m_r and column part ĩ_s - b_s are split into two
     float32 numbers each (`_split`), so the tiles stay float32 and their sum is exact where it matters
-    (near 0, the large terms).
+    (near 0, the large terms). The forward forms these parts itself; for the backward row_scales_kernel
+    stores them once (`Parts`, (BH, 4, S): row hi, row lo, column hi, column lo), which keeps float64
+    arithmetic out of the register-bound gradient kernels.
     Memory layout (contiguous): q, k (BH, S, DQK); v, h (BH, S, DV); i, f, m_r, den (BH, S); b (BH, NC·L)
     float64;
     chunk states C (BH, NC + 1, DQK, DV), n (BH, NC + 1, DQK), m (BH, NC + 1); index c = state before
@@ -180,11 +182,22 @@ def chunk_states_kernel(
 
 
 @triton.jit
-def _decay(Bv, I, t_r, t_s, S, vecM_r, TRANSPOSE: tl.constexpr):
-    """D'_rs = exp((b_r - m_r) + (ĩ_s - b_s)) for s ≤ r < S, else 0: (len(t_r), len(t_s)), or its transpose.
-    Both parts are float64 split into float32 pairs (see the module's note on precision)."""
-    row_hi, row_lo = _split(tl.load(Bv + t_r) - vecM_r.to(tl.float64))
-    col_hi, col_lo = _split(tl.load(I + t_s, mask=t_s < S, other=0.0).to(tl.float64) - tl.load(Bv + t_s))
+def _row_parts(Parts, t, S):
+    """The split row parts b_t - m_t (hi, lo) of row_scales_kernel at steps t (0 past S)."""
+    return tl.load(Parts + t, mask=t < S, other=0.0), tl.load(Parts + S + t, mask=t < S, other=0.0)
+
+
+@triton.jit
+def _column_parts(Parts, t, S):
+    """The split column parts ĩ_t - b_t (hi, lo) of row_scales_kernel at steps t (-inf past S)."""
+    return (tl.load(Parts + 2 * S + t, mask=t < S, other=float("-inf")),
+            tl.load(Parts + 3 * S + t, mask=t < S, other=0.0))
+
+
+@triton.jit
+def _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, TRANSPOSE: tl.constexpr):
+    """D'_rs = exp((b_r - m_r) + (ĩ_s - b_s)) for s ≤ r < S, else 0: (len(t_r), len(t_s)), or its transpose,
+    from both parts split into float32 pairs (see the module's note on precision)."""
     if TRANSPOSE:
         keep = (t_s[:, None] <= t_r[None, :]) & (t_r[None, :] < S)
         logD = (row_hi[None, :] + col_hi[:, None]) + (row_lo[None, :] + col_lo[:, None])
@@ -259,6 +272,7 @@ def chunk_outputs_kernel(
     matNum *= (scale * vecBeta)[:, None]
     vecDen *= scale * vecBeta
     # intra-chunk part: Σ_s D'_rs (q̂_r·k_s) [v_s, 1]
+    row_hi, row_lo = _split(tl.load(Bv + t_r) - vecM.to(tl.float64))
     for js in range(jq + 1):
         t_s = c * L + js * BLQ + tl.arange(0, BLQ)
         valid_s = t_s < S
@@ -269,7 +283,8 @@ def chunk_outputs_kernel(
             matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
             matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
             matP += _dot(matQ, tl.trans(matK), DOT_DTYPE, PRECISION)
-        matS = matP * scale * _decay(Bv, I, t_r, t_s, S, vecM, False)  # (BLQ, BLQ)
+        col_hi, col_lo = _split(tl.load(I + t_s, mask=t_s < S, other=0.0).to(tl.float64) - tl.load(Bv + t_s))
+        matS = matP * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, False)  # (BLQ, BLQ)
         matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
         matNum += _dot(matS, matV, DOT_DTYPE, PRECISION)
         vecDen += tl.reduce(matS, 1, _ADD)
@@ -284,12 +299,22 @@ def chunk_outputs_kernel(
 @triton.jit
 def row_scales_kernel(
     H, dH,  # (BH, S, DV)
-    Mr, Den,  # (BH, S)
-    InvN, Delta,  # out: (BH, S)
-    S, eps,
-    DV: tl.constexpr, BLS: tl.constexpr, BV: tl.constexpr,
+    I, Mr, Den,  # (BH, S)
+    Bv,  # (BH, NC·L) float64
+    InvN, Delta, QdQ,  # out: (BH, S)
+    Parts,  # out: (BH, 4, S) the split row and column parts of the decay matrices (module note)
+    S, NC, eps,
+    DV: tl.constexpr, L: tl.constexpr, BLS: tl.constexpr, BV: tl.constexpr,
 ):
-    """Grid (BH, cdiv(S, BLS)): 1/N_r and δ_r = -(dh_r·h_r)/N_r · sign(den_r) · [|den_r| > exp(-m_r)]."""
+    """Grid (BH, cdiv(S, BLS)): 1/N_r, δ_r = -(dh_r·h_r)/N_r · sign(den_r) · [|den_r| > exp(-m_r)] and
+
+        q_r·dq_r = (dh_r·h_r) (eps + [|den_r| <= exp(-m_r)] exp(-m_r)) / N_r.
+
+    Scaling q_r scales every weight of row r, num_r and den_r alike, and h_r = num_r / N_r changes only
+    through eps and the floor exp(-m_r): so q_r·dq_r = dh_r·h_r + δ_r den_r, which is the above. Taken
+    from dq instead, it would be the tiny difference of large terms (the state's part of num and of den
+    cancel in h) and carry their float32 rounding: df̃, which sums these dots, was off by 10% where an
+    initial state dominates the outputs."""
     bh = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1) * BLS + tl.arange(0, BLS)
     valid = t < S
@@ -307,14 +332,23 @@ def row_scales_kernel(
     vecInvN = 1.0 / (tl.maximum(tl.abs(vecDen), floor) + eps)
     tl.store(InvN + bh * S + t, vecInvN, mask=valid)
     sign = tl.where(vecDen >= 0, 1.0, -1.0)
-    vecDelta = tl.where(tl.abs(vecDen) > floor, -dot * vecInvN * sign, 0.0)
-    tl.store(Delta + bh * S + t, vecDelta, mask=valid)
+    above = tl.abs(vecDen) > floor
+    tl.store(Delta + bh * S + t, tl.where(above, -dot * vecInvN * sign, 0.0), mask=valid)
+    tl.store(QdQ + bh * S + t, dot * vecInvN * (eps + tl.where(above, 0.0, floor)), mask=valid)
+    vecB = tl.load(Bv + bh * NC * L + t, mask=valid, other=0.0)
+    row_hi, row_lo = _split(vecB - vecM.to(tl.float64))
+    col_hi, col_lo = _split(tl.load(I + bh * S + t, mask=valid, other=0.0).to(tl.float64) - vecB)
+    Parts += bh * 4 * S
+    tl.store(Parts + t, row_hi, mask=valid)
+    tl.store(Parts + S + t, row_lo, mask=valid)
+    tl.store(Parts + 2 * S + t, col_hi, mask=valid)
+    tl.store(Parts + 3 * S + t, col_lo, mask=valid)
 
 
 @triton.jit
 def state_grads_kernel(
     Q, dH,  # (BH, S, DQK), (BH, S, DV)
-    InvN, Delta, Mr,  # (BH, S) from row_scales_kernel and the forward
+    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
     Bv, Ms,  # from chunk_states_kernel
     dCS, dNS,  # (BH, DQK, DV), (BH, DQK) gradient of the final state
     dCs, dNs,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK): gradient of the state before chunk c
@@ -331,7 +365,7 @@ def state_grads_kernel(
     mask_kv = mask_k[:, None] & mask_v[None, :]
     tile_kv = offs_k[:, None] * DV + offs_v[None, :]
     Q, dH, Bv, Ms = Q + bh * S * DQK, dH + bh * S * DV, Bv + bh * NC * L, Ms + bh * (NC + 1)
-    InvN, Delta, Mr = InvN + bh * S, Delta + bh * S, Mr + bh * S
+    InvN, Delta, Parts = InvN + bh * S, Delta + bh * S, Parts + bh * 4 * S
     dCs, dNs = dCs + bh * (NC + 1) * DQK * DV, dNs + bh * (NC + 1) * DQK
 
     matdC = tl.load(dCS + bh * DQK * DV + tile_kv, mask=mask_kv, other=0.0)  # (BK, BV)
@@ -340,15 +374,15 @@ def state_grads_kernel(
         c = NC - 1 - cc
         tl.store(dCs + (c + 1) * DQK * DV + tile_kv, matdC, mask=mask_kv)
         tl.store(dNs + (c + 1) * DQK + offs_k, vecdN, mask=mask_k & (pv == 0))
-        scaM = tl.load(Ms + c).to(tl.float64)
-        scaDecay = _exp64(tl.load(Bv + c * L + L - 1) + scaM - tl.load(Ms + c + 1).to(tl.float64))
+        scaM = tl.load(Ms + c)
+        scaDecay = _exp64(tl.load(Bv + c * L + L - 1) + scaM.to(tl.float64) - tl.load(Ms + c + 1).to(tl.float64))
         matdC = scaDecay * matdC
         vecdN = scaDecay * vecdN
         for j in range(L // BLC):
             t = c * L + j * BLC + tl.arange(0, BLC)
             valid = t < S
-            vecM = tl.load(Mr + t, mask=valid, other=0.0)
-            vecBeta = tl.where(valid, _exp64(tl.load(Bv + t) + scaM - vecM.to(tl.float64)), 0.0) * scale
+            row_hi, row_lo = _row_parts(Parts, t, S)
+            vecBeta = tl.where(valid, tl.exp((row_hi + scaM) + row_lo), 0.0) * scale
             matQ = tl.load(Q + t[:, None] * DQK + offs_k[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
             matdH = tl.load(dH + t[:, None] * DV + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
             vecInvN = tl.load(InvN + t, mask=valid, other=0.0)
@@ -361,7 +395,7 @@ def state_grads_kernel(
 
 @triton.jit
 def _store_grad_and_row_dot(X, dX, XdX, grad, bh, pk, t, offs_k, S, DQK: tl.constexpr, BK: tl.constexpr):
-    """Store a (rows, BK) gradient tile of q or k in the dtype of dX, and x_t·dx_t over the tile's columns
+    """Store a (rows, BK) gradient tile of k in the dtype of dX, and x_t·dx_t over the tile's columns
     (float32, from the unrounded gradient) at XdX[bh, pk, t]: the gate gradients need only these dots."""
     mask = (t < S)[:, None] & (offs_k < DQK)[None, :]
     rows = bh * S * DQK + t[:, None] * DQK + offs_k[None, :]
@@ -372,11 +406,10 @@ def _store_grad_and_row_dot(X, dX, XdX, grad, bh, pk, t, offs_k, S, DQK: tl.cons
 
 @triton.jit
 def grad_q_kernel(
-    Q, K, V, I, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
-    InvN, Delta, Mr,  # (BH, S)
-    Bv, Cs, Ns, Ms,  # from chunk_states_kernel
+    Q, K, V, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S, DV)
+    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
+    Cs, Ns, Ms,  # from chunk_states_kernel
     dQ,  # out: (BH, S, DQK) in the dtype of Q
-    QdQ,  # out: (BH, cdiv(DQK, BK), S) fp32, q_r·dq_r over each DQK block, for grad_gates_kernel
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -387,13 +420,12 @@ def grad_q_kernel(
     offs_k = pk * BK + tl.arange(0, BK)
     mask_k = offs_k < DQK
     valid_r = t_r < S
-    K, V, I, dH, Bv = K + bh * S * DQK, V + bh * S * DV, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
+    K, V, dH, Parts = K + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV, Parts + bh * 4 * S
     state = bh * (NC + 1) + c
-    vecM = tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0)
     vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
     vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
-    vecBeta = tl.where(valid_r, _exp64(tl.load(Bv + t_r) + tl.load(Ms + state).to(tl.float64)
-                                       - vecM.to(tl.float64)), 0.0)
+    row_hi, row_lo = _row_parts(Parts, t_r, S)
+    vecBeta = tl.where(valid_r, tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
     acc = tl.full((BLQ, BK), 0.0, tl.float32)
     for vv in range((DV + BV - 1) // BV):
         offs_v = vv * BV + tl.arange(0, BV)
@@ -415,25 +447,29 @@ def grad_q_kernel(
                             other=0.0)
             matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
             matG += _dot(matdH, tl.trans(matV), DOT_DTYPE, PRECISION)
-        matdS = (matG * vecInvN[:, None] + vecDelta[:, None]) * _decay(Bv, I, t_r, t_s, S, vecM, False)  # (BLQ, BLQ)
+        col_hi, col_lo = _column_parts(Parts, t_s, S)
+        matdS = (matG * vecInvN[:, None] + vecDelta[:, None]) * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S,
+                                                                       False)  # (BLQ, BLQ)
         matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdS, matK, DOT_DTYPE, PRECISION)
     acc *= scale
-    _store_grad_and_row_dot(Q, dQ, QdQ, acc, bh, pk, t_r, offs_k, S, DQK, BK)
+    tl.store(dQ + bh * S * DQK + t_r[:, None] * DQK + offs_k[None, :], acc.to(dQ.dtype.element_ty),
+             mask=valid_r[:, None] & mask_k[None, :])
 
 
 @triton.jit
-def _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L: tl.constexpr):
-    """e_s = exp(a_s - m_next): the weight of step s of chunk c in the state after it (0 past S)."""
-    igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float64)
-    logA = tl.load(Bv + c * L + L - 1) - tl.load(Bv + t_s) + igate
-    return _exp64(logA - tl.load(Ms + bh * (NC + 1) + c + 1).to(tl.float64))
+def _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L: tl.constexpr):
+    """e_s = exp(a_s - m_next) = exp((ĩ_s - b_s) + (b_L - m_next)): the weight of step s of chunk c in the
+    state after it (0 past S), from the split column parts."""
+    col_hi, col_lo = _column_parts(Parts, t_s, S)
+    g_hi, g_lo = _split(tl.load(Bv + c * L + L - 1) - tl.load(Ms + bh * (NC + 1) + c + 1).to(tl.float64))
+    return tl.exp((col_hi + g_hi) + (col_lo + g_lo))
 
 
 @triton.jit
 def grad_k_kernel(
-    Q, K, V, I, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S), (BH, S, DV)
-    InvN, Delta, Mr,  # (BH, S)
+    Q, K, V, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S, DV)
+    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
     Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
     dK,  # out: (BH, S, DQK) in the dtype of K
     KdK,  # out: (BH, cdiv(DQK, BK), S) fp32, k_s·dk_s over each DQK block, for grad_gates_kernel
@@ -447,7 +483,7 @@ def grad_k_kernel(
     offs_k = pk * BK + tl.arange(0, BK)
     mask_k = offs_k < DQK
     valid_s = t_s < S
-    Q, V, I, dH, Bv = Q + bh * S * DQK, V + bh * S * DV, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
+    Q, V, dH, Bv, Parts = Q + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV, Bv + bh * NC * L, Parts + bh * 4 * S
     state = bh * (NC + 1) + c + 1
     acc = tl.full((BLQ, BK), 0.0, tl.float32)
     for vv in range((DV + BV - 1) // BV):
@@ -458,11 +494,11 @@ def grad_k_kernel(
                         mask=mask_k[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matV, tl.trans(matdC), DOT_DTYPE, PRECISION)
     vecdN = tl.load(dNs + state * DQK + offs_k, mask=mask_k, other=0.0)
-    acc = (acc + vecdN[None, :]) * _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    acc = (acc + vecdN[None, :]) * _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    col_hi, col_lo = _column_parts(Parts, t_s, S)
     for jr in range(js, L // BLQ):
         t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
         valid_r = t_r < S
-        vecM = tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0)
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
         vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
         matGt = tl.full((BLQ, BLQ), 0.0, tl.float32)  # (s, r)
@@ -473,7 +509,9 @@ def grad_k_kernel(
             matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :],
                             other=0.0)
             matGt += _dot(matV, tl.trans(matdH), DOT_DTYPE, PRECISION)
-        matdSt = (matGt * vecInvN[None, :] + vecDelta[None, :]) * _decay(Bv, I, t_r, t_s, S, vecM, True) * scale
+        row_hi, row_lo = _row_parts(Parts, t_r, S)
+        matdSt = (matGt * vecInvN[None, :] + vecDelta[None, :]) * scale * _decay(row_hi, row_lo, col_hi, col_lo,
+                                                                                 t_r, t_s, S, True)
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
     _store_grad_and_row_dot(K, dK, KdK, acc, bh, pk, t_s, offs_k, S, DQK, BK)
@@ -481,8 +519,8 @@ def grad_k_kernel(
 
 @triton.jit
 def grad_v_kernel(
-    Q, K, I, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S), (BH, S, DV)
-    InvN, Mr,  # (BH, S)
+    Q, K, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV)
+    InvN, Parts,  # (BH, S), (BH, 4, S) from row_scales_kernel
     Bv, Ms, dCs,  # from chunk_states_kernel and state_grads_kernel
     dV,  # out: (BH, S, DV) in the dtype of dV's activation (V)
     S, NC, scale,
@@ -495,7 +533,7 @@ def grad_v_kernel(
     offs_v = pv * BV + tl.arange(0, BV)
     mask_v = offs_v < DV
     valid_s = t_s < S
-    Q, K, I, dH, Bv = Q + bh * S * DQK, K + bh * S * DQK, I + bh * S, dH + bh * S * DV, Bv + bh * NC * L
+    Q, K, dH, Bv, Parts = Q + bh * S * DQK, K + bh * S * DQK, dH + bh * S * DV, Bv + bh * NC * L, Parts + bh * 4 * S
     state = bh * (NC + 1) + c + 1
     acc = tl.full((BLQ, BV), 0.0, tl.float32)
     for kk in range((DQK + BK - 1) // BK):
@@ -505,11 +543,11 @@ def grad_v_kernel(
         matdC = tl.load(dCs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
                         mask=mask_k[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matK, matdC, DOT_DTYPE, PRECISION)
-    acc *= _next_state_weights(I, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    acc *= _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    col_hi, col_lo = _column_parts(Parts, t_s, S)
     for jr in range(js, L // BLQ):
         t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
         valid_r = t_r < S
-        vecM = tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0)
         matPt = tl.full((BLQ, BLQ), 0.0, tl.float32)  # (s, r)
         for kk in range((DQK + BK - 1) // BK):
             offs_k = kk * BK + tl.arange(0, BK)
@@ -519,7 +557,8 @@ def grad_v_kernel(
             matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :],
                            other=0.0)
             matPt += _dot(matK, tl.trans(matQ), DOT_DTYPE, PRECISION)
-        matSt = matPt * scale * _decay(Bv, I, t_r, t_s, S, vecM, True)
+        row_hi, row_lo = _row_parts(Parts, t_r, S)
+        matSt = matPt * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, True)
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matSt * vecInvN[None, :], matdH, DOT_DTYPE, PRECISION)
@@ -529,26 +568,23 @@ def grad_v_kernel(
 
 @triton.jit
 def grad_gates_kernel(
-    QdQ, KdK,  # (BH, NQB, S), (BH, NKB, S) fp32 from grad_q_kernel, grad_k_kernel
+    QdQ, KdK,  # (BH, S), (BH, NKB, S) fp32 from row_scales_kernel, grad_k_kernel
     F,  # (BH, S)
     dBfinal,  # (BH,) Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S
     dI, dF,  # out: (BH, S) fp32
-    S, NQB, NKB,
+    S, NKB,
     BLS: tl.constexpr,
 ):
     """Grid (BH,), blocks of BLS steps from the end: dĩ_t = k_t·dk_t and
-    df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + dBfinal), the sums in float64 (their terms cancel
-    where the forget gates saturate)."""
+    df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + dBfinal), the sums in float64."""
     bh = tl.program_id(0).to(tl.int64)
     carry = tl.load(dBfinal + bh).to(tl.float64)
     nblocks = (S + BLS - 1) // BLS
     for jj in range(nblocks):
         t = (nblocks - 1 - jj) * BLS + tl.arange(0, BLS)
         valid = t < S
-        qdq = tl.full((BLS,), 0.0, tl.float64)
+        qdq = tl.load(QdQ + bh * S + t, mask=valid, other=0.0).to(tl.float64)
         kdk = tl.full((BLS,), 0.0, tl.float64)
-        for kk in range(NQB):
-            qdq += tl.load(QdQ + (bh * NQB + kk) * S + t, mask=valid, other=0.0).to(tl.float64)
         for kk in range(NKB):
             kdk += tl.load(KdK + (bh * NKB + kk) * S + t, mask=valid, other=0.0).to(tl.float64)
         vecdB = qdq - kdk
