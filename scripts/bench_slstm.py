@@ -55,6 +55,19 @@ def _timed(fn, repeats: int, device: torch.device) -> tuple[float, float | None]
     return statistics.median(times), peak
 
 
+def measure(forward, forward_backward, repeats: int, device: torch.device) -> dict:
+    """The time and memory columns of one row (`_timed` of the forward and of forward+backward) and its error:
+    None, or why the implementation failed (out of memory, a size or dtype it does not take, a peer package
+    that does not build), so that one failure leaves a row instead of ending the benchmark."""
+    try:
+        fwd_ms, fwd_mib = _timed(forward, repeats, device)
+        fwd_bwd_ms, fwd_bwd_mib = _timed(forward_backward, repeats, device)
+    except Exception as error:  # any failure of a provider: recorded in its row
+        return {"fwd_ms": None, "fwd_bwd_ms": None, "fwd_MiB": None, "fwd_bwd_MiB": None,
+                "error": f"{type(error).__name__}: {str(error).splitlines()[0][:80] if str(error) else ''}"}
+    return {"fwd_ms": fwd_ms, "fwd_bwd_ms": fwd_bwd_ms, "fwd_MiB": fwd_mib, "fwd_bwd_MiB": fwd_bwd_mib, "error": None}
+
+
 def bench_slstm(
     batch: int = 16, heads: int = 4, head_dims: tuple[int, ...] = (64, 128),
     seq_lens: tuple[int, ...] = (256, 512, 1024, 2048, 4096), dtype: torch.dtype = torch.bfloat16,
@@ -71,7 +84,7 @@ def bench_slstm(
 
     Returns:
         One dict per (backend, DH, S): backend, B, NH, DH, S, fwd_ms, fwd_bwd_ms, fwd_MiB, fwd_bwd_MiB
-        (memory above the inputs, None on a CPU).
+        (memory above the inputs, None on a CPU) and error (see `measure`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     runs = {name: partial(slstm, backend=name) for name in ("triton", "native") if name in backends}
@@ -96,10 +109,8 @@ def bench_slstm(
                 def forward_backward():
                     run(gates_x, R, b).float().square().sum().backward()
 
-                fwd_ms, fwd_mib = _timed(forward, repeats, device)
-                fwd_bwd_ms, fwd_bwd_mib = _timed(forward_backward, repeats, device)
-                rows.append({"backend": name, "B": batch, "NH": heads, "DH": DH, "S": S, "fwd_ms": fwd_ms,
-                             "fwd_bwd_ms": fwd_bwd_ms, "fwd_MiB": fwd_mib, "fwd_bwd_MiB": fwd_bwd_mib})
+                rows.append({"backend": name, "B": batch, "NH": heads, "DH": DH, "S": S,
+                             **measure(forward, forward_backward, repeats, device)})
     return rows
 
 
