@@ -52,7 +52,7 @@ def compile_kernel(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[
     def arg_type(arg: str) -> str:
         if arg in fixed:
             return "constexpr"
-        if arg in ("S", "NC", "NKB"):
+        if arg in ("S", "NC", "NVB", "NT"):
             return "i32"
         if arg in ("scale", "eps"):
             return "fp32"

@@ -12,7 +12,8 @@ max(|den|, exp(-m)) + eps and the initial state do not change that. Hence
     dĩ_t = k_t·dk_t,   df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S),
 
 DESIGN.md §4's closed form plus the last term, the gradient reaching the gates through the final state.
-The kernels take q_t·dq_t from an exact identity of the outputs (see `row_scales_kernel`), not from dq.
+The kernels evaluate it chunk by chunk, rearranged as the native form is so that no large terms cancel
+(see `grad_gates_kernel`), with q_t·dq_t from an exact identity of the outputs (`row_scales_kernel`).
 
 Notation:
     B batch, NH heads, BH = B·NH, S sequence length, L chunk length, NC = ceil(S / L),
@@ -83,7 +84,7 @@ class _Blocks:
     BKG: int = 128  # DQK block of the dk tile of grad_k_kernel (BK, or 64 where that would spill)
     BKR: int = 64  # DQK block that chunk_outputs_kernel and grad_v_kernel reduce over (at most BK)
     BVR: int = 64  # DV block that grad_q_kernel and grad_k_kernel reduce over (at most BV)
-    BLS: int = 32  # steps per block in row_scales_kernel and grad_gates_kernel
+    BLS: int = 32  # steps per block in row_scales_kernel
     BR: int = 32  # DV block of the row reductions in row_scales_kernel
 
     @property
@@ -114,7 +115,7 @@ class _Blocks:
         elif name == "row_scales_kernel":
             values |= {"BV": self.BR, "BLS": self.BLS}
         elif name == "grad_gates_kernel":
-            values = {"BLS": self.BLS}
+            values = {"L": self.L}
         return values
 
 
@@ -199,13 +200,13 @@ def _forward(
 
 def _backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState,
-    h: torch.Tensor, Mr: torch.Tensor, Den: torch.Tensor, final: MLSTMState,
+    h: torch.Tensor, Mr: torch.Tensor, Den: torch.Tensor,
     dh: torch.Tensor, dC: torch.Tensor, dn: torch.Tensor, blocks: _Blocks, eps: float,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients of `_forward` on contiguous (BH, S, ·) tensors.
 
     Args:
-        q ... state: the forward inputs; h, Mr, Den, final: its outputs.
+        q ... state: the forward inputs; h, Mr, Den: its outputs.
         dh (BH, S, DV), dC (BH, DQK, DV), dn (BH, DQK): gradients of h and of the final C, n.
 
     Returns:
@@ -225,30 +226,32 @@ def _backward(
         num_warps=NUM_WARPS,
     )
     dCs, dNs = torch.empty_like(Cs), torch.empty_like(Ns)
-    kernels.state_grads_kernel[(BH * triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS),)](
-        q, dh, InvN, Delta, parts, Bv, Ms, dC, dn, dCs, dNs, S, NC, scale, DQK=DQK, DV=DV, BLC=blocks.BLC,
-        **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
+    NT = triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS)  # state tiles of a head
+    Y = Ms.new_empty((BH, NT, NC))
+    kernels.state_grads_kernel[(BH * NT,)](
+        q, dh, InvN, Delta, parts, Bv, Cs, Ns, Ms, dC, dn, dCs, dNs, Y, S, NC, scale, DQK=DQK, DV=DV,
+        BLC=blocks.BLC, **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    NKB = triton.cdiv(DQK, blocks.BKG)  # DQK blocks of the dk tiles
-    kdk = k.new_empty((BH, NKB, S), dtype=torch.float32)
+    NVB = triton.cdiv(DV, blocks.BV)  # DV blocks of the dv tiles
+    Gcol, E = (v.new_empty((BH, NVB, S), dtype=torch.float32) for _ in range(2))
     rows = BH * NC * (blocks.L // blocks.BLQ)
     common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS}
     kernels.grad_q_kernel[(rows * triton.cdiv(DQK, blocks.BK),)](
         q, k, v, dh, InvN, Delta, parts, Cs, Ns, Ms, dq, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_q_kernel"),
     )
-    kernels.grad_k_kernel[(rows * NKB,)](
-        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dk, kdk, S, NC, scale,
+    kernels.grad_k_kernel[(rows * triton.cdiv(DQK, blocks.BKG),)](
+        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dk, S, NC, scale,
         **common, **blocks.kernel_constexprs("grad_k_kernel"),
     )
-    kernels.grad_v_kernel[(rows * triton.cdiv(DV, blocks.BV),)](
-        q, k, dh, InvN, parts, Bv, Ms, dCs, dv, S, NC, scale, **common, **blocks.kernel_constexprs("grad_v_kernel")
+    kernels.grad_v_kernel[(rows * NVB,)](
+        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dv, Gcol, E, S, NC, scale,
+        **common, **blocks.kernel_constexprs("grad_v_kernel"),
     )
-    dB_final = (final[0] * dC).sum((-2, -1)) + (final[1] * dn).sum(-1)  # (BH,)
     di, df = torch.empty_like(Mr), torch.empty_like(Mr)
-    kernels.grad_gates_kernel[(BH,)](
-        qdq, kdk, f, dB_final, di, df, S, NKB, **blocks.kernel_constexprs("grad_gates_kernel"),
+    kernels.grad_gates_kernel[(BH, NC)](
+        qdq, Gcol, E, Y, f, di, df, S, NC, NVB, NT, **blocks.kernel_constexprs("grad_gates_kernel"),
         num_warps=NUM_WARPS,
     )
     return dq, dk, dv, di, df, dCs[:, 0], dNs[:, 0]
@@ -260,16 +263,16 @@ class _MLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, blocks: _Blocks, eps: float):
         h, final, Mr, Den = _forward(q, k, v, i, f, (C0, n0, m0), blocks, eps)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, Mr, Den, *final[:2])
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, Mr, Den)
         ctx.blocks, ctx.eps = blocks, eps
         ctx.mark_non_differentiable(final[2])
         return h, *final
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
-        q, k, v, i, f, C0, n0, m0, h, Mr, Den, C_S, n_S = ctx.saved_tensors
+        q, k, v, i, f, C0, n0, m0, h, Mr, Den = ctx.saved_tensors
         dq, dk, dv, di, df, dC0, dn0 = _backward(
-            q, k, v, i, f, (C0, n0, m0), h, Mr, Den, (C_S, n_S), _aligned(dh), _aligned(dC), _aligned(dn),
+            q, k, v, i, f, (C0, n0, m0), h, Mr, Den, _aligned(dh), _aligned(dC), _aligned(dn),
             ctx.blocks, ctx.eps,
         )
         return dq, dk, dv, di, df, dC0, dn0, None, None, None

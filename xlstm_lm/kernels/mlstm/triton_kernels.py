@@ -8,10 +8,11 @@ Forward (chunkwise form of DESIGN.md §4):
     `chunk_outputs_kernel`  h of every chunk from the state before it (parallel over chunks).
 Backward (the extended value [v, 1] turns the normalizer into one more value column):
     `row_scales_kernel`     per step 1/N_r, δ_r, the gradient reaching den_r through N_r, and q_r·dq_r.
-    `state_grads_kernel`    dC, dn after every chunk, sequentially over chunks in reverse (dC0, dn0 last).
+    `state_grads_kernel`    dC, dn after every chunk, sequentially over chunks in reverse (dC0, dn0 last),
+                            and Y_c, the part of the gate gradient through the state that chunk c decays.
     `grad_q_kernel`, `grad_k_kernel`, `grad_v_kernel`   dq, dk, dv of every chunk (in the activations'
-                            dtype), and the per-step dots k·dk in float32.
-    `grad_gates_kernel`     dĩ, df̃ from the closed form (see `triton.py`) and the dots q·dq, k·dk.
+                            dtype); grad_v also the per-step sums the gate gradients need (see there).
+    `grad_gates_kernel`     dĩ, df̃ of every chunk from those sums and q·dq (see `triton.py`).
 Generation: `step_kernel`, one time step with the state in and out.
 
 Note: reductions and scans call tl.reduce / tl.associative_scan with the standard library's combine
@@ -349,16 +350,20 @@ def row_scales_kernel(
 def state_grads_kernel(
     Q, dH,  # (BH, S, DQK), (BH, S, DV)
     InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
-    Bv, Ms,  # from chunk_states_kernel
+    Bv, Cs, Ns, Ms,  # from chunk_states_kernel
     dCS, dNS,  # (BH, DQK, DV), (BH, DQK) gradient of the final state
     dCs, dNs,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK): gradient of the state before chunk c
+    Y,  # out: (BH, NT, NC) this program's tile's part of Y_c = decay_c (Σ C_c ⊙ dC_{c+1} + Σ n_c ⊙ dn_{c+1})
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Grid (BH·cdiv(DQK, BK)·cdiv(DV, BV),), chunks in reverse:
     dC_prev = exp(g + m_prev - m_next) dC_next + Σ_r β_r q̂_r (dh_r / N_r)ᵀ,  dn_prev alike with δ_r."""
+    NT: tl.constexpr = ((DQK + BK - 1) // BK) * ((DV + BV - 1) // BV)
     bh, pk, pv = _state_tile(DQK, DV, BK, BV)
+    Y += (bh * NT + tl.program_id(0) % NT) * NC
+    Cs, Ns = Cs + bh * (NC + 1) * DQK * DV, Ns + bh * (NC + 1) * DQK
     offs_k = pk * BK + tl.arange(0, BK)
     offs_v = pv * BV + tl.arange(0, BV)
     mask_k, mask_v = offs_k < DQK, offs_v < DV
@@ -378,6 +383,9 @@ def state_grads_kernel(
         scaDecay = _exp64(tl.load(Bv + c * L + L - 1) + scaM.to(tl.float64) - tl.load(Ms + c + 1).to(tl.float64))
         matdC = scaDecay * matdC
         vecdN = scaDecay * vecdN
+        matC = tl.load(Cs + c * DQK * DV + tile_kv, mask=mask_kv, other=0.0)
+        vecN = tl.load(Ns + c * DQK + offs_k, mask=mask_k & (pv == 0), other=0.0)
+        tl.store(Y + c, tl.reduce(tl.reduce(matC * matdC, 1, _ADD), 0, _ADD) + tl.reduce(vecN * vecdN, 0, _ADD))
         for j in range(L // BLC):
             t = c * L + j * BLC + tl.arange(0, BLC)
             valid = t < S
@@ -391,17 +399,6 @@ def state_grads_kernel(
             vecdN += tl.reduce(matQb * tl.load(Delta + t, mask=valid, other=0.0)[:, None], 0, _ADD)
     tl.store(dCs + tile_kv, matdC, mask=mask_kv)
     tl.store(dNs + offs_k, vecdN, mask=mask_k & (pv == 0))
-
-
-@triton.jit
-def _store_grad_and_row_dot(X, dX, XdX, grad, bh, pk, t, offs_k, S, DQK: tl.constexpr, BK: tl.constexpr):
-    """Store a (rows, BK) gradient tile of k in the dtype of dX, and x_t·dx_t over the tile's columns
-    (float32, from the unrounded gradient) at XdX[bh, pk, t]: the gate gradients need only these dots."""
-    mask = (t < S)[:, None] & (offs_k < DQK)[None, :]
-    rows = bh * S * DQK + t[:, None] * DQK + offs_k[None, :]
-    matX = tl.load(X + rows, mask=mask, other=0.0).to(tl.float32)
-    tl.store(XdX + (bh * ((DQK + BK - 1) // BK) + pk) * S + t, tl.reduce(matX * grad, 1, _ADD), mask=t < S)
-    tl.store(dX + rows, grad.to(dX.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -472,7 +469,6 @@ def grad_k_kernel(
     InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
     Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
     dK,  # out: (BH, S, DQK) in the dtype of K
-    KdK,  # out: (BH, cdiv(DQK, BK), S) fp32, k_s·dk_s over each DQK block, for grad_gates_kernel
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
@@ -514,36 +510,43 @@ def grad_k_kernel(
                                                                                  t_r, t_s, S, True)
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
-    _store_grad_and_row_dot(K, dK, KdK, acc, bh, pk, t_s, offs_k, S, DQK, BK)
+    tl.store(dK + bh * S * DQK + t_s[:, None] * DQK + offs_k[None, :], acc.to(dK.dtype.element_ty),
+             mask=valid_s[:, None] & mask_k[None, :])
 
 
 @triton.jit
 def grad_v_kernel(
-    Q, K, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV)
-    InvN, Parts,  # (BH, S), (BH, 4, S) from row_scales_kernel
-    Bv, Ms, dCs,  # from chunk_states_kernel and state_grads_kernel
+    Q, K, V, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S, DV)
+    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
+    Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
     dV,  # out: (BH, S, DV) in the dtype of dV's activation (V)
+    Gcol, E,  # out: (BH, cdiv(DV, BV), S) fp32, this program's DV columns' part of G_s and E_s (below)
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
     BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Grid (BH·NC·(L / BLQ)·cdiv(DV, BV),), columns s of a chunk:
-    dv_s = e_s dC_nextᵀ k_s + Σ_{r≥s} D'_rs (q̂_r·k_s) dnum_r."""
-    bh, c, js, t_s, pv = _rows((DV + BV - 1) // BV, NC, L, BLQ)
+    dv_s = Σ_{r≥s} D'_rs (q̂_r·k_s) dnum_r + e_s dC_nextᵀ k_s, and for the gate gradients
+
+        G_s = Σ_{r≥s} S_rs (dnum_r·v_s + δ_r) = v_s·dv_s^intra + Σ_{r≥s} S_rs δ_r,
+        E_s = e_s (k_s·(dC_next v_s) + k_s·dn_next) = v_s·dv_s^state + e_s k_s·dn_next,
+
+    S_rs = D'_rs q̂_r·k_s: G_s sums the pair terms S_rs ∂L/∂S_rs of column s inside the chunk, E_s is the
+    gradient of step s's log weight in the next state (k_s·dk_s = G_s + E_s). Each is summed directly,
+    never as the difference of larger sums (the δ and dn terms by the first DV tile only)."""
+    NVB: tl.constexpr = (DV + BV - 1) // BV
+    bh, c, js, t_s, pv = _rows(NVB, NC, L, BLQ)
     offs_v = pv * BV + tl.arange(0, BV)
     mask_v = offs_v < DV
     valid_s = t_s < S
-    Q, K, dH, Bv, Parts = Q + bh * S * DQK, K + bh * S * DQK, dH + bh * S * DV, Bv + bh * NC * L, Parts + bh * 4 * S
+    first = pv == 0
+    Q, K, V, dH = Q + bh * S * DQK, K + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV
+    Bv, Parts = Bv + bh * NC * L, Parts + bh * 4 * S
     state = bh * (NC + 1) + c + 1
+    tile_sv = t_s[:, None] * DV + offs_v[None, :]
+    mask_sv = valid_s[:, None] & mask_v[None, :]
     acc = tl.full((BLQ, BV), 0.0, tl.float32)
-    for kk in range((DQK + BK - 1) // BK):
-        offs_k = kk * BK + tl.arange(0, BK)
-        mask_k = offs_k < DQK
-        matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
-        matdC = tl.load(dCs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        acc += _dot(matK, matdC, DOT_DTYPE, PRECISION)
-    acc *= _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    vecSdelta = tl.full((BLQ,), 0.0, tl.float32)
     col_hi, col_lo = _column_parts(Parts, t_s, S)
     for jr in range(js, L // BLQ):
         t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
@@ -560,39 +563,74 @@ def grad_v_kernel(
         row_hi, row_lo = _row_parts(Parts, t_r, S)
         matSt = matPt * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, True)
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
+        vecSdelta += tl.reduce(matSt * tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)[None, :], 1, _ADD)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matSt * vecInvN[None, :], matdH, DOT_DTYPE, PRECISION)
-    tl.store(dV + bh * S * DV + t_s[:, None] * DV + offs_v[None, :], acc.to(dV.dtype.element_ty),
-             mask=valid_s[:, None] & mask_v[None, :])
+    vecIntra = tl.reduce(tl.load(V + tile_sv, mask=mask_sv, other=0.0).to(tl.float32) * acc, 1, _ADD)
+    partials = (bh * NVB + pv) * S + t_s
+    tl.store(Gcol + partials, vecIntra + tl.where(first, vecSdelta, 0.0), mask=valid_s)
+    vecE = _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L)
+    vecKdN = tl.full((BLQ,), 0.0, tl.float32)
+    for kk in range((DQK + BK - 1) // BK):
+        offs_k = kk * BK + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        matKe = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32) * vecE[:, None]
+        matdC = tl.load(dCs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += _dot(matKe, matdC, DOT_DTYPE, PRECISION)
+        vecKdN += tl.reduce(matKe * tl.load(dNs + state * DQK + offs_k, mask=mask_k, other=0.0)[None, :], 1, _ADD)
+    vecAll = tl.reduce(tl.load(V + tile_sv, mask=mask_sv, other=0.0).to(tl.float32) * acc, 1, _ADD)
+    tl.store(E + partials, vecAll - vecIntra + tl.where(first, vecKdN, 0.0), mask=valid_s)
+    tl.store(dV + bh * S * DV + tile_sv, acc.to(dV.dtype.element_ty), mask=mask_sv)
+
+
+@triton.jit
+def _tile_sum(X, bh, NB, S, t, valid):
+    """Σ over the NB tiles of per-step partial sums X (BH, NB, S) at steps t, in float64."""
+    total = tl.where(valid, 0.0, 0.0).to(tl.float64)
+    for kk in range(NB):
+        total += tl.load(X + (bh * NB + kk) * S + t, mask=valid, other=0.0).to(tl.float64)
+    return total
 
 
 @triton.jit
 def grad_gates_kernel(
-    QdQ, KdK,  # (BH, S), (BH, NKB, S) fp32 from row_scales_kernel, grad_k_kernel
+    QdQ,  # (BH, S) from row_scales_kernel
+    Gcol, E,  # (BH, NVB, S) from grad_v_kernel
+    Y,  # (BH, NT, NC) from state_grads_kernel
     F,  # (BH, S)
-    dBfinal,  # (BH,) Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S
     dI, dF,  # out: (BH, S) fp32
-    S, NKB,
-    BLS: tl.constexpr,
+    S, NC, NVB, NT,
+    L: tl.constexpr,
 ):
-    """Grid (BH,), blocks of BLS steps from the end: dĩ_t = k_t·dk_t and
-    df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + dBfinal), the sums in float64."""
+    """Grid (BH, NC), the L steps of one chunk c:  dĩ_t = k_t·dk_t = G_t + E_t  and
+
+        df̃_t = σ(-f̃_t) (Σ_{u≥t in c} (q_u·dq_u - G_u) + Y_c + Σ_{s<t in c} E_s),
+
+    the gradient of the log forget gate at t: pairs (row r ≥ t, column s < t) inside the chunk (q_u·dq_u
+    sums row u's pairs and the state before the chunk, G_u column u's pairs), the state before the chunk
+    as the next state sees it (Y_c) and the steps before t as the next state sees them (E_s). It equals
+    DESIGN.md §4's closed form Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S, without the
+    terms that cancel in that form: where one step dominates the next state, its E_s and the later
+    chunks' sums are large and cancel, and their float32 rounding was up to 70x the native form's
+    error. Sums in float64."""
     bh = tl.program_id(0).to(tl.int64)
-    carry = tl.load(dBfinal + bh).to(tl.float64)
-    nblocks = (S + BLS - 1) // BLS
-    for jj in range(nblocks):
-        t = (nblocks - 1 - jj) * BLS + tl.arange(0, BLS)
-        valid = t < S
-        qdq = tl.load(QdQ + bh * S + t, mask=valid, other=0.0).to(tl.float64)
-        kdk = tl.full((BLS,), 0.0, tl.float64)
-        for kk in range(NKB):
-            kdk += tl.load(KdK + (bh * NKB + kk) * S + t, mask=valid, other=0.0).to(tl.float64)
-        vecdB = qdq - kdk
-        suffix = (tl.associative_scan(vecdB, 0, _ADD, reverse=True) + carry).to(tl.float32)
-        carry += tl.reduce(vecdB, 0, _ADD)
-        fgate = tl.load(F + bh * S + t, mask=valid, other=0.0).to(tl.float32)
-        tl.store(dI + bh * S + t, kdk.to(tl.float32), mask=valid)
-        tl.store(dF + bh * S + t, suffix / (1.0 + tl.exp(fgate)), mask=valid)
+    c = tl.program_id(1)
+    t = c * L + tl.arange(0, L)
+    valid = t < S
+    vecG = _tile_sum(Gcol, bh, NVB, S, t, valid)
+    vecE = _tile_sum(E, bh, NVB, S, t, valid)
+    tl.store(dI + bh * S + t, (vecG + vecE).to(tl.float32), mask=valid)
+    earlier = valid & (t > c * L)
+    vecBefore = tl.associative_scan(_tile_sum(E, bh, NVB, S, t - 1, earlier), 0, _ADD)  # Σ_{s<t in c} E_s
+    vecAfter = tl.associative_scan(tl.load(QdQ + bh * S + t, mask=valid, other=0.0).to(tl.float64) - vecG, 0, _ADD,
+                                   reverse=True)
+    scaY = tl.full((), 0.0, tl.float64)
+    for kk in range(NT):
+        scaY += tl.load(Y + (bh * NT + kk) * NC + c).to(tl.float64)
+    fgate = tl.load(F + bh * S + t, mask=valid, other=0.0).to(tl.float32)
+    tl.store(dF + bh * S + t, (vecAfter + scaY + vecBefore).to(tl.float32) / (1.0 + tl.exp(fgate)), mask=valid)
 
 
 @triton.jit
