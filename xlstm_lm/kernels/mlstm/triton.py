@@ -12,8 +12,9 @@ max(|den|, exp(-m)) + eps and the initial state do not change that. Hence
     dĩ_t = k_t·dk_t,   df̃_t = σ(-f̃_t) (Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S),
 
 DESIGN.md §4's closed form plus the last term, the gradient reaching the gates through the final state.
-The kernels evaluate it chunk by chunk, rearranged as the native form is so that no large terms cancel
-(see `grad_gates_kernel`), with q_t·dq_t from an exact identity of the outputs (`row_scales_kernel`).
+The kernels evaluate it chunk by chunk, rearranged as the native form is, so that the terms of other
+chunks and of the next state, which cancel in it, are never summed (see `grad_gates_kernel`), and take
+q_t·dq_t from an exact identity of the outputs (`row_scales_kernel`).
 
 Notation:
     B batch, NH heads, BH = B·NH, S sequence length, L chunk length, NC = ceil(S / L),
