@@ -55,6 +55,15 @@ def test_an_initial_state_that_dominates_the_outputs(mlstm_inputs, compare_to_re
                              **STABILIZER)
 
 
+def test_an_input_gate_of_minus_infinity_writes_nothing(mlstm_inputs, compare_to_reference):
+    # ĩ = -inf (a step that must not be written) is exact in every form; the float64 exponent parts of
+    # the kernels split it into float32 pairs without making inf - inf
+    inputs = mlstm_inputs(B=1, NH=2, S=40, DQK=16, DV=32, regime="normal", with_state=True)
+    inputs["i"][..., [0, 5, 16, 39]] = float("-inf")
+    compare_to_reference(run_triton(16), run_mlstm("reference"), inputs, fwd_tol=1e-4, grad_tol=1e-3,
+                         no_grad_inputs=("i", "m"), no_grad_outputs=(3,))
+
+
 @pytest.mark.parametrize("DQK, DV, S, NH", [(32, 16, 70, 1), (24, 40, 70, 1), (64, 64, 70, 1), (160, 80, 70, 2),
                                              (160, 80, 64, 2), (32, 256, 40, 1), (256, 32, 40, 1)])
 def test_head_dims(DQK, DV, S, NH, mlstm_inputs, compare_to_reference):

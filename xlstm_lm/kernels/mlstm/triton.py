@@ -3,7 +3,7 @@
 The forward runs the chunkwise form in two kernels (chunk states sequentially over chunks, then the outputs
 of all chunks in parallel); the backward recomputes the chunk states instead of keeping them, runs the
 state gradients in reverse over chunks, then dq, dk, dv of all chunks in parallel, and the gate gradients
-from the closed form below. The kernels are in `triton_kernels`.
+of all chunks from the closed form below, evaluated per chunk. The kernels are in `triton_kernels`.
 
 Gate gradients. With m detached, ĩ_t only ever scales k_t (by exp(ĩ_t)), and b_t = Σ_{u≤t} logσ(f̃_u)
 scales q_t by exp(b_t), k_t by exp(-b_t) and the final state by exp(b_S): the normalizer
@@ -19,7 +19,8 @@ q_t·dq_t from an exact identity of the outputs (`row_scales_kernel`).
 Notation:
     B batch, NH heads, BH = B·NH, S sequence length, L chunk length, NC = ceil(S / L),
     DQK key/query head dim, DV value head dim; ĩ, f̃ gate pre-activations; state (C, n, m) as in
-    `stabilized`. Activations q, k, v are float32 or bfloat16; gates, states and accumulation float32.
+    `stabilized`. Activations q, k, v are float32 or bfloat16; gates, states and accumulation float32,
+    the cumulative log forget gates and the gate-gradient sums float64.
 """
 
 from dataclasses import dataclass

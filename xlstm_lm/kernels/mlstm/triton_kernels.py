@@ -46,7 +46,7 @@ Notation:
     float64;
     chunk states C (BH, NC + 1, DQK, DV), n (BH, NC + 1, DQK), m (BH, NC + 1); index c = state before
     chunk c, index NC = final state. Activations fp32 or bf16 (upcast on load) and their
-    gradients dq, dk, dv in the same dtype; everything else fp32.
+    gradients dq, dk, dv in the same dtype; b and the gate-gradient sums fp64; everything else fp32.
     DOT_DTYPE is the operand dtype of the matrix products (bf16 for bf16 inputs on a GPU, so Hopper uses
     HGMMA), PRECISION their fp32 mode ("tf32x3" keeps float32 accuracy on tensor cores).
 """
@@ -95,9 +95,10 @@ def _gates(I, F, t, S):
 @triton.jit
 def _split(x):
     """float64 x as hi + lo, two float32 numbers: a sum of two such splits, (hi + hi') + (lo + lo'), is
-    exact to float32 rounding of the result where hi and hi' (nearly) cancel."""
+    exact to float32 rounding of the result where hi and hi' (nearly) cancel. An infinite x (an input
+    gate of -inf: nothing written) keeps lo = 0, not inf - inf."""
     hi = x.to(tl.float32)
-    return hi, (x - hi.to(tl.float64)).to(tl.float32)
+    return hi, tl.where(tl.abs(hi) < float("inf"), (x - hi.to(tl.float64)).to(tl.float32), 0.0)
 
 
 @triton.jit
@@ -309,7 +310,9 @@ def row_scales_kernel(
 ):
     """Grid (BH, cdiv(S, BLS)): 1/N_r, δ_r = -(dh_r·h_r)/N_r · sign(den_r) · [|den_r| > exp(-m_r)] and
 
-        q_r·dq_r = (dh_r·h_r) (eps + [|den_r| <= exp(-m_r)] exp(-m_r)) / N_r.
+        q_r·dq_r = (dh_r·h_r) (eps + [|den_r| <= exp(-m_r)] exp(-m_r)) / N_r
+
+    (from h as stored: with bf16 activations it carries h's bf16 rounding, as δ_r does).
 
     Scaling q_r scales every weight of row r, num_r and den_r alike, and h_r = num_r / N_r changes only
     through eps and the floor exp(-m_r): so q_r·dq_r = dh_r·h_r + δ_r den_r, which is the above. Taken
@@ -532,8 +535,10 @@ def grad_v_kernel(
         E_s = e_s (k_s·(dC_next v_s) + k_s·dn_next) = v_s·dv_s^state + e_s k_s·dn_next,
 
     S_rs = D'_rs q̂_r·k_s: G_s sums the pair terms S_rs ∂L/∂S_rs of column s inside the chunk, E_s is the
-    gradient of step s's log weight in the next state (k_s·dk_s = G_s + E_s). Each is summed directly,
-    never as the difference of larger sums (the δ and dn terms by the first DV tile only)."""
+    gradient of step s's log weight in the next state (k_s·dk_s = G_s + E_s). G_s is summed directly;
+    E_s is v_s·dv_s minus the intra part, which rounds it by ulps of G_s, not of the large terms the
+    closed form cancels. The δ and dn terms are added by the first DV tile only. On a GPU the keys
+    weighted by e_s are rounded to bf16 for the product, as chunk_states_kernel rounds its weighted keys."""
     NVB: tl.constexpr = (DV + BV - 1) // BV
     bh, c, js, t_s, pv = _rows(NVB, NC, L, BLQ)
     offs_v = pv * BV + tl.arange(0, BV)
