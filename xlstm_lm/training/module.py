@@ -85,6 +85,11 @@ class LanguageModelModule(L.LightningModule):
         `clip_grad_norm_` would see only its own shard)."""
         if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+        elif gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None \
+                and gradient_clip_algorithm in (None, "norm"):
+            # Note: Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
+            # gradients itself (fused AdamW) even when, as in bf16, there is no loss scaler to undo
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
         else:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

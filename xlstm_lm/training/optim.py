@@ -67,11 +67,14 @@ def parameter_groups(model: nn.Module, weight_decay: float, decayed: set[str] | 
 
 
 def build_optimizer(model: nn.Module, config: OptimizerConfig, decayed: set[str] | None = None) -> torch.optim.AdamW:
+    """AdamW over the two groups; fused (one kernel for all parameters) when they all live on a GPU."""
+    on_gpu = all(param.is_cuda for param in model.parameters())
     return torch.optim.AdamW(
         parameter_groups(model, config.weight_decay, decayed),
         lr=config.lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,
+        fused=on_gpu or None,
     )
 
 
