@@ -71,3 +71,32 @@ def test_bench_loader_smoke_run_reports_tokens_per_second(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["tokens"] == 5 * 4 * 32 and row["tokens_per_s"] > 0
     assert "| 0 | 4 x 32 | 5 |" in result.stdout
+
+
+def test_gpu_check_smoke_run_writes_every_step(tmp_path):
+    """The GPU check (issue 19) at tiny sizes on the CPU: every step runs and writes rows with real numbers."""
+    out = tmp_path / "gpu_check"
+    overrides = [f"data.root={SMALL_CORPUS}", f"data.cache_dir={tmp_path / 'cache'}", "tokenizer.vocab_size=512"]
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_check.py"), "--smoke", "--out", str(out),
+                             *overrides], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    status = {line.split(":")[0] for line in result.stdout.splitlines() if "'exit': 0" in line}
+    assert status == {"kernel_tests", "warps", "lightning", "kernels", "train", "generate"}, result.stdout
+    rows = {step: json.loads((out / f"{step}.json").read_text()) for step in status}
+    assert rows["kernel_tests"][0] == {"passed": 1, "failed": 0, "skipped": 0}
+    float32 = [row for row in rows["warps"] if row["dtype"] == "float32"]
+    assert {row["warps"] for row in float32} == {4, 8}
+    assert all(row[name] < 1e-5 for row in float32 for name in ("h", "dq", "dk", "dv", "di", "df")), float32
+    (lightning,) = rows["lightning"]
+    assert lightning["exit"] == 0 and "config.json" in lightning["export"] and lightning["val/loss"] > 0
+    assert {"triton L64", "native", "sdpa"} <= {row["provider"] for row in rows["kernels"]}
+    assert "triton L64" in (out / "kernels_profile.txt").read_text()
+    trained = {row["model"]: row for row in rows["train"]}
+    assert set(trained) == {"xlstm_7_1", "llama", "xlstm_large", "official xLSTMLarge", "xlstm_7_1 8 heads"}
+    for row in trained.values():
+        assert "error" not in row and row["finite"] and row["tokens_per_s"] > 0 and row["steps"] >= 3, row
+    assert trained["xlstm_7_1 8 heads"]["parameters_M"] != trained["xlstm_7_1"]["parameters_M"]  # other heads
+    assert {(row["model"], row["prompt"]) for row in rows["generate"]} == \
+        {(model, prompt) for model in ("xlstm_7_1", "llama") for prompt in (24, 96)}
+    assert all(row["decode_ms_per_token"] > 0 and row["prefill_tokens_per_s"] > 0 for row in rows["generate"])
+    assert "## train" in (out / "summary.md").read_text()
