@@ -6,6 +6,7 @@ On a CPU the kernels run in the Triton interpreter (tests/kernels/conftest.py se
 on a GPU the same tests run the compiled kernels on CUDA tensors.
 """
 
+import importlib
 import logging
 from functools import partial
 from types import SimpleNamespace
@@ -17,12 +18,13 @@ from triton.compiler import ASTSource
 
 from xlstm_lm.kernels import slstm
 from xlstm_lm.kernels.slstm import _auto_backend, _report_native_on_gpu
-from xlstm_lm.kernels.slstm.triton import _launch_config, unsupported
+from xlstm_lm.kernels.slstm.triton import _launch_config, _wide_launch_config, on_chip, unsupported
 
 from .aot import HOPPER, jit_module, markdown_table, resource_usage
 from .conftest import TOLERANCES, run_slstm
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+slstm_triton_module = importlib.import_module("xlstm_lm.kernels.slstm.triton")  # the package's name is a function
 STATE_M = 4  # index of the stabilizer m in (y, y_S, c_S, n_S, m_S): compared, but it has no gradient
 
 
@@ -49,17 +51,50 @@ def test_matches_float64(DH, regime, with_state, slstm_inputs, compare_to_refere
 
 @pytest.mark.parametrize("B, DH", [(20, 16), (2, 128)])
 def test_several_batch_tiles_and_the_widest_head(B, DH, slstm_inputs, compare_to_reference):
-    # B = 20: two batch tiles, the second with 12 masked rows. DH = 128 in float32 runs in the interpreter;
-    # on a GPU its R does not fit in shared memory, which the backend says instead of failing to launch.
+    # B = 20: two batch tiles, the second with 12 masked rows. DH = 128 in float32 runs the on-chip kernel
+    # in the interpreter; on a GPU its R does not fit in shared memory and the wide kernel takes it.
     inputs = slstm_inputs(B=B, S=6, NH=1, DH=DH, regime="normal", with_state=True)
-    if DEVICE == "cuda" and DH == 128:
-        with pytest.raises(ValueError, match="shared memory"):
-            run_triton(**{name: x.float() for name, x in inputs.items()})
-        return
     compare_to_reference(
         run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=1e-4, grad_tol=1e-3,
         no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
     )
+
+
+@pytest.mark.parametrize(
+    "B, DH, regime, with_state",
+    [(3, 24, regime, with_state) for regime in ("realistic", "normal", "extreme") for with_state in (False, True)]
+    + [(3, 8, "normal", True), (20, 80, "normal", True), (2, 200, "realistic", True)],
+)
+def test_wide_heads_match_float64(B, DH, regime, with_state, slstm_inputs, compare_to_reference):
+    # Heads whose R is read from memory at every step (the wide kernels): widths that are no power of two
+    # (24: one padded tile; 80: a full and a padded tile of 64; 200: four tiles, the paper's 192-512 range
+    # at a size the interpreter runs), one below the on-chip minimum (8), and two batch tiles (B = 20).
+    inputs = slstm_inputs(B=B, S=9, NH=2, DH=DH, regime=regime, with_state=with_state)
+    fwd_tol, grad_tol = TOLERANCES[regime]
+    compare_to_reference(
+        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=fwd_tol, grad_tol=grad_tol,
+        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
+    )
+
+
+def test_wide_kernels_equal_the_on_chip_ones(slstm_inputs, monkeypatch):
+    # One power-of-two head through both kernel pairs: the same arithmetic, so the same numbers up to the
+    # order of the fp32 sums; gradients included.
+    inputs = slstm_inputs(B=3, S=11, NH=2, DH=32, regime="normal", with_state=True)
+
+    def outputs_and_grads():
+        leaves = {name: x.float().requires_grad_(name != "m") for name, x in inputs.items()}
+        outputs = run_triton(**leaves)
+        weights = [torch.randn(out.shape, generator=torch.Generator().manual_seed(k)) for k, out in enumerate(outputs)]
+        loss = sum((out * w).sum() for out, w in zip(outputs[:STATE_M], weights))
+        grads = torch.autograd.grad(loss, [x for x in leaves.values() if x.requires_grad])
+        return [*outputs, *grads]
+
+    on_chip = outputs_and_grads()
+    monkeypatch.setattr(slstm_triton_module, "on_chip", lambda gates_x: False)
+    wide = outputs_and_grads()
+    for a, b in zip(on_chip, wide):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("regime, with_state", [("realistic", False), ("extreme", True)])
@@ -93,20 +128,26 @@ def test_bfloat16_inputs(slstm_inputs, compare_to_reference):
     )
 
 
-@pytest.mark.parametrize("DH, dtype, device, reason", [
-    (64, torch.float32, "cuda", None), (128, torch.bfloat16, "cuda", None), (128, torch.float32, "cpu", None),
-    (128, torch.float32, "cuda", "shared memory"), (192, torch.bfloat16, "cuda", "power of two"),
-    (64, torch.float64, "cuda", "float64"),
+@pytest.mark.parametrize("DH, dtype, device, resident", [
+    (64, torch.float32, "cuda", True), (128, torch.bfloat16, "cuda", True), (128, torch.float32, "cpu", True),
+    (128, torch.float32, "cuda", False), (192, torch.bfloat16, "cuda", False), (256, torch.bfloat16, "cuda", False),
+    (8, torch.float32, "cpu", False), (48, torch.float32, "cpu", False),
 ])
-def test_auto_runs_native_on_a_gpu_where_the_kernel_cannot(DH, dtype, device, reason, caplog):
-    # The paper's model sizes have sLSTM heads of 192 to 512 units: `auto` must not send them to the kernel.
+def test_which_kernel_takes_a_head(DH, dtype, device, resident):
+    # R stays on chip for powers of two in [16, 128] that fit in shared memory; every other head (the paper's
+    # 192 to 512 units among them) runs the wide kernels, which read R from memory at every step.
     gates_x = SimpleNamespace(shape=(2, 8, 4, 1, DH), dtype=dtype, is_cuda=device == "cuda")
+    assert on_chip(gates_x) == resident
+    assert unsupported(gates_x) is None
+    assert _auto_backend(gates_x) == ("triton" if device == "cuda" else "native")
+
+
+def test_auto_runs_float64_natively_on_a_gpu(caplog):
+    gates_x = SimpleNamespace(shape=(2, 8, 4, 1, 64), dtype=torch.float64, is_cuda=True)
     _report_native_on_gpu.cache_clear()  # it reports each reason once per process
-    found = unsupported(gates_x)
-    assert found is None if reason is None else reason in found
     with caplog.at_level(logging.INFO):
-        assert _auto_backend(gates_x) == ("triton" if device == "cuda" and reason is None else "native")
-    assert (reason is not None and device == "cuda") == ("native PyTorch loop" in caplog.text)
+        assert _auto_backend(gates_x) == "native"
+    assert "float64" in unsupported(gates_x) and "native PyTorch loop" in caplog.text
 
 
 def test_auto_is_triton_on_cuda_and_native_elsewhere(slstm_inputs):
@@ -122,11 +163,10 @@ def test_cpu_tensors_without_the_interpreter_are_an_error(monkeypatch):
         slstm(torch.randn(1, 2, 4, 1, 16), torch.randn(4, 1, 16, 16), torch.randn(4, 1, 16), backend="triton")
 
 
-@pytest.mark.parametrize("DH", [8, 48, 256])
-def test_unsupported_head_dim_is_an_error(DH):
-    with pytest.raises(ValueError, match="power of two in \\[16, 128\\]"):
-        slstm(*(torch.randn(shape, device=DEVICE) for shape in [(1, 2, 4, 1, DH), (4, 1, DH, DH), (4, 1, DH)]),
-              backend="triton")
+def test_float64_is_an_error():
+    with pytest.raises(ValueError, match="float64"):
+        slstm(*(torch.randn(shape, device=DEVICE, dtype=torch.float64)
+                for shape in [(1, 2, 4, 1, 16), (4, 1, 16, 16), (4, 1, 16)]), backend="triton")
 
 
 # --- Ahead-of-time compiles for Hopper (DESIGN.md §13) ---
@@ -136,15 +176,21 @@ AOT_SHAPES = [64, 128]  # head dims of the GPU runs; bf16 activations, batch til
 H100_SHARED_MEMORY = 227 * 1024  # the most one block may use
 
 
-def compile_kernel(direction: str, DH: int):
+WIDE_AOT_SHAPES = [192, 256, 512]  # the paper's sLSTM heads at 125m, 350m and 1.3b (4 heads)
+
+
+def compile_kernel(direction: str, DH: int, wide: bool = False):
     """A kernel compiled for sm_90 with the launch configuration of `triton.py` (bf16 in, R in bf16).
 
     Note: compiled here rather than with `aot.compile_for_hopper`, which has no num_stages: the launcher
     passes num_stages=1, without which the backward at DH = 128 needs more shared memory than an SM has.
     """
-    _, config = _launch_config(B=16, NH=4, DH=DH)
+    backward = direction == "backward"
+    _, config = _wide_launch_config(16, 4, DH, backward) if wide else _launch_config(B=16, NH=4, DH=DH)
     options = {key: config.pop(key) for key in ("num_warps", "num_stages")}
-    kernel = KERNELS.slstm_fw_kernel if direction == "forward" else KERNELS.slstm_bw_kernel
+    kernels = (KERNELS.slstm_fw_wide_kernel, KERNELS.slstm_bw_wide_kernel) if wide \
+        else (KERNELS.slstm_fw_kernel, KERNELS.slstm_bw_kernel)
+    kernel = kernels[backward]
     constexprs = {**config, "DOT_BF16": True} | ({"SAVE": True} if direction == "forward" else {})
 
     def arg_type(arg: str) -> str:
@@ -177,6 +223,19 @@ def test_kernel_compiles_for_hopper(direction, DH):
     assert usage.hgmma > 0, f"no HGMMA: {usage}"
 
 
+@pytest.mark.parametrize("DH", WIDE_AOT_SHAPES)
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_wide_kernel_compiles_for_hopper(direction, DH):
+    """The wide kernels compile for sm_90 at the paper's head widths with no spills and HGMMA products:
+    R_gᵀ tiles of 64 x 64 units times a (64, 16) tile of y (of the gate gradients), read from memory."""
+    usage = resource_usage(compile_kernel(direction, DH, wide=True))
+    assert usage.local_bytes == 0 and usage.stack_bytes == 0, f"spills: {usage}"
+    assert usage.shared_bytes <= H100_SHARED_MEMORY, usage
+    assert usage.hgmma > 0, f"no HGMMA: {usage}"
+
+
 if __name__ == "__main__":
     print(markdown_table([(f"DH={DH} BB=16 bf16", resource_usage(compile_kernel(direction, DH)))
-                          for direction in ("forward", "backward") for DH in AOT_SHAPES]))
+                          for direction in ("forward", "backward") for DH in AOT_SHAPES]
+                         + [(f"wide DH={DH} BB=16 bf16", resource_usage(compile_kernel(direction, DH, wide=True)))
+                            for direction in ("forward", "backward") for DH in WIDE_AOT_SHAPES]))

@@ -28,11 +28,11 @@ log = logging.getLogger(__name__)
 @cache
 def _report_native_on_gpu(reason: str) -> None:
     """Say once per reason why `auto` runs the PyTorch loop on a GPU."""
-    log.info("sLSTM backend auto: the fused Triton kernel cannot run (%s); using the native PyTorch loop", reason)
+    log.info("sLSTM backend auto: the Triton kernels cannot run (%s); using the native PyTorch loop", reason)
 
 
 def _auto_backend(gates_x: torch.Tensor) -> str:
-    """triton for CUDA inputs the fused kernel takes, else native."""
+    """triton for CUDA inputs the Triton kernels take (all but float64), else native."""
     if not gates_x.is_cuda:
         return "native"
     if reason := unsupported(gates_x):
@@ -58,8 +58,8 @@ def slstm(
         b: (4, NH, DH) gate biases.
         state: initial (y, c, n, m) each (B, NH, DH); None for a fresh state (y = c = n = 0, m = -inf).
             m carries no gradient.
-        backend: a key of SLSTM_BACKENDS, or "auto": triton for CUDA tensors the fused kernel takes (a head
-            dim that is a power of two in [16, 128], no float64, DH = 128 only in bf16/fp16), else native.
+        backend: a key of SLSTM_BACKENDS, or "auto": triton for CUDA tensors (float64 ones excepted), else
+            native.
         return_state: also return the final state.
 
     Returns:

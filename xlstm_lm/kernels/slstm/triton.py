@@ -3,7 +3,10 @@
 The forward kernel runs the whole sequence in one launch and, when a gradient is needed, saves the gate
 pre-activations and the states (c, n, m) of every step (O(S) memory per batch row and head, like the
 activations themselves). The backward kernel runs backpropagation through time in one launch, in reverse,
-with R on chip, and writes ∂L/∂gates_x for every step and ∂L/∂ of the initial state.
+and writes ∂L/∂gates_x for every step and ∂L/∂ of the initial state. Two pairs of kernels: where a head's
+R fits on chip (DH a power of two in [16, 128]; at 128 in bf16 only on a GPU) it stays there for the whole
+sequence; every other head (the paper's 192 to 512 units) runs the wide pair, which reads R from memory in
+tiles at every step and passes the state between steps through memory (`on_chip` chooses).
 
 Note: ∂L/∂R and ∂L/∂b are not accumulated inside the backward kernel. ∂L/∂R[g, h] = Σ_{b,t} y_{t-1}ᵀ
 ∂L/∂pre_g is a (DH, DH) sum per gate: for DH = 128 the four fp32 accumulators alone are 256 KiB per
@@ -12,7 +15,7 @@ over all B·S rows after the kernel computes the same sum from tensors that exis
 the kernel's ∂L/∂gates_x), at full tensor-core size, with no cross-program reduction.
 
 Notation:
-    B batch, S sequence length, NH heads, DH head dim (a power of two, 16..128); gates (i, f, z, o).
+    B batch, S sequence length, NH heads, DH head dim; gates (i, f, z, o).
     State (y, c, n, m), each (B, NH, DH); m carries no gradient. See `triton_kernels` for the kernels'
     tiles and memory layouts.
 """
@@ -30,21 +33,24 @@ MAX_R_BYTES_ON_GPU = 128 * 1024
 
 
 def unsupported(gates_x: torch.Tensor) -> str | None:
-    """Why the fused kernel cannot take these gate inputs (B, S, 4, NH, DH), or None if it can."""
-    DH = gates_x.shape[-1]
-    if DH & (DH - 1) or not MIN_DH <= DH <= MAX_DH:
-        return f"it needs a head dim DH that is a power of two in [16, 128], got {DH}"
+    """Why the Triton kernels cannot take these gate inputs (B, S, 4, NH, DH), or None if they can."""
     if gates_x.dtype == torch.float64:
         return "it computes in float32; use backend='native' for float64"
-    R_bytes = 4 * DH * DH * (2 if gates_x.dtype in (torch.bfloat16, torch.float16) else 4)
-    if gates_x.is_cuda and R_bytes > MAX_R_BYTES_ON_GPU:
-        return (f"the recurrent weights of a head, 4 x {DH} x {DH} in {gates_x.dtype}, do not fit in a GPU's "
-                "shared memory; use bfloat16 activations (trainer.precision=bf16-mixed) or backend='native'")
     return None
 
 
+def on_chip(gates_x: torch.Tensor) -> bool:
+    """Whether a head's R can stay on chip for the whole sequence (the faster kernels); else the wide kernels
+    read it from memory at every step."""
+    DH = gates_x.shape[-1]
+    if DH & (DH - 1) or not MIN_DH <= DH <= MAX_DH:
+        return False
+    R_bytes = 4 * DH * DH * (2 if gates_x.dtype in (torch.bfloat16, torch.float16) else 4)
+    return not (gates_x.is_cuda and R_bytes > MAX_R_BYTES_ON_GPU)
+
+
 def _launch_config(B: int, NH: int, DH: int) -> tuple[tuple[int, int], dict]:
-    """Grid and meta-parameters shared by the forward and the backward launches.
+    """Grid and meta-parameters shared by the forward and the backward launches of the on-chip kernels.
 
     Note: sm_90 compiles (tests/kernels/test_slstm_triton.py) chose them: one warp per 8 rows of R
     (4 warps up to DH = 32, 8 at 64, 16 at 128) is the fewest with no register spills, and a single
@@ -52,6 +58,20 @@ def _launch_config(B: int, NH: int, DH: int) -> tuple[tuple[int, int], dict]:
     memory (three stages need about 300 KiB).
     """
     return (triton.cdiv(B, BATCH_TILE), NH), {"DH": DH, "BB": BATCH_TILE, "num_warps": max(4, DH // 8), "num_stages": 1}
+
+
+def _wide_launch_config(B: int, NH: int, DH: int, backward: bool = False) -> tuple[tuple[int, int], dict]:
+    """Grid and meta-parameters of the wide kernels: products in tiles of (at most) 64 x 64 units of the
+    padded head DHP; the backward's pointwise part in blocks of 16 units.
+
+    Note: sm_90 compiles chose them (tests/kernels/test_slstm_triton.py): at 4 warps both kernels spill
+    (255 registers); at 8 warps the forward needs 115 registers, and the backward 219 with pointwise blocks
+    of 16 units (255, at the limit, with 32; it spilled with 64).
+    """
+    DHP = max(MIN_DH, triton.next_power_of_2(DH))
+    block = min(64, DHP)
+    config = {"DH": DH, "DHP": DHP, "BU": block, "BK": block, "BB": BATCH_TILE, "num_warps": 8, "num_stages": 1}
+    return (triton.cdiv(B, BATCH_TILE), NH), config | ({"BP": min(16, DHP)} if backward else {})
 
 
 class _SLSTMFunction(torch.autograd.Function):
@@ -62,29 +82,28 @@ class _SLSTMFunction(torch.autograd.Function):
     def forward(ctx, save, gates_x, R, b, y0, c0, n0, m0):
         # Note: imported here, not at the top: triton reads TRITON_INTERPRET when a kernel is decorated,
         # so a process (a CPU test session) can still switch the interpreter on after importing the package.
-        from .triton_kernels import slstm_fw_kernel
+        from .triton_kernels import slstm_fw_kernel, slstm_fw_wide_kernel
 
         B, S, _, NH, DH = gates_x.shape
-        grid, config = _launch_config(B, NH, DH)
+        ctx.wide = not on_chip(gates_x)
         # the interpreter's bf16 arithmetic is broken (DESIGN.md §9): there the products stay fp32
         dot_bf16 = gates_x.dtype in (torch.bfloat16, torch.float16) and not triton.knobs.runtime.interpret
         # bf16 in memory, so the products read R as stored (a conversion in the kernel would make
         # Triton hold R in registers as the matrix operand, and DH = 128 would spill)
         R_dot = R.to(torch.bfloat16) if dot_bf16 else R
         f32 = {"dtype": torch.float32, "device": gates_x.device}
-        y = torch.empty((B, S, NH, DH), **f32)
-        final = [torch.empty((B, NH, DH), **f32) for _ in range(4)]
-        if save:
-            pre = torch.empty((B, S, 4, NH, DH), **f32)
-            saved = [torch.empty((B, S + 1, NH, DH), **f32) for _ in range(3)]  # c, n, m; initial at 0
-            for buffer, initial in zip(saved, (c0, n0, m0)):
+        if ctx.wide:  # every step's state goes through memory: y, c, n, m (B, S + 1, NH, DH), initial at 0
+            grid, config = _wide_launch_config(B, NH, DH)
+            states = [torch.empty((B, S + 1, NH, DH), **f32) for _ in range(4)]
+            for buffer, initial in zip(states, (y0, c0, n0, m0)):
                 buffer[:, 0] = initial
-        else:  # never written: SAVE is off
-            pre, saved = y, [y] * 3
-        slstm_fw_kernel[grid](
-            gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH,
-            DOT_BF16=dot_bf16, SAVE=save, **config,
-        )
+            pre = torch.empty((B, S, 4, NH, DH), **f32) if save else states[0]  # never written without SAVE
+            slstm_fw_wide_kernel[grid](gates_x, R_dot, b, *states, pre, B, S, NH, DOT_BF16=dot_bf16, SAVE=save,
+                                       **config)
+            y, final, saved = states[0][:, 1:].contiguous(), [x[:, S].contiguous() for x in states], states[1:]
+        else:
+            y, final, pre, saved = _on_chip_forward(slstm_fw_kernel, save, dot_bf16, gates_x, R_dot, b, y0, c0, n0,
+                                                    m0)
         if save:
             ctx.save_for_backward(R_dot, y0, y, pre, *saved)
             ctx.gates_dtype, ctx.dot_bf16 = gates_x.dtype, dot_bf16
@@ -93,25 +112,51 @@ class _SLSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dy_S, dc_S, dn_S, _dm_S):
-        from .triton_kernels import slstm_bw_kernel
+        from .triton_kernels import slstm_bw_kernel, slstm_bw_wide_kernel
 
         R_dot, y0, y, pre, c, n, m = ctx.saved_tensors
         B, S, _, NH, DH = pre.shape
-        grid, config = _launch_config(B, NH, DH)
-        zeros = torch.zeros((B, NH, DH), dtype=torch.float32, device=y.device)
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
-        final_grads = [zeros if g is None else g.float().contiguous() for g in (dy_S, dc_S, dn_S)]
+        final_grads = [torch.zeros((B, NH, DH), dtype=torch.float32, device=y.device) if g is None
+                       else g.float().contiguous() for g in (dy_S, dc_S, dn_S)]
         dgates = torch.empty_like(pre)
-        initial_grads = [torch.empty_like(zeros) for _ in range(3)]
-        slstm_bw_kernel[grid](
-            dy, *final_grads, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
-            DOT_BF16=ctx.dot_bf16, **config,
-        )
+        if ctx.wide:  # updates the final state's gradients in place, step by step, to the initial state's
+            grid, config = _wide_launch_config(B, NH, DH, backward=True)
+            initial_grads = [g.clone() for g in final_grads]
+            slstm_bw_wide_kernel[grid](dy, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
+                                       DOT_BF16=ctx.dot_bf16, **config)
+        else:
+            grid, config = _launch_config(B, NH, DH)
+            initial_grads = [torch.empty_like(g) for g in final_grads]
+            slstm_bw_kernel[grid](
+                dy, *final_grads, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
+                DOT_BF16=ctx.dot_bf16, **config,
+            )
         # ∂L/∂R[g, h, d, e] = Σ_{b,t} y_{t-1}[b, h, d] ∂L/∂pre[b, t, g, h, e]
         y_prev = torch.cat([y0[:, None], y[:, :-1]], dim=1)  # (B, S, NH, DH)
         dR = torch.einsum("bshd,bsghe->ghde", y_prev, dgates)
         db = dgates.sum(dim=(0, 1))  # (4, NH, DH)
         return None, dgates.to(ctx.gates_dtype), dR, db, *initial_grads, None
+
+
+def _on_chip_forward(kernel, save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
+    """The on-chip forward kernel's launch: y, the final state, and (when saving) the pre-activations and
+    the per-step c, n, m."""
+    B, S, _, NH, DH = gates_x.shape
+    grid, config = _launch_config(B, NH, DH)
+    f32 = {"dtype": torch.float32, "device": gates_x.device}
+    y = torch.empty((B, S, NH, DH), **f32)
+    final = [torch.empty((B, NH, DH), **f32) for _ in range(4)]
+    if save:
+        pre = torch.empty((B, S, 4, NH, DH), **f32)
+        saved = [torch.empty((B, S + 1, NH, DH), **f32) for _ in range(3)]  # c, n, m; initial at 0
+        for buffer, initial in zip(saved, (c0, n0, m0)):
+            buffer[:, 0] = initial
+    else:  # never written: SAVE is off
+        pre, saved = y, [y] * 3
+    kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH, DOT_BF16=dot_bf16, SAVE=save,
+                 **config)
+    return y, final, pre, saved
 
 
 def slstm_triton(
@@ -134,8 +179,7 @@ def slstm_triton(
 
     Raises:
         RuntimeError: CPU tensors while the Triton interpreter is off (TRITON_INTERPRET=1 turns it on).
-        ValueError: inputs the kernel cannot take (see `unsupported`): a head dim that is not a power of
-            two in [16, 128], float64, or float32 at DH = 128 on a GPU.
+        ValueError: float64 inputs (see `unsupported`).
     """
     if not gates_x.is_cuda and not triton.knobs.runtime.interpret:
         raise RuntimeError(

@@ -93,6 +93,48 @@ def _tile(B, NH, DH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
+def _step_forward(ig, fg, zg, og, c, n, m):
+    """One step's pointwise update from the gate pre-activations and the state before it: (y, c, n, m)."""
+    logf_m = _logsigmoid(fg) + m
+    m = tl.maximum(logf_m, ig)
+    i = tl.exp(ig - m)
+    f = tl.exp(logf_m - m)
+    c = f * c + i * _tanh(zg)
+    n = f * n + i
+    return _sigmoid(og) * c / n, c, n, m
+
+
+@triton.jit
+def _saved_step(pre, c_ptr, n_ptr, m_ptr, s, gate_stride, mask):
+    """What the forward saved of one step: its four pre-activations at `pre` and the state before (at s) and
+    after it (at s + gate_stride)."""
+    return (_load(pre, 0, mask), _load(pre, gate_stride, mask), _load(pre, 2 * gate_stride, mask),
+            _load(pre, 3 * gate_stride, mask), _load(c_ptr, s, mask), _load(n_ptr, s, mask), _load(m_ptr, s, mask),
+            _load(c_ptr, s + gate_stride, mask), _load(n_ptr, s + gate_stride, mask, 1.0),  # masked: c / n = 0
+            _load(m_ptr, s + gate_stride, mask))
+
+
+@triton.jit
+def _step_backward(ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m, dy, dc, dn):
+    """One step's pointwise backward: the gate gradients (dĩ, df̃, dz̃, dõ) and ∂L/∂c, ∂L/∂n of the state
+    before the step, from ∂L/∂y_t (dy) and those of the state after it (dc, dn)."""
+    logf = _logsigmoid(fg)
+    i = tl.exp(ig - m)
+    f = tl.exp(logf + m_prev - m)
+    z = _tanh(zg)
+    o = _sigmoid(og)
+    h_t = c / n
+    dh = dy * o
+    dc += dh / n
+    dn -= dh * h_t / n
+    dig = (dc * z + dn) * i
+    dfg = (dc * c_prev + dn * n_prev) * f * tl.exp(logf - fg)  # σ(-f̃) = σ(f̃) e^{-f̃}
+    dzg = dc * i * (1.0 - z * z)
+    dog = dy * h_t * o * (1.0 - o)
+    return dig, dfg, dzg, dog, f * dc, f * dn
+
+
+@triton.jit
 def slstm_fw_kernel(
     gx_ptr,  # (B, S, 4, NH, DH) input-side pre-activations, any float dtype
     R_ptr,  # (4, NH, DH, DH) fp32, or bf16 with DOT_BF16
@@ -126,13 +168,7 @@ def slstm_fw_kernel(
         fg = _load(x, gate_stride, mask) + _matmul(R_f, y, DOT_BF16) + b_f
         zg = _load(x, 2 * gate_stride, mask) + _matmul(R_z, y, DOT_BF16) + b_z
         og = _load(x, 3 * gate_stride, mask) + _matmul(R_o, y, DOT_BF16) + b_o
-        logf_m = _logsigmoid(fg) + m
-        m = tl.maximum(logf_m, ig)
-        i = tl.exp(ig - m)
-        f = tl.exp(logf_m - m)
-        c = f * c + i * _tanh(zg)
-        n = f * n + i
-        y = _sigmoid(og) * c / n
+        y, c, n, m = _step_forward(ig, fg, zg, og, c, n, m)
         tl.store(y_ptr + seq + t * gate_stride, y, mask=mask)
         if SAVE:
             p = pre_ptr + gates + t * 4 * gate_stride
@@ -174,32 +210,12 @@ def slstm_bw_kernel(
     dn = _load(dnS_ptr, state, mask)
     for step in range(S):
         t = S - 1 - step
-        p = pre_ptr + gates + t * 4 * gate_stride
-        ig = _load(p, 0, mask)
-        fg = _load(p, gate_stride, mask)
-        zg = _load(p, 2 * gate_stride, mask)
-        og = _load(p, 3 * gate_stride, mask)
         s = saved + t * gate_stride  # the state before step t; after it at + gate_stride
-        c_prev = _load(c_ptr, s, mask)
-        n_prev = _load(n_ptr, s, mask)
-        m_prev = _load(m_ptr, s, mask)
-        c = _load(c_ptr, s + gate_stride, mask)
-        n = _load(n_ptr, s + gate_stride, mask, 1.0)  # masked rows: c / n = 0, not 0 / 0
-        m = _load(m_ptr, s + gate_stride, mask)
+        ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m = _saved_step(
+            pre_ptr + gates + t * 4 * gate_stride, c_ptr, n_ptr, m_ptr, s, gate_stride, mask)
         dy = _load(dy_ptr, seq + t * gate_stride, mask) + dy_next
-        logf = _logsigmoid(fg)
-        i = tl.exp(ig - m)
-        f = tl.exp(logf + m_prev - m)
-        z = _tanh(zg)
-        o = _sigmoid(og)
-        h_t = c / n
-        dh = dy * o
-        dc += dh / n
-        dn -= dh * h_t / n
-        dig = (dc * z + dn) * i
-        dfg = (dc * c_prev + dn * n_prev) * f * tl.exp(logf - fg)  # σ(-f̃) = σ(f̃) e^{-f̃}
-        dzg = dc * i * (1.0 - z * z)
-        dog = dy * h_t * o * (1.0 - o)
+        dig, dfg, dzg, dog, dc_prev, dn_prev = _step_backward(ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m,
+                                                              dy, dc, dn)
         d = dgx_ptr + gates + t * 4 * gate_stride
         tl.store(d, dig, mask=mask)
         tl.store(d + gate_stride, dfg, mask=mask)
@@ -209,8 +225,144 @@ def slstm_bw_kernel(
             _matmul(R_i, dig, DOT_BF16) + _matmul(R_f, dfg, DOT_BF16)
             + _matmul(R_z, dzg, DOT_BF16) + _matmul(R_o, dog, DOT_BF16)
         )
-        dc = f * dc
-        dn = f * dn
+        dc, dn = dc_prev, dn_prev
     tl.store(dy0_ptr + state, dy_next, mask=mask)
     tl.store(dc0_ptr + state, dc, mask=mask)
     tl.store(dn0_ptr + state, dn, mask=mask)
+
+
+# --- Heads whose R does not fit on chip (the paper's 192 to 512 units, or fp32 at 128) ---
+#
+# The same steps, with R read from memory (L2) in (BU, BK) tiles at every step instead of held on chip, and
+# the head's units taken in blocks of BU: a step is a loop over unit blocks, each summing its four gate
+# pre-activations over blocks of BK units of y_{t-1}. The state is not held in registers either: every
+# step writes y, c, n, m to the saved-state buffers and the next step reads them back, after a barrier so
+# that each unit block sees all units of the previous step. DH is any width: tiles cover DHP (the next power
+# of two) and mask the units past DH. Layouts as above, with y also saved per step: ys (B, S + 1, NH, DH)
+# holds y_0 at index 0 and y_t at t + 1, like c, n, m.
+
+
+@triton.jit
+def _wide_tile(B, NH, DH: tl.constexpr, BB: tl.constexpr):
+    """This program's head h, its rows' offsets b·NH·DH (1, BB) and the row mask (1, BB)."""
+    h = tl.program_id(1)
+    batch = tl.program_id(0) * BB + tl.arange(0, BB)[None, :]
+    return h, batch.to(tl.int64) * NH * DH, batch < B
+
+
+@triton.jit
+def _load_fresh(ptr, offsets, mask, other: tl.constexpr = 0.0):
+    """A value another thread of this program wrote in an earlier step: read past L1 (from L2)."""
+    return tl.load(ptr + offsets, mask=mask, other=other, cache_modifier=".cg").to(tl.float32)
+
+
+@triton.jit
+def slstm_fw_wide_kernel(
+    gx_ptr,  # (B, S, 4, NH, DH) input-side pre-activations, any float dtype
+    R_ptr,  # (4, NH, DH, DH) fp32, or bf16 with DOT_BF16
+    b_ptr,  # (4, NH, DH) fp32
+    ys_ptr, c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32: the initial state at index 0 in, step t at t + 1 out
+    pre_ptr,  # (B, S, 4, NH, DH) fp32 out if SAVE: all gate pre-activations
+    B, S, NH,
+    DH: tl.constexpr, DHP: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
+    DOT_BF16: tl.constexpr, SAVE: tl.constexpr,
+):
+    h, rows, row_mask = _wide_tile(B, NH, DH, BB)
+    saved = rows * (S + 1) + h * DH  # (1, BB) into (B, S + 1, NH, DH) at index 0, unit 0
+    gates = rows * S * 4 + h * DH  # into (B, S, 4, NH, DH) at t = 0, gate i, unit 0
+    gate_stride = NH * DH
+    R_head = R_ptr + h * DH * DH
+    R_gate = NH * DH * DH
+    for t in range(S):
+        before = saved + t * gate_stride
+        for u0 in range(0, DHP, BU):
+            u = u0 + tl.arange(0, BU)[:, None]  # (BU, 1) units of the gates
+            mask = (u < DH) & row_mask
+            x = gx_ptr + gates + t * 4 * gate_stride + u
+            ig = _load(x, 0, mask) + _load(b_ptr + h * DH, u, u < DH)
+            fg = _load(x, gate_stride, mask) + _load(b_ptr + gate_stride + h * DH, u, u < DH)
+            zg = _load(x, 2 * gate_stride, mask) + _load(b_ptr + 2 * gate_stride + h * DH, u, u < DH)
+            og = _load(x, 3 * gate_stride, mask) + _load(b_ptr + 3 * gate_stride + h * DH, u, u < DH)
+            for k0 in range(0, DHP, BK):
+                k = k0 + tl.arange(0, BK)
+                y_prev = _load_fresh(ys_ptr, before + k[:, None], (k[:, None] < DH) & row_mask)  # (BK, BB)
+                R_mask = (u < DH) & (k[None, :] < DH)
+                R_T = k[None, :] * DH + u  # (BU, BK): R[g, h, k, u], transposed
+                ig += _matmul(tl.load(R_head + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
+                fg += _matmul(tl.load(R_head + R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
+                zg += _matmul(tl.load(R_head + 2 * R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
+                og += _matmul(tl.load(R_head + 3 * R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
+            y, c, n, m = _step_forward(ig, fg, zg, og, _load_fresh(c_ptr, before + u, mask),
+                                       _load_fresh(n_ptr, before + u, mask), _load_fresh(m_ptr, before + u, mask))
+            after = before + gate_stride + u
+            tl.store(ys_ptr + after, y, mask=mask)
+            tl.store(c_ptr + after, c, mask=mask)
+            tl.store(n_ptr + after, n, mask=mask)
+            tl.store(m_ptr + after, m, mask=mask)
+            if SAVE:
+                p = pre_ptr + gates + t * 4 * gate_stride + u
+                tl.store(p, ig, mask=mask)
+                tl.store(p + gate_stride, fg, mask=mask)
+                tl.store(p + 2 * gate_stride, zg, mask=mask)
+                tl.store(p + 3 * gate_stride, og, mask=mask)
+        tl.debug_barrier()  # step t + 1 reads every unit of step t
+
+
+@triton.jit
+def slstm_bw_wide_kernel(
+    dy_ptr,  # (B, S, NH, DH) ∂L/∂y, any float dtype
+    R_ptr,  # (4, NH, DH, DH) fp32, or bf16 with DOT_BF16
+    pre_ptr,  # (B, S, 4, NH, DH) fp32 from the forward
+    c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32 from the forward
+    dgx_ptr,  # (B, S, 4, NH, DH) fp32 out: ∂L/∂ of the pre-activations (= of gates_x)
+    dy0_ptr, dc0_ptr, dn0_ptr,  # (B, NH, DH) fp32: ∂L/∂ of the final state in, of the initial state out
+    B, S, NH,
+    DH: tl.constexpr, DHP: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
+    DOT_BF16: tl.constexpr,
+):
+    h, rows, row_mask = _wide_tile(B, NH, DH, BB)
+    state = rows + h * DH  # (1, BB) into (B, NH, DH): dy0, dc0, dn0 carry ∂L/∂y_t, ∂L/∂c_t, ∂L/∂n_t
+    seq = rows * S + h * DH
+    gates = rows * S * 4 + h * DH
+    saved = rows * (S + 1) + h * DH
+    gate_stride = NH * DH
+    R_head = R_ptr + h * DH * DH
+    R_gate = NH * DH * DH
+    for step in range(S):
+        t = S - 1 - step
+        s = saved + t * gate_stride  # the state before step t; after it at + gate_stride
+        d = dgx_ptr + gates + t * 4 * gate_stride
+        for u0 in range(0, DHP, BP):  # the pointwise backward of step t, in blocks of BP units
+            u = u0 + tl.arange(0, BP)[:, None]
+            mask = (u < DH) & row_mask
+            ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m = _saved_step(
+                pre_ptr + gates + t * 4 * gate_stride + u, c_ptr, n_ptr, m_ptr, s + u, gate_stride, mask)
+            dy = _load(dy_ptr, seq + t * gate_stride + u, mask) + _load_fresh(dy0_ptr, state + u, mask)
+            dig, dfg, dzg, dog, dc_prev, dn_prev = _step_backward(
+                ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m, dy,
+                _load_fresh(dc0_ptr, state + u, mask), _load_fresh(dn0_ptr, state + u, mask))
+            tl.store(d + u, dig, mask=mask)
+            tl.store(d + gate_stride + u, dfg, mask=mask)
+            tl.store(d + 2 * gate_stride + u, dzg, mask=mask)
+            tl.store(d + 3 * gate_stride + u, dog, mask=mask)
+            tl.store(dc0_ptr + state + u, dc_prev, mask=mask)
+            tl.store(dn0_ptr + state + u, dn_prev, mask=mask)
+        tl.debug_barrier()  # the products below read every unit's gate gradients; dy0 is read above
+        for r0 in range(0, DHP, BU):  # ∂L/∂y_{t-1} = Σ_g R_g ∂L/∂pre_g, by blocks of its units
+            r = r0 + tl.arange(0, BU)[:, None]  # (BU, 1) units of y
+            dy_prev = tl.full((BU, BB), 0.0, tl.float32)  # tl.zeros is a @jit library function: see _sigmoid
+            for k0 in range(0, DHP, BK):
+                k = k0 + tl.arange(0, BK)
+                k_mask = (k[:, None] < DH) & row_mask
+                R_mask = (r < DH) & (k[None, :] < DH)
+                R_tile = r * DH + k[None, :]  # (BU, BK): R[g, h, r, k]
+                dy_prev += _matmul(tl.load(R_head + R_tile, mask=R_mask, other=0.0),
+                                   _load_fresh(d, k[:, None], k_mask), DOT_BF16)
+                dy_prev += _matmul(tl.load(R_head + R_gate + R_tile, mask=R_mask, other=0.0),
+                                   _load_fresh(d + gate_stride, k[:, None], k_mask), DOT_BF16)
+                dy_prev += _matmul(tl.load(R_head + 2 * R_gate + R_tile, mask=R_mask, other=0.0),
+                                   _load_fresh(d + 2 * gate_stride, k[:, None], k_mask), DOT_BF16)
+                dy_prev += _matmul(tl.load(R_head + 3 * R_gate + R_tile, mask=R_mask, other=0.0),
+                                   _load_fresh(d + 3 * gate_stride, k[:, None], k_mask), DOT_BF16)
+            tl.store(dy0_ptr + state + r, dy_prev, mask=(r < DH) & row_mask)
+        tl.debug_barrier()  # the next step reads dy0
