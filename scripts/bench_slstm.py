@@ -4,7 +4,7 @@ Compares the fused Triton kernels with the native PyTorch loop (one matmul launc
 where the `flashrnn` package is importable, with the official FlashRNN fused sLSTM. Prints a markdown
 table; `bench_slstm` returns the rows for scripts that collect several benchmarks.
 
-    python scripts/bench_slstm.py            # GPU: B 16, NH 4, DH 64/128, S 256..4096, bf16
+    python scripts/bench_slstm.py            # GPU: B 16, NH 4, DH 64/128 (R on chip), 256 (wide), S 256..4096, bf16
     python scripts/bench_slstm.py --smoke    # CPU: a tiny size, Triton in the interpreter
 
 Notation: B batch, S sequence length, NH heads, DH head dim.
@@ -69,7 +69,7 @@ def measure(forward, forward_backward, repeats: int, device: torch.device) -> di
 
 
 def bench_slstm(
-    batch: int = 16, heads: int = 4, head_dims: tuple[int, ...] = (64, 128),
+    batch: int = 16, heads: int = 4, head_dims: tuple[int, ...] = (64, 128, 256),
     seq_lens: tuple[int, ...] = (256, 512, 1024, 2048, 4096), dtype: torch.dtype = torch.bfloat16,
     device: str | None = None, repeats: int = 5, backends: tuple[str, ...] = ("triton", "native", "flashrnn"),
 ) -> list[dict]:

@@ -12,7 +12,8 @@ writing OUT_DIR/<step>.json as rows are measured (a step cut off by its limit ke
                   computed a wrong dq on an H100 under triton 3.6)
     lightning     `train.py trainer=gpu` end to end (Lightning, bf16-mixed, checkpoint, export) at 125m
     kernels       mLSTM forward and forward+backward at S 8192 (65,536 tokens, NH 16, DQK 128, DV 256, bf16):
-                  ours at chunk 64 and 128 against TFLA (mlstm_kernels) at 64 and 128 and causal SDPA
+                  ours at chunk 64 and 128 against TFLA (mlstm_kernels) at 64 and 128 and causal SDPA; the
+                  sLSTM at B 16, NH 4, DH 256, S 2048 (the wide Triton kernels against the step loop)
     train         whole-model training steps (bf16 autocast, Triton kernels, fused AdamW, the training data
                   pipeline on the embedded corpus): xLSTM[7:1] and Llama at 125m and 350m, context 2048 and
                   8192, batch sized from a probe step to fill the GPU; tokens/s, MFU against the measured bf16
@@ -266,11 +267,18 @@ def step_kernels(args: argparse.Namespace, out: Path) -> None:
 
     import torch
 
+    from bench_slstm import bench_slstm
+
     if args.smoke:
         rows = bench_mlstm(tokens=256, seq_lens=(128,), heads=1, dqk=16, dv=32, chunk_size=64, dtype=torch.float32,
                            device="cpu", repeats=1)
     else:
         rows = bench_mlstm(tokens=65536, seq_lens=(8192,), chunk_size=64, triton_chunk_sizes=(128,), repeats=10)
+    write_rows(out, "kernels", rows)
+    # the sLSTM at the paper's 350m head width (4 x 256: the wide kernels) against the step loop
+    rows += bench_slstm(batch=2, heads=1, head_dims=(24,), seq_lens=(8,), dtype=torch.float32, device="cpu",
+                        repeats=1, backends=("triton",)) if args.smoke else \
+        bench_slstm(batch=16, heads=4, head_dims=(256,), seq_lens=(2048,), repeats=3, backends=("triton", "native"))
     write_rows(out, "kernels", rows)
     profile_kernels(out, args.smoke)
 
@@ -369,8 +377,8 @@ def train_rows(args: argparse.Namespace, out: Path) -> list[dict]:
     # The goal rows first (350m), then the peer pair, then 125m: a step cut off by its limit loses the last.
     runs = [(model, size, context) for size in ("350m", "125m") for context in (2048, 8192)
             for model in ("xlstm_7_1", "llama")]
-    # the peer pair, and xLSTM[7:1] with 8 heads: sLSTM heads of 128 that the fused kernel takes (the paper's
-    # 4 heads of 256 at 350m run the PyTorch loop)
+    # the peer pair, and xLSTM[7:1] with 8 heads: sLSTM heads of 128, whose R stays on chip (the paper's 4
+    # heads of 256 at 350m run the wide kernels, which read it from memory at every step)
     runs[4:4] = [("xlstm_large", "350m", 2048), ("official xLSTMLarge", "350m", 2048), ("xlstm_7_1 8 heads", "350m", 2048)]
     if args.smoke:
         runs = [(model, "tiny", 2048) for model in ("xlstm_7_1", "llama", "xlstm_large", "official xLSTMLarge",

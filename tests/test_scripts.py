@@ -89,7 +89,9 @@ def test_gpu_check_smoke_run_writes_every_step(tmp_path):
     assert all(row[name] < 1e-5 for row in float32 for name in ("h", "dq", "dk", "dv", "di", "df")), float32
     (lightning,) = rows["lightning"]
     assert lightning["exit"] == 0 and "config.json" in lightning["export"] and lightning["val/loss"] > 0
-    assert {"triton L64", "native", "sdpa"} <= {row["provider"] for row in rows["kernels"]}
+    assert {"triton L64", "native", "sdpa"} <= {row.get("provider") for row in rows["kernels"]}
+    (wide_slstm,) = [row for row in rows["kernels"] if row.get("backend") == "triton"]
+    assert wide_slstm["DH"] == 24 and wide_slstm["error"] is None and wide_slstm["fwd_bwd_ms"] > 0
     assert "triton L64" in (out / "kernels_profile.txt").read_text()
     trained = {row["model"]: row for row in rows["train"]}
     assert set(trained) == {"xlstm_7_1", "llama", "xlstm_large", "official xLSTMLarge", "xlstm_7_1 8 heads"}
