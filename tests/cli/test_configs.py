@@ -7,6 +7,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 from tests.conftest import CONFIG_DIR, compose_train
+from xlstm_lm.cli.schemas import to_config
 from xlstm_lm.models import build_model
 
 
@@ -26,7 +27,13 @@ def test_defaults_are_the_cpu_friendly_run():
 def test_every_group_option_composes_and_validates(group):
     assert options(group), f"configs/{group} is empty"
     for option in options(group):
-        OmegaConf.to_object(compose_train([f"{group}={option}"]))
+        to_config(compose_train([f"{group}={option}"]))
+
+
+def test_every_experiment_composes_with_no_unknown_key():
+    assert options("experiment")
+    for option in options("experiment"):
+        to_config(compose_train([f"+experiment={option}"]))
 
 
 @pytest.mark.parametrize("model", options("model"))
@@ -42,6 +49,18 @@ def test_every_model_and_size_builds(model, size):
 def test_misspelt_key_fails_at_compose():
     with pytest.raises(ConfigCompositionException, match="model.embeding_dim"):
         compose_train(["model.embeding_dim=64"])
+
+
+@pytest.mark.parametrize("overrides, keys", [
+    (["+trainer.bogus_key=1"], "trainer.bogus_key"),
+    (["+model.bogus=2", "+bogus_top=3"], "model.bogus, bogus_top"),
+    (["model=llama", "+model.ratio=1:1"], "model.ratio"),  # a key of another model's schema
+    (["+tokenizer.extra=1"], "tokenizer.extra"),
+])
+def test_appended_unknown_keys_fail(overrides, keys):
+    # Hydra's append syntax (+key=value) adds keys past the structured config's own check
+    with pytest.raises(ValueError, match=f"unknown config key\\(s\\) {keys}:"):
+        to_config(compose_train(overrides))
 
 
 def test_unknown_group_value_lists_the_options():

@@ -22,6 +22,7 @@ def run_train(tmp_path, *overrides):
     [
         ("model.num_heads=3", "model.num_heads=3 does not divide model.embedding_dim=256"),
         ("data.root=/no/such/folder", "/no/such/folder"),
+        ("+trainer.bogus_key=1", "unknown config key(s) trainer.bogus_key"),  # Hydra's append syntax
     ],
 )
 def test_bad_values_fail_with_one_message_and_no_traceback(tmp_path, override, message):

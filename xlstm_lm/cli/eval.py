@@ -21,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from xlstm_lm.cli.errors import exit_on_user_error
-from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs
+from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.evaluation.documents import EvalDataConfig, load_documents
 from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any
     """
     if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, "ckpt"):
         raise ValueError("ckpt is required: ckpt=<run dir>/export, a .ckpt file, or ckpt=[a,b] to compare")
-    config: EvalConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    config: EvalConfig = to_config(cfg)
     for path in config.checkpoints:  # fail before any work on a later checkpoint
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist: give an export folder or a .ckpt file")

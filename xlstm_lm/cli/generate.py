@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xlstm_lm.cli.errors import exit_on_user_error
-from xlstm_lm.cli.schemas import GenerateConfig, register_generate_configs
+from xlstm_lm.cli.schemas import GenerateConfig, register_generate_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.data.tokenizer import eos_id
 from xlstm_lm.evaluation.generation import generate
@@ -34,7 +34,7 @@ def generate_text(cfg: DictConfig | GenerateConfig) -> str:
     """The prompt followed by the generated text."""
     if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, "ckpt"):
         raise ValueError("ckpt is required: ckpt=<run dir>/export or a .ckpt file")
-    config: GenerateConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    config: GenerateConfig = to_config(cfg)
     model, tokenizer = load_checkpoint(config.ckpt, config.tokenizer_path, resolve_device(config.device))
     eos = eos_id(tokenizer)
     prompt_ids = [eos, *tokenizer.encode(read_prompt(config)).ids]

@@ -13,10 +13,10 @@ import logging
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xlstm_lm.cli.errors import exit_on_user_error
-from xlstm_lm.cli.schemas import TrainConfig, register_configs
+from xlstm_lm.cli.schemas import TrainConfig, register_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.data.cache import describe, load, prepare
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def prepare_data(cfg: DictConfig | TrainConfig) -> Path:
     """Prepare (or find) the cache of `cfg.data` and `cfg.tokenizer`; print its path and totals."""
-    config: TrainConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    config: TrainConfig = to_config(cfg)
     path = prepare(config.data, config.tokenizer)
     manifest = load(path).manifest
     print(f"prepared data: {path}")

@@ -6,11 +6,12 @@ Hydra's message, before any data is read or any model is built.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
 from xlstm_lm.evaluation.documents import EvalDataConfig
@@ -36,6 +37,35 @@ class TrainConfig:
     reset_at_doc_starts: bool = True  # reset recurrent memories at document boundaries
     ckpt_path: Optional[str] = "auto"  # a checkpoint to resume from; auto: the run directory's newest, if any
     run_dir: Optional[str] = None  # the run directory (train.yaml: hydra.run.dir follows it; timestamped by default)
+
+
+def unknown_keys(cfg: DictConfig, path: str = "") -> list[str]:
+    """Keys of `cfg` that its schemas do not declare, as dotted paths. Hydra's append syntax
+    (`+trainer.bogus_key=1`) adds keys past a structured config's checks, and `OmegaConf.to_object` keeps
+    them as stray attributes."""
+    schema = OmegaConf.get_type(cfg)
+    declared = {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    found = []
+    for key in cfg.keys():
+        name = f"{path}{key}"
+        if declared is not None and key not in declared:
+            found.append(name)
+        node = cfg._get_node(key)  # not cfg[key]: no interpolation is resolved here
+        items = [(i, node._get_node(i)) for i in range(len(node))] if isinstance(node, ListConfig) else [(None, node)]
+        for index, item in items:  # a list (mixture sources) is checked item by item
+            if isinstance(item, DictConfig) and not item._is_none() and not item._is_missing():
+                found += unknown_keys(item, f"{name}." if index is None else f"{name}[{index}].")
+    return found
+
+
+def to_config(cfg: DictConfig | Any) -> Any:
+    """The composed config as its dataclasses, refusing keys no schema declares (however they were added)."""
+    if not isinstance(cfg, DictConfig):
+        return cfg
+    if stray := unknown_keys(cfg):
+        raise ValueError(f"unknown config key(s) {', '.join(stray)}: no such setting (check the spelling; "
+                         "`python train.py --cfg job` prints every key the config has)")
+    return OmegaConf.to_object(cfg)
 
 
 # the schema each option of the `model` group starts from (its YAML lists it first in `defaults`)

@@ -22,7 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from xlstm_lm.cli.errors import exit_on_user_error
-from xlstm_lm.cli.schemas import TrainConfig, register_configs
+from xlstm_lm.cli.schemas import TrainConfig, register_configs, to_config
 from xlstm_lm.data import TokenDataModule
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
@@ -151,7 +151,7 @@ def describe(model_config, num_params: int, num_non_embedding: int) -> str:
 
 def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float]:
     """Train one model; returns the final metrics (validation loss and perplexity included)."""
-    config: TrainConfig = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    config: TrainConfig = to_config(cfg)
     run_dir = Path(run_dir)
     check_hardware(config)
     L.seed_everything(config.seed, workers=True)
