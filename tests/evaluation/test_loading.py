@@ -36,8 +36,9 @@ def test_an_export_without_tokenizer_needs_one(tiny_export, tmp_path):
 
 def test_a_file_that_is_not_a_checkpoint_is_one_error(tmp_path):
     (tmp_path / "notes.txt").write_text("not a checkpoint\n")
-    with pytest.raises(ValueError, match="not an xlstm-lm checkpoint"):
+    with pytest.raises(ValueError, match="not an xlstm-lm checkpoint") as caught:
         load_checkpoint(str(tmp_path / "notes.txt"))
+    assert caught.value.__cause__ is not None  # why torch.load failed stays in the traceback
 
 
 def test_device_names_are_checked(monkeypatch):

@@ -94,7 +94,7 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
         raise ValueError(
             f"{path} is not an xlstm-lm checkpoint ({type(error).__name__}: {error}); give an export folder "
             f"({CONFIG_FILE} + {WEIGHTS_FILE}) or a Lightning .ckpt written by xlstm-train"
-        ) from None
+        ) from error  # the cause stays in the traceback (HYDRA_FULL_ERROR=1 shows it)
     model = build_model(model_config(config))
     check_state_dict_matches(model, weights, source=str(path))
     model.load_state_dict(weights)
