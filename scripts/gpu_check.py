@@ -232,9 +232,9 @@ def step_lightning(args: argparse.Namespace, out: Path) -> None:
                      "data.seq_len=32", "data.batch_size=2", "trainer.max_steps=4", "trainer.val_check_interval=2",
                      "trainer.limit_val_batches=2", "trainer.log_every_n_steps=1"]
     else:
-        overrides = ["size=125m", "trainer=gpu", "data.seq_len=2048", "data.batch_size=16", "trainer.max_steps=40",
-                     "trainer.val_check_interval=20", "trainer.limit_val_batches=8", "trainer.log_every_n_steps=5",
-                     "trainer.checkpoint_every_n_steps=20", "data.num_workers=4"]
+        overrides = ["size=125m", "trainer=gpu", "data.seq_len=2048", "data.batch_size=16", "trainer.max_steps=30",
+                     "trainer.val_check_interval=15", "trainer.limit_val_batches=8", "trainer.log_every_n_steps=5",
+                     "trainer.checkpoint_every_n_steps=15", "data.num_workers=4"]
     shutil.rmtree(run_dir, ignore_errors=True)
     started = time.monotonic()
     result = subprocess.run([sys.executable, "train.py", "model=xlstm_7_1", *overrides, *args.overrides,
@@ -379,7 +379,8 @@ def train_rows(args: argparse.Namespace, out: Path) -> list[dict]:
             for model in ("xlstm_7_1", "llama")]
     # the peer pair, and xLSTM[7:1] with 8 heads: sLSTM heads of 128, whose R stays on chip (the paper's 4
     # heads of 256 at 350m run the wide kernels, which read it from memory at every step)
-    runs[4:4] = [("xlstm_large", "350m", 2048), ("official xLSTMLarge", "350m", 2048), ("xlstm_7_1 8 heads", "350m", 2048)]
+    runs[4:4] = [("xlstm_large", "350m", 2048), ("xlstm_7_1 8 heads", "350m", 2048)]
+    runs.append(("official xLSTMLarge", "350m", 2048))  # last: on an H200 it aborted the process (SIGABRT)
     if args.smoke:
         runs = [(model, "tiny", 2048) for model in ("xlstm_7_1", "llama", "xlstm_large", "official xLSTMLarge",
                                                      "xlstm_7_1 8 heads")]

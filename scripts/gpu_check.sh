@@ -31,7 +31,8 @@ elif [ "$command" = run ]; then
     nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || true
     status=0
     python3 scripts/gpu_check.py --out "$out" "${@:4}" || status=$?
-    tar czf "$out.tgz" -C "$out" --exclude='*.ckpt' --exclude='*.safetensors' .
+    # no weights: a run cut off while saving leaves temporary checkpoint files of gigabytes
+    tar czf "$out.tgz" -C "$out" --exclude='./lightning_run/checkpoints' --exclude='*.safetensors*' .
     exit $status
 else
     echo "unknown command $command: use wheels or run" >&2
