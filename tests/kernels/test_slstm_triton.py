@@ -135,9 +135,11 @@ def test_bfloat16_inputs(slstm_inputs, compare_to_reference):
 ])
 def test_which_kernel_takes_a_head(DH, dtype, device, resident):
     # R stays on chip for powers of two in [16, 128] that fit in shared memory; every other head (the paper's
-    # 192 to 512 units among them) runs the wide kernels, which read R from memory at every step.
+    # 192 to 512 units among them) runs the wide kernels, which read R from memory at every step. So do
+    # sequences whose offsets pass int32, which only the wide kernels compute in int64.
     gates_x = SimpleNamespace(shape=(2, 8, 4, 1, DH), dtype=dtype, is_cuda=device == "cuda")
     assert on_chip(gates_x) == resident
+    assert not on_chip(SimpleNamespace(shape=(1, 2**31 // (4 * DH), 4, 1, DH), dtype=dtype, is_cuda=False))
     assert unsupported(gates_x) is None
     assert _auto_backend(gates_x) == ("triton" if device == "cuda" else "native")
 

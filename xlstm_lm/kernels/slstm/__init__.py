@@ -67,8 +67,7 @@ def slstm(
         and the states are float32, or float64 for float64 inputs.
 
     Raises:
-        ValueError: unknown backend, mismatched shapes or an empty sequence (and, for triton, a head
-            dim it does not support).
+        ValueError: unknown backend, mismatched shapes or an empty sequence (and, for triton, float64).
         RuntimeError: backend="triton" on CPU tensors without the Triton interpreter.
     """
     if gates_x.dim() != 5 or gates_x.shape[2] != 4:

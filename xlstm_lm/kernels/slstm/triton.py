@@ -41,9 +41,10 @@ def unsupported(gates_x: torch.Tensor) -> str | None:
 
 def on_chip(gates_x: torch.Tensor) -> bool:
     """Whether a head's R can stay on chip for the whole sequence (the faster kernels); else the wide kernels
-    read it from memory at every step."""
-    DH = gates_x.shape[-1]
-    if DH & (DH - 1) or not MIN_DH <= DH <= MAX_DH:
+    read it from memory at every step. Those also take sequences whose offsets pass int32 (4 · S · NH · DH
+    elements: the on-chip kernels index time in int32, where int64 offsets would make them spill)."""
+    _, S, _, NH, DH = gates_x.shape
+    if DH & (DH - 1) or not MIN_DH <= DH <= MAX_DH or 4 * S * NH * DH >= 2**31:
         return False
     R_bytes = 4 * DH * DH * (2 if gates_x.dtype in (torch.bfloat16, torch.float16) else 4)
     return not (gates_x.is_cuda and R_bytes > MAX_R_BYTES_ON_GPU)
@@ -64,9 +65,10 @@ def _wide_launch_config(B: int, NH: int, DH: int, backward: bool = False) -> tup
     """Grid and meta-parameters of the wide kernels: products in tiles of (at most) 64 x 64 units of the
     padded head DHP; the backward's pointwise part in blocks of 16 units.
 
-    Note: sm_90 compiles chose them (tests/kernels/test_slstm_triton.py): at 4 warps both kernels spill
-    (255 registers); at 8 warps the forward needs 115 registers, and the backward 219 with pointwise blocks
-    of 16 units (255, at the limit, with 32; it spilled with 64).
+    Note: sm_90 compiles chose them (tests/kernels/test_slstm_triton.py, without the divisibility hints of a
+    real launch, which needs fewer): at 4 warps both kernels spill (255 registers); at 8 warps the forward
+    needs about 125 registers, and the backward about 235 with pointwise blocks of 16 units (255, at the
+    limit, with 32; it spilled with 64).
     """
     DHP = max(MIN_DH, triton.next_power_of_2(DH))
     block = min(64, DHP)

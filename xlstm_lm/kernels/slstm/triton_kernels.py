@@ -2,7 +2,8 @@
 
 One program owns one (batch tile, head): it loads that head's recurrent weights R[:, h] once and keeps
 them on chip for every time step, so a step costs four small matrix products and the pointwise update,
-with no launch and no round trip of R through memory. Launchers and autograd live in `triton.py`.
+with no launch and no round trip of R through memory. Heads too wide for that run the wide kernels at the
+end of this file. Launchers and autograd live in `triton.py`.
 
 Forward step (m carries no gradient; a fresh state has m = -inf, so m_1 = ĩ_1 and f = 0):
 
@@ -17,7 +18,7 @@ Backward step, with dy = ∂L/∂y_t (from the output and from step t+1), dc, dn
     ∂L/∂y_{t-1} += R (dĩ, df̃, dz̃, dõ),   dc ← f dc,   dn ← f dn
 
 Notation:
-    B batch, S sequence length, NH heads, DH head dim (a power of two, 16..128); gates (i, f, z, o).
+    B batch, S sequence length, NH heads, DH head dim (on chip: a power of two, 16..128); gates (i, f, z, o).
     BB batch tile (>= 16: tl.dot needs 16 rows on a GPU; rows past B are masked).
     Tiles are held transposed, units × batch (DH, BB), so every product is R_gᵀ (DH, DH) @ y (DH, BB):
     the head dim, not the small batch tile, is the M dimension of the matrix instruction.
@@ -152,7 +153,7 @@ def slstm_fw_kernel(
     seq = rows * S + units  # into (B, S, NH, DH) at t = 0
     gates = rows * S * 4 + units  # into (B, S, 4, NH, DH) at t = 0, gate i
     saved = rows * (S + 1) + units  # into (B, S + 1, NH, DH) at index 0
-    gate_stride = NH * DH
+    gate_stride = NH * DH  # int32: `on_chip` sends sequences with 4 · S · NH · DH >= 2**31 to the wide kernels
     R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, True, DOT_BF16)
     b_i = tl.load(b_ptr + units)
     b_f = tl.load(b_ptr + gate_stride + units)
@@ -203,7 +204,7 @@ def slstm_bw_kernel(
     seq = rows * S + units
     gates = rows * S * 4 + units
     saved = rows * (S + 1) + units
-    gate_stride = NH * DH
+    gate_stride = NH * DH  # int32: `on_chip` sends sequences with 4 · S · NH · DH >= 2**31 to the wide kernels
     R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, False, DOT_BF16)
     dy_next = _load(dyS_ptr, state, mask)  # (DH, BB) ∂L/∂y_t through step t + 1 (and the final state)
     dc = _load(dcS_ptr, state, mask)
@@ -270,7 +271,7 @@ def slstm_fw_wide_kernel(
     h, rows, row_mask = _wide_tile(B, NH, DH, BB)
     saved = rows * (S + 1) + h * DH  # (1, BB) into (B, S + 1, NH, DH) at index 0, unit 0
     gates = rows * S * 4 + h * DH  # into (B, S, 4, NH, DH) at t = 0, gate i, unit 0
-    gate_stride = NH * DH
+    gate_stride = NH.to(tl.int64) * DH  # int64: t · 4 · NH · DH passes 2**31 in long sequences
     R_head = R_ptr + h * DH * DH
     R_gate = NH * DH * DH
     for t in range(S):
@@ -325,7 +326,7 @@ def slstm_bw_wide_kernel(
     seq = rows * S + h * DH
     gates = rows * S * 4 + h * DH
     saved = rows * (S + 1) + h * DH
-    gate_stride = NH * DH
+    gate_stride = NH.to(tl.int64) * DH  # int64: t · 4 · NH · DH passes 2**31 in long sequences
     R_head = R_ptr + h * DH * DH
     R_gate = NH * DH * DH
     for step in range(S):
@@ -345,6 +346,7 @@ def slstm_bw_wide_kernel(
             tl.store(d + gate_stride + u, dfg, mask=mask)
             tl.store(d + 2 * gate_stride + u, dzg, mask=mask)
             tl.store(d + 3 * gate_stride + u, dog, mask=mask)
+            # read and rewritten in this phase: safe, as the thread that stores an element is one that loaded it
             tl.store(dc0_ptr + state + u, dc_prev, mask=mask)
             tl.store(dn0_ptr + state + u, dn_prev, mask=mask)
         tl.debug_barrier()  # the products below read every unit's gate gradients; dy0 is read above
