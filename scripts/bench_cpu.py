@@ -453,7 +453,7 @@ def markdown_rows(rows: list[dict]) -> str:
     def cell(value) -> str:
         if isinstance(value, float):
             return f"{value:.2e}" if 0 < abs(value) < 0.01 else f"{value:.2f}"
-        return "-" if value is None else str(value)
+        return "-" if value is None else " ".join(str(value).replace("|", "/").split())  # one table cell
 
     columns = list(dict.fromkeys(key for row in rows for key in row))
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

@@ -54,19 +54,6 @@ def write_rows(out: Path, step: str, rows: list[dict]) -> None:
     (out / f"{step}.json").write_text(json.dumps(rows, indent=1, default=str))
 
 
-def markdown(rows: list[dict]) -> str:
-    """The rows as a markdown table over the union of their keys."""
-
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.3g}" if abs(value) < 0.01 or abs(value) >= 1e5 else f"{value:.2f}"
-        return "-" if value is None else " ".join(str(value).replace("|", "/").split())
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    return "\n".join(lines + ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows])
-
-
 def launch(step: str, args: argparse.Namespace) -> subprocess.Popen:
     """Start one step in its own process, its output in OUT/<step>.log."""
     command = [sys.executable, __file__, "--step", step, "--out", str(args.out), *(["--smoke"] if args.smoke else []),
@@ -108,11 +95,13 @@ def run_all(args: argparse.Namespace) -> None:
             limit = 300 if args.smoke else selected[step]
             status.append(wait(step, process, phase_start + limit) | {"seconds": round(time.monotonic() - phase_start)})
             print(f"{step}: {status[-1]}", flush=True)
-    sections = [f"# GPU check\n\n{environment()}\n\ntotal {time.monotonic() - started:.0f} s\n\n{markdown(status)}"]
+    from bench_cpu import markdown_rows  # scripts/ is on sys.path when this runs as a script
+
+    sections = [f"# GPU check\n\n{environment()}\n\ntotal {time.monotonic() - started:.0f} s\n\n{markdown_rows(status)}"]
     for step in (step for phase in PHASES for step in phase if step in args.only):
         path = args.out / f"{step}.json"
         rows = json.loads(path.read_text()) if path.exists() else [{"missing": f"{step}.json was not written"}]
-        sections.append(f"## {step}\n\n{markdown(rows)}")
+        sections.append(f"## {step}\n\n{markdown_rows(rows)}")
     summary = "\n\n".join(sections) + "\n"
     (args.out / "summary.md").write_text(summary)
     print(summary)
@@ -367,7 +356,7 @@ class OfficialLarge:
         return self.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
 
 
-def train_rows(args: argparse.Namespace, out: Path) -> list[dict]:
+def step_train(args: argparse.Namespace, out: Path) -> None:
     """Training throughput of every (model, size, context), one row each (see the module docstring)."""
     import torch
 
@@ -407,7 +396,6 @@ def train_rows(args: argparse.Namespace, out: Path) -> list[dict]:
         write_rows(out, "train", rows)
         if device == "cuda":
             torch.cuda.empty_cache()
-    return rows
 
 
 def train_throughput(name: str, overrides: list[str], context: int, device: str, measured_peak: float,
@@ -508,16 +496,13 @@ def train_throughput(name: str, overrides: list[str], context: int, device: str,
     return row
 
 
-def step_train(args: argparse.Namespace, out: Path) -> None:
-    train_rows(args, out)
-
-
 def step_generate(args: argparse.Namespace, out: Path) -> None:
     """Prefill tokens/s (pieces of 2048 with the state carried, as xlstm-generate does) and the median
     per-token decode latency after prompts of 2k and 16k tokens, bf16 autocast, batch 1."""
     import torch
 
     _interpret_without_gpu()
+    from xlstm_lm.cli.train import resolve_vocab_size
     from xlstm_lm.models import build_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -527,7 +512,7 @@ def step_generate(args: argparse.Namespace, out: Path) -> None:
     for name in ("xlstm_7_1", "llama"):
         config = compose_train_config([f"model={name}", *(tiny if args.smoke else ["size=350m"])])
         vocab = config.tokenizer.vocab_size
-        model = build_model(dataclasses.asdict(resolve_vocab(config.model, vocab))).to(device).eval()
+        model = build_model(dataclasses.asdict(resolve_vocab_size(config.model, vocab))).to(device).eval()
         for prompt_length in prompts:
             row = {"model": name, "size": "tiny" if args.smoke else "350m", "prompt": prompt_length}
             try:
@@ -539,12 +524,6 @@ def step_generate(args: argparse.Namespace, out: Path) -> None:
             if device == "cuda":
                 torch.cuda.empty_cache()
         del model
-
-
-def resolve_vocab(model_config, vocab: int):
-    from xlstm_lm.cli.train import resolve_vocab_size
-
-    return resolve_vocab_size(model_config, vocab)
 
 
 def time_generation(model, vocab: int, prompt_length: int, piece: int, decode_steps: int, device: str) -> dict:
