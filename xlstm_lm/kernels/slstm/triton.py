@@ -82,30 +82,14 @@ class _SLSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, save, gates_x, R, b, y0, c0, n0, m0):
-        # Note: imported here, not at the top: triton reads TRITON_INTERPRET when a kernel is decorated,
-        # so a process (a CPU test session) can still switch the interpreter on after importing the package.
-        from .triton_kernels import slstm_fw_kernel, slstm_fw_wide_kernel
-
-        B, S, _, NH, DH = gates_x.shape
         ctx.wide = not on_chip(gates_x)
         # the interpreter's bf16 arithmetic is broken (DESIGN.md §9): there the products stay fp32
         dot_bf16 = gates_x.dtype in (torch.bfloat16, torch.float16) and not triton.knobs.runtime.interpret
         # bf16 in memory, so the products read R as stored (a conversion in the kernel would make
         # Triton hold R in registers as the matrix operand, and DH = 128 would spill)
         R_dot = R.to(torch.bfloat16) if dot_bf16 else R
-        f32 = {"dtype": torch.float32, "device": gates_x.device}
-        if ctx.wide:  # every step's state goes through memory: y, c, n, m (B, S + 1, NH, DH), initial at 0
-            grid, config = _wide_launch_config(B, NH, DH)
-            states = [torch.empty((B, S + 1, NH, DH), **f32) for _ in range(4)]
-            for buffer, initial in zip(states, (y0, c0, n0, m0)):
-                buffer[:, 0] = initial
-            pre = torch.empty((B, S, 4, NH, DH), **f32) if save else states[0]  # never written without SAVE
-            slstm_fw_wide_kernel[grid](gates_x, R_dot, b, *states, pre, B, S, NH, DOT_BF16=dot_bf16, SAVE=save,
-                                       **config)
-            y, final, saved = states[0][:, 1:].contiguous(), [x[:, S].contiguous() for x in states], states[1:]
-        else:
-            y, final, pre, saved = _on_chip_forward(slstm_fw_kernel, save, dot_bf16, gates_x, R_dot, b, y0, c0, n0,
-                                                    m0)
+        launch = _wide_forward if ctx.wide else _on_chip_forward
+        y, final, pre, saved = launch(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0)
         if save:
             ctx.save_for_backward(R_dot, y0, y, pre, *saved)
             ctx.gates_dtype, ctx.dot_bf16 = gates_x.dtype, dot_bf16
@@ -141,9 +125,13 @@ class _SLSTMFunction(torch.autograd.Function):
         return None, dgates.to(ctx.gates_dtype), dR, db, *initial_grads, None
 
 
-def _on_chip_forward(kernel, save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
+def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
     """The on-chip forward kernel's launch: y, the final state, and (when saving) the pre-activations and
-    the per-step c, n, m."""
+    the per-step c, n, m (the initial state at index 0)."""
+    # Note: imported here, not at the top: triton reads TRITON_INTERPRET when a kernel is decorated,
+    # so a process (a CPU test session) can still switch the interpreter on after importing the package.
+    from .triton_kernels import slstm_fw_kernel
+
     B, S, _, NH, DH = gates_x.shape
     grid, config = _launch_config(B, NH, DH)
     f32 = {"dtype": torch.float32, "device": gates_x.device}
@@ -156,9 +144,25 @@ def _on_chip_forward(kernel, save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
             buffer[:, 0] = initial
     else:  # never written: SAVE is off
         pre, saved = y, [y] * 3
-    kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH, DOT_BF16=dot_bf16, SAVE=save,
-                 **config)
+    slstm_fw_kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH, DOT_BF16=dot_bf16,
+                          SAVE=save, **config)
     return y, final, pre, saved
+
+
+def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
+    """The wide forward kernel's launch, with the outputs of `_on_chip_forward`. Every step's state goes
+    through memory: y, c, n, m (B, S + 1, NH, DH), the initial state at index 0, are written always."""
+    from .triton_kernels import slstm_fw_wide_kernel
+
+    B, S, _, NH, DH = gates_x.shape
+    grid, config = _wide_launch_config(B, NH, DH)
+    f32 = {"dtype": torch.float32, "device": gates_x.device}
+    states = [torch.empty((B, S + 1, NH, DH), **f32) for _ in range(4)]
+    for buffer, initial in zip(states, (y0, c0, n0, m0)):
+        buffer[:, 0] = initial
+    pre = torch.empty((B, S, 4, NH, DH), **f32) if save else states[0]  # never written without SAVE
+    slstm_fw_wide_kernel[grid](gates_x, R_dot, b, *states, pre, B, S, NH, DOT_BF16=dot_bf16, SAVE=save, **config)
+    return states[0][:, 1:].contiguous(), [x[:, S].contiguous() for x in states], pre, states[1:]
 
 
 def slstm_triton(
