@@ -56,15 +56,15 @@ def mlstm_providers(
 ) -> dict[str, Callable]:
     """The mLSTM implementations to time, each a function of (q, k, v, i, f) returning h: ours at chunk_size
     and at each of triton_chunk_sizes (named "triton L<size>"), TFLA (GPU only) at the same sizes ("tfla L<size>"),
-    the others at chunk_size. Ours runs on a GPU
-    and, on a CPU, in the Triton interpreter (a smoke test of the benchmark, no timing worth reporting)."""
+    the others at chunk_size. Ours runs on a GPU and, on a CPU, in the Triton interpreter (a smoke test of the
+    benchmark, no timing worth reporting)."""
+    sizes = dict.fromkeys((chunk_size, *triton_chunk_sizes))
     providers = {"native": lambda q, k, v, i, f: mlstm(q, k, v, i, f, backend="native", chunk_size=chunk_size)}
     if device.type == "cuda" or triton.knobs.runtime.interpret:
-        sizes = dict.fromkeys((chunk_size, *triton_chunk_sizes))
         providers = {f"triton L{size}": _triton_mlstm(size) for size in sizes} | providers
-    if device.type == "cuda" and _tfla_mlstm(chunk_size) is not None:
-        sizes = dict.fromkeys((chunk_size, *triton_chunk_sizes))
-        providers |= {f"tfla L{size}": _tfla_mlstm(size) for size in sizes}
+    if device.type == "cuda":
+        tfla = {f"tfla L{size}": _tfla_mlstm(size) for size in sizes}
+        providers |= {name: run for name, run in tfla.items() if run is not None}  # None: not installed
     providers["sdpa"] = lambda q, k, v, i, f: F.scaled_dot_product_attention(q, k, v, is_causal=True)
     return providers
 
