@@ -8,6 +8,7 @@ on a GPU the same tests run the compiled kernels on CUDA tensors.
 
 import importlib
 import logging
+from collections.abc import Callable
 from functools import partial
 from types import SimpleNamespace
 
@@ -28,6 +29,16 @@ slstm_triton_module = importlib.import_module("xlstm_lm.kernels.slstm.triton")  
 STATE_M = 4  # index of the stabilizer m in (y, y_S, c_S, n_S, m_S): compared, but it has no gradient
 
 
+@pytest.fixture
+def compare_to_native(compare_to_reference) -> Callable[..., None]:
+    """`compare_to_reference` against the float64 native loop; m and the final m carry no gradient."""
+    def compare(fast: Callable, inputs: dict[str, torch.Tensor], **tolerances_and_dtype) -> None:
+        compare_to_reference(fast, partial(run_slstm, backend="native"), inputs, no_grad_inputs=("m",),
+                             no_grad_outputs=(STATE_M,), **tolerances_and_dtype)
+
+    return compare
+
+
 def run_triton(**inputs) -> tuple[torch.Tensor, ...]:
     """The triton backend on DEVICE, inputs and outputs on the CPU (gradients flow through the moves)."""
     outputs = run_slstm(**{name: x.to(DEVICE) for name, x in inputs.items()}, backend="triton")
@@ -39,25 +50,19 @@ def run_triton(**inputs) -> tuple[torch.Tensor, ...]:
     [(16, regime, with_state) for regime in ("realistic", "normal", "extreme") for with_state in (False, True)]
     + [(32, "realistic", False), (32, "normal", True), (64, "realistic", True)],
 )
-def test_matches_float64(DH, regime, with_state, slstm_inputs, compare_to_reference):
+def test_matches_float64(DH, regime, with_state, slstm_inputs, compare_to_native):
     # B = 3: one batch tile of 16 with 13 masked rows; S = 37 steps, two heads.
     inputs = slstm_inputs(B=3, S=37, NH=2, DH=DH, regime=regime, with_state=with_state)
     fwd_tol, grad_tol = TOLERANCES[regime]
-    compare_to_reference(
-        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=fwd_tol, grad_tol=grad_tol,
-        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
-    )
+    compare_to_native(run_triton, inputs, fwd_tol=fwd_tol, grad_tol=grad_tol)
 
 
 @pytest.mark.parametrize("B, DH", [(20, 16), (2, 128)])
-def test_several_batch_tiles_and_the_widest_head(B, DH, slstm_inputs, compare_to_reference):
+def test_several_batch_tiles_and_the_widest_head(B, DH, slstm_inputs, compare_to_native):
     # B = 20: two batch tiles, the second with 12 masked rows. DH = 128 in float32 runs the on-chip kernel
     # in the interpreter; on a GPU its R does not fit in shared memory and the wide kernel takes it.
     inputs = slstm_inputs(B=B, S=6, NH=1, DH=DH, regime="normal", with_state=True)
-    compare_to_reference(
-        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=1e-4, grad_tol=1e-3,
-        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
-    )
+    compare_to_native(run_triton, inputs, fwd_tol=1e-4, grad_tol=1e-3)
 
 
 @pytest.mark.parametrize(
@@ -65,16 +70,13 @@ def test_several_batch_tiles_and_the_widest_head(B, DH, slstm_inputs, compare_to
     [(3, 24, regime, with_state) for regime in ("realistic", "normal", "extreme") for with_state in (False, True)]
     + [(3, 8, "normal", True), (20, 80, "normal", True), (2, 200, "realistic", True)],
 )
-def test_wide_heads_match_float64(B, DH, regime, with_state, slstm_inputs, compare_to_reference):
+def test_wide_heads_match_float64(B, DH, regime, with_state, slstm_inputs, compare_to_native):
     # Heads whose R is read from memory at every step (the wide kernels): widths that are no power of two
     # (24: one padded tile; 80: a full and a padded tile of 64; 200: four tiles, the paper's 192-512 range
     # at a size the interpreter runs), one below the on-chip minimum (8), and two batch tiles (B = 20).
     inputs = slstm_inputs(B=B, S=9, NH=2, DH=DH, regime=regime, with_state=with_state)
     fwd_tol, grad_tol = TOLERANCES[regime]
-    compare_to_reference(
-        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=fwd_tol, grad_tol=grad_tol,
-        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
-    )
+    compare_to_native(run_triton, inputs, fwd_tol=fwd_tol, grad_tol=grad_tol)
 
 
 def test_wide_kernels_equal_the_on_chip_ones(slstm_inputs, monkeypatch):
@@ -98,7 +100,7 @@ def test_wide_kernels_equal_the_on_chip_ones(slstm_inputs, monkeypatch):
 
 
 @pytest.mark.parametrize("regime, with_state", [("realistic", False), ("extreme", True)])
-def test_state_passing(regime, with_state, slstm_inputs, compare_to_reference):
+def test_state_passing(regime, with_state, slstm_inputs, compare_to_native):
     # The sequence in pieces with the state carried over, against one float64 run: forward, final state
     # and gradients, which flow back through each piece's initial state.
     pieces = (10, 15, 12)
@@ -113,19 +115,13 @@ def test_state_passing(regime, with_state, slstm_inputs, compare_to_reference):
         return torch.cat(outputs, dim=1), *final
 
     fwd_tol, grad_tol = TOLERANCES[regime]
-    compare_to_reference(
-        run_in_pieces, partial(run_slstm, backend="native"), inputs, fwd_tol=fwd_tol, grad_tol=grad_tol,
-        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,),
-    )
+    compare_to_native(run_in_pieces, inputs, fwd_tol=fwd_tol, grad_tol=grad_tol)
 
 
-def test_bfloat16_inputs(slstm_inputs, compare_to_reference):
+def test_bfloat16_inputs(slstm_inputs, compare_to_native):
     # bf16 in, fp32 states; on a GPU the recurrent products are bf16 too (the interpreter keeps them fp32).
     inputs = slstm_inputs(B=3, S=37, NH=2, DH=32, regime="realistic", with_state=True)
-    compare_to_reference(
-        run_triton, partial(run_slstm, backend="native"), inputs, fwd_tol=1e-2, grad_tol=2e-2,
-        no_grad_inputs=("m",), no_grad_outputs=(STATE_M,), dtype=torch.bfloat16,
-    )
+    compare_to_native(run_triton, inputs, fwd_tol=1e-2, grad_tol=2e-2, dtype=torch.bfloat16)
 
 
 @pytest.mark.parametrize("DH, dtype, device, resident", [
