@@ -94,7 +94,7 @@ def test_bad_arguments_are_named():
 
 @pytest.mark.parametrize("model_config", [
     dict(architecture="xlstm", ratio="1:1", embedding_dim=32, num_blocks=2, num_heads=4, chunk_size=8),
-    dict(architecture="xlstm_large", ratio="1:0", logit_soft_cap=3.0, embedding_dim=32, num_blocks=2, num_heads=4,
+    dict(architecture="xlstm_large", logit_soft_cap=3.0, embedding_dim=32, num_blocks=2, num_heads=4,
          chunk_size=8),
     dict(architecture="xlstm", ratio="1:0", tie_embeddings=True, embedding_dim=32, num_blocks=1, num_heads=4,
          chunk_size=8),

@@ -1,16 +1,17 @@
-"""The xLSTM language model: sizes, sLSTM placement, state passing, generation steps, document resets."""
+"""The xLSTM language models (the paper stack and the 7B-style stack): sizes, sLSTM placement, state passing,
+generation steps, document resets."""
 
 import pytest
 import torch
 
-from xlstm_lm.models import XLSTMLM, XLSTMConfig, place_slstm_blocks
+from xlstm_lm.models import XLSTMConfig, XLSTMLargeConfig, build_model, place_slstm_blocks
 
 TINY = dict(vocab_size=97, embedding_dim=32, num_blocks=4, num_heads=4, chunk_size=8)
 
 
-def tiny_model(**overrides) -> XLSTMLM:
+def tiny_model(**overrides):
     torch.manual_seed(0)
-    return XLSTMLM(XLSTMConfig(**{**TINY, **overrides})).double()
+    return build_model({"architecture": "xlstm", **TINY, **overrides}).double()
 
 
 @pytest.mark.parametrize(
@@ -25,10 +26,9 @@ def tiny_model(**overrides) -> XLSTMLM:
 )
 def test_paper_sizes_land_within_ten_percent_of_their_names(size, arch, dim, blocks, heads, vocab, nominal):
     """Names count parameters without the input embedding table (the head is counted)."""
-    config = XLSTMConfig(architecture=arch, embedding_dim=dim, num_blocks=blocks, num_heads=heads, vocab_size=vocab,
-                         ratio="1:0" if arch == "xlstm_large" else "7:1")
+    config = dict(architecture=arch, embedding_dim=dim, num_blocks=blocks, num_heads=heads, vocab_size=vocab)
     with torch.device("meta"):
-        model = XLSTMLM(config)
+        model = build_model(config if arch == "xlstm_large" else {**config, "ratio": "7:1"})
     count = model.num_parameters(exclude_embedding=True)
     assert abs(count - nominal) / nominal < 0.10, f"{size}: {count / 1e6:.1f}M"
     if arch == "xlstm_large":
@@ -63,11 +63,11 @@ def test_bad_configs_fail_with_a_clear_message(overrides, message):
 def test_block_types_follow_the_config():
     model = tiny_model(ratio="1:1")
     assert [type(b).__name__ for b in model.blocks] == ["MLSTMBlock", "SLSTMBlock", "MLSTMBlock", "SLSTMBlock"]
-    large = tiny_model(architecture="xlstm_large", ratio="1:0")
+    large = tiny_model(architecture="xlstm_large")
     assert {type(b).__name__ for b in large.blocks} == {"LargeMLSTMBlock"}
 
 
-ARCHITECTURES = [dict(ratio="1:1"), dict(architecture="xlstm_large", ratio="1:0", logit_soft_cap=30.0)]
+ARCHITECTURES = [dict(ratio="1:1"), dict(architecture="xlstm_large")]
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -134,6 +134,18 @@ def test_backend_must_exist_for_every_cell_of_the_stack():
         XLSTMConfig(**{**TINY, "ratio": "1:1", "backend": "reference"})
     with pytest.raises(ValueError, match="model.backend='cuda'"):
         XLSTMConfig(**{**TINY, "backend": "cuda"})
+    assert XLSTMLargeConfig(**{**TINY, "backend": "reference"}).backend == "reference"
+    with pytest.raises(ValueError, match="model.backend='cuda'"):
+        XLSTMLargeConfig(**{**TINY, "backend": "cuda"})
+
+
+def test_each_stack_refuses_the_other_ones_architecture_and_settings():
+    with pytest.raises(ValueError, match="must be 'xlstm_large'"):
+        XLSTMLargeConfig(architecture="xlstm")
+    with pytest.raises(TypeError, match="ratio"):
+        XLSTMLargeConfig(**TINY, ratio="1:0")
+    with pytest.raises(TypeError, match="gate_soft_cap"):
+        XLSTMConfig(**TINY, gate_soft_cap=15.0)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -12,7 +12,7 @@ from torch.distributed.fsdp import ShardingStrategy
 from tests.conftest import compose_train
 from xlstm_lm.models.llama import TransformerLayer
 from xlstm_lm.models.mlstm import MLSTMBlock
-from xlstm_lm.models.mlstm_large import LargeMLSTMBlock
+from xlstm_lm.models.xlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMBlock
 from xlstm_lm.training.checkpointing import AtomicCheckpointIO
 from xlstm_lm.training.trainer import LoggerConfig, build_logger, build_plugins, build_strategy, build_trainer

@@ -1,4 +1,5 @@
-"""Plain PyTorch models: xLSTM blocks and stacks, the Transformer and LSTM baselines (no Lightning or Hydra).
+"""Plain PyTorch models: the xLSTM paper stack, the 7B-style xLSTM stack, the Transformer and LSTM baselines
+(no Lightning or Hydra).
 
 `build_model` turns a config (dataclass or plain dict) into its model, chosen by `architecture`.
 """
@@ -9,25 +10,40 @@ import dataclasses
 
 from xlstm_lm.models.base import LanguageModel
 from xlstm_lm.models.llama import LlamaConfig, LlamaLM
-from xlstm_lm.models.lm import XLSTMLM, XLSTMConfig, place_slstm_blocks
 from xlstm_lm.models.lstm import LSTMCell, LSTMConfig, LSTMLM, lstm_pointwise
+from xlstm_lm.models.xlstm import XLSTMLM, XLSTMConfig, place_slstm_blocks
+from xlstm_lm.models.xlstm_large import XLSTMLargeConfig, XLSTMLargeLM
 
 # architecture -> (config class, model class)
 MODELS = {
     "xlstm": (XLSTMConfig, XLSTMLM),
-    "xlstm_large": (XLSTMConfig, XLSTMLM),
+    "xlstm_large": (XLSTMLargeConfig, XLSTMLargeLM),
     "llama": (LlamaConfig, LlamaLM),
     "lstm": (LSTMConfig, LSTMLM),
+}
+
+# Before each xLSTM stack had its own config, one class served both and every checkpoint and export of those
+# runs stores all its fields. Per architecture: the fields it renamed (old -> new) and the ones the other
+# stack alone used, which never had an effect on this one.
+FORMER_FIELDS = {
+    "xlstm": ({}, {"large_qk_factor", "large_ffn_factor", "gate_soft_cap"}),
+    "xlstm_large": ({"large_qk_factor": "qk_factor", "large_ffn_factor": "ffn_factor"},
+                    {"ratio", "slstm_at", "proj_factor", "conv_kernel", "qkv_block_size", "slstm_ffn_factor"}),
 }
 
 
 def model_config(config: dict | object):
     """The config dataclass for a dict (from a checkpoint or config.json) or a dataclass instance."""
-    fields = config if isinstance(config, dict) else dataclasses.asdict(config)
+    fields = dict(config) if isinstance(config, dict) else dataclasses.asdict(config)
     architecture = fields.get("architecture")
     if architecture not in MODELS:
         raise ValueError(f"unknown model architecture {architecture!r}: expected one of {sorted(MODELS)}")
-    return MODELS[architecture][0](**fields)
+    config_class = MODELS[architecture][0]
+    renamed, unused = FORMER_FIELDS.get(architecture, ({}, set()))
+    current = {field.name for field in dataclasses.fields(config_class)}
+    fields = {renamed.get(name, name): value for name, value in fields.items()
+              if name in current or name in renamed or name not in unused}
+    return config_class(**fields)
 
 
 def build_model(config: dict | object) -> LanguageModel:
@@ -39,6 +55,7 @@ def build_model(config: dict | object) -> LanguageModel:
 __all__ = [
     "MODELS", "LanguageModel", "build_model", "model_config",
     "XLSTMLM", "XLSTMConfig", "place_slstm_blocks",
+    "XLSTMLargeConfig", "XLSTMLargeLM",
     "LlamaConfig", "LlamaLM",
     "LSTMCell", "LSTMConfig", "LSTMLM", "lstm_pointwise",
 ]

@@ -28,7 +28,8 @@ def lstm_pointwise(forget, input, output, candidate, c_prev):
 
 
 class LSTMCell(nn.Module):
-    """One LSTM step; gate rows of W, U and b are ordered forget, input, output, candidate."""
+    """One LSTM step, the reference the baseline is checked against (the language model runs `nn.LSTM`);
+    gate rows of W, U and b are ordered forget, input, output, candidate."""
 
     def __init__(self, input_size: int, hidden_size: int):
         super().__init__()

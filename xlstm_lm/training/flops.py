@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from xlstm_lm.models import LanguageModel, LlamaLM
 from xlstm_lm.models.mlstm import MLSTMLayer
-from xlstm_lm.models.mlstm_large import LargeMLSTMBlock
+from xlstm_lm.models.xlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMLayer
 
 # Dense bf16 peak of common accelerators, TFLOP/s (vendor figures without sparsity), by device name part.

@@ -8,7 +8,7 @@ from __future__ import annotations
 from xlstm_lm.models import LanguageModel
 from xlstm_lm.models.llama import TransformerLayer
 from xlstm_lm.models.mlstm import MLSTMBlock
-from xlstm_lm.models.mlstm_large import LargeMLSTMBlock
+from xlstm_lm.models.xlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMBlock
 
 # FSDP wraps each of these on its own: one all-gather per block in the forward and backward, so at most

@@ -1,4 +1,6 @@
-"""The large (7B-style) mLSTM block (DESIGN.md §4 and §6).
+"""The 7B-style xLSTM language model (NX-AI's xLSTM-7B architecture): its config, block and stack (DESIGN.md §4, §6).
+
+Embedding, mLSTM-only blocks, RMSNorm, LM head with logits soft-capped at 30. Each block:
 
 x + W_out(σ(o) ⊙ PerHeadNorm(mLSTM(q, k, v, i, f))) with q, k (0.5 D), v, o (D) and the gates all
 linear in RMSNorm(x); gates soft-capped at 15 tanh(·/15); then x + SwiGLU(RMSNorm(x)) of width
@@ -10,10 +12,14 @@ Notation: B batch, S length, D width, NH heads, DQK = 0.5 D / NH, DV = D / NH.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 from torch import nn
 
-from xlstm_lm.kernels import mlstm
+from xlstm_lm.kernels import MLSTM_BACKENDS, mlstm
+from xlstm_lm.models.base import BlockStackConfig, BlockStackLM
 from xlstm_lm.models.components import (
     GatedFeedForward,
     MultiHeadNorm,
@@ -26,6 +32,25 @@ from xlstm_lm.models.components import (
     split_heads,
     wang_init_,
 )
+
+
+@dataclass
+class XLSTMLargeConfig(BlockStackConfig):
+    """Architecture of the 7B-style xLSTM language model."""
+
+    architecture: str = "xlstm_large"
+    qk_factor: float = 0.5  # q and k width = qk_factor * D
+    ffn_factor: float = 2.667  # SwiGLU width = ffn_factor * D (rounded up to 64)
+    gate_soft_cap: float = 15.0
+    logit_soft_cap: Optional[float] = 30.0
+
+    def __post_init__(self):
+        if self.architecture != "xlstm_large":
+            raise ValueError(f"XLSTMLargeConfig.architecture must be 'xlstm_large', got {self.architecture!r}")
+        super().__post_init__()
+
+    def cell_backends(self) -> list:
+        return [MLSTM_BACKENDS]
 
 
 class LargeMLSTMBlock(nn.Module):
@@ -78,3 +103,16 @@ class LargeMLSTMBlock(nn.Module):
         h = self.head_norm(h.transpose(1, 2))  # (B, S, D)
         x = x + self.out(torch.sigmoid(self.o(xn)) * h)
         return x + self.ffn(self.ffn_norm(x)), new_state
+
+
+class XLSTMLargeLM(BlockStackLM):
+    """The 7B-style stack of large mLSTM blocks, with the recurrent state of every block carried."""
+
+    def __init__(self, config: XLSTMLargeConfig):
+        D = config.embedding_dim
+        blocks = [
+            LargeMLSTMBlock(D, config.num_heads, config.qk_factor, config.ffn_factor, config.gate_soft_cap,
+                            chunk_size=config.chunk_size, backend=config.backend)
+            for _ in range(config.num_blocks)
+        ]
+        super().__init__(config, blocks, rms_norm(D))
