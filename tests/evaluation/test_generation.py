@@ -6,6 +6,7 @@ from torch import nn
 
 from tests.evaluation.tiny_export import tiny_model
 from xlstm_lm.evaluation.generation import GenerationConfig, generate, sample_next
+from xlstm_lm.models import LanguageModel
 
 PROMPT = [0, 17, 42, 99, 5, 230]
 
@@ -47,7 +48,7 @@ def test_top_k_and_top_p_keep_only_the_likely_tokens():
     assert sample_next(logits[:2], GenerationConfig(temperature=0)).tolist() == [0, 0]
 
 
-class FavouriteToken(nn.Module):
+class FavouriteToken(LanguageModel):
     """Always puts the most weight on one token."""
 
     def __init__(self, token: int, vocab_size: int = 8):

@@ -6,7 +6,7 @@ runs in the Triton interpreter (tests/kernels/conftest.py), so the shapes stay t
 import pytest
 import torch
 
-from xlstm_lm.kernels import mlstm, mlstm_step
+from xlstm_lm.kernels import mlstm, mlstm_backend, mlstm_step
 from xlstm_lm.kernels.mlstm.triton import mlstm_triton_step
 
 from .conftest import DEVICE, TOLERANCES, on_device, relative_error, run_mlstm
@@ -189,22 +189,15 @@ def test_chunk_size_is_rounded_up_to_a_power_of_two(chunk_size, mlstm_inputs):
     assert relative_error(h.cpu(), mlstm(*(x.cpu() for x in sequence), backend="native", chunk_size=8)) < 1e-5
 
 
-def test_dispatcher_runs_single_tokens_without_grad_through_the_step_kernel(monkeypatch):
-    """Generation calls mlstm with S = 1 under no_grad: the one-token kernel must serve it, with equal results."""
-    import sys
-
-    dispatcher = sys.modules["xlstm_lm.kernels.mlstm"]  # the package; its name `mlstm` is shadowed by the function
-    calls = []
-    step = dispatcher.mlstm_triton_step
-    monkeypatch.setattr(dispatcher, "mlstm_triton_step", lambda *a, **kw: calls.append(1) or step(*a, **kw))
+def test_the_dispatchers_step_runs_the_triton_step_kernel():
+    """Generation calls mlstm_step: with backend triton it runs the one-token kernel, with equal results."""
+    assert mlstm_backend("triton").for_input(torch.zeros(1)).step is mlstm_triton_step
     torch.manual_seed(0)
-    q, k = torch.randn(2, 2, 1, 16, device=DEVICE), torch.randn(2, 2, 1, 16, device=DEVICE)
-    v, i, f = torch.randn(2, 2, 1, 32, device=DEVICE), torch.randn(2, 2, 1, device=DEVICE), torch.randn(2, 2, 1, device=DEVICE) + 4
+    q, k = torch.randn(2, 2, 16, device=DEVICE), torch.randn(2, 2, 16, device=DEVICE)
+    v, i, f = torch.randn(2, 2, 32, device=DEVICE), torch.randn(2, 2, device=DEVICE), torch.randn(2, 2, device=DEVICE) + 4
     state = (torch.randn(2, 2, 16, 32, device=DEVICE), torch.randn(2, 2, 16, device=DEVICE), torch.zeros(2, 2, device=DEVICE))
-    with torch.no_grad():
-        h, new_state = dispatcher.mlstm(q, k, v, i, f, state, backend="triton", return_state=True)
-        h_native, native_state = dispatcher.mlstm(q, k, v, i, f, state, backend="native", return_state=True)
-    assert calls == [1]
+    h, new_state = mlstm_step(q, k, v, i, f, state, backend="triton")
+    h_native, native_state = mlstm_step(q, k, v, i, f, state, backend="native")
     torch.testing.assert_close(h, h_native, rtol=1e-5, atol=1e-6)
     for ours, reference in zip(new_state, native_state):
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)

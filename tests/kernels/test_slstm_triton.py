@@ -7,7 +7,6 @@ on a GPU the same tests run the compiled kernels on CUDA tensors.
 """
 
 import importlib
-import logging
 from collections.abc import Callable
 from functools import partial
 from types import SimpleNamespace
@@ -18,8 +17,8 @@ import triton
 from triton.compiler import ASTSource
 
 from xlstm_lm.kernels import slstm
-from xlstm_lm.kernels.slstm import _auto_backend, _report_native_on_gpu
-from xlstm_lm.kernels.slstm.triton import _launch_config, _wide_launch_config, on_chip, unsupported
+from xlstm_lm.kernels.slstm import slstm_backend
+from xlstm_lm.kernels.slstm.triton import _launch_config, _wide_launch_config, on_chip
 
 from .aot import HOPPER, jit_module, markdown_table, resource_usage
 from .conftest import TOLERANCES, run_slstm
@@ -136,16 +135,15 @@ def test_which_kernel_takes_a_head(DH, dtype, device, resident):
     gates_x = SimpleNamespace(shape=(2, 8, 4, 1, DH), dtype=dtype, is_cuda=device == "cuda")
     assert on_chip(gates_x) == resident
     assert not on_chip(SimpleNamespace(shape=(1, 2**31 // (4 * DH), 4, 1, DH), dtype=dtype, is_cuda=False))
-    assert unsupported(gates_x) is None
-    assert _auto_backend(gates_x) == ("triton" if device == "cuda" else "native")
+    assert slstm_backend("auto").table[device, dtype].name == ("triton" if device == "cuda" else "native")
 
 
-def test_auto_runs_float64_natively_on_a_gpu(caplog):
-    gates_x = SimpleNamespace(shape=(2, 8, 4, 1, 64), dtype=torch.float64, is_cuda=True)
-    _report_native_on_gpu.cache_clear()  # it reports each reason once per process
-    with caplog.at_level(logging.INFO):
-        assert _auto_backend(gates_x) == "native"
-    assert "float64" in unsupported(gates_x) and "native PyTorch loop" in caplog.text
+def test_auto_runs_float64_natively_on_a_gpu():
+    choice = slstm_backend("auto")
+    assert choice.table["cuda", torch.float64].name == "native"
+    assert choice.for_input(torch.zeros(1, dtype=torch.float64)).name == "native"
+    described = choice.describe()
+    assert "triton (fused Triton kernels" in described and "cuda float64" in described.split("native")[1]
 
 
 def test_auto_is_triton_on_cuda_and_native_elsewhere(slstm_inputs):

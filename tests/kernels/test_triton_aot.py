@@ -108,9 +108,9 @@ class _AlignedLaunches:
 def test_launches_pass_only_aligned_tensors(monkeypatch):
     """The variant compiled above is the one every launch runs: inputs and output gradients that are views
     starting at misaligned addresses reach the kernels as aligned copies (forward, backward, step)."""
-    kernels, launched = mlstm_triton._kernels(), set()
+    kernels, launched = mlstm_triton.triton_kernels(mlstm_triton.__package__), set()
     checked = {name: _AlignedLaunches(name, getattr(kernels, name), launched) for name, _, _ in LAUNCHES}
-    monkeypatch.setattr(mlstm_triton, "_kernels", lambda: SimpleNamespace(**checked))
+    monkeypatch.setattr(mlstm_triton, "triton_kernels", lambda package: SimpleNamespace(**checked))
 
     def misaligned(*shape):  # a view one float past an aligned allocation
         view = torch.randn(torch.Size(shape).numel() + 1, device=DEVICE)[1:].view(shape)

@@ -1,6 +1,8 @@
 """The xLSTM language models (the paper stack and the 7B-style stack): sizes, sLSTM placement, state passing,
 generation steps, document resets."""
 
+import logging
+
 import pytest
 import torch
 
@@ -84,11 +86,12 @@ def test_forward_in_pieces_and_token_by_token_equals_one_pass(arch):
     for block_full, block_pieces in zip(full_state, state):
         for a, b in zip(block_full, block_pieces):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    steps, state = [], None
-    for t in range(ids.shape[1]):
-        logits, state = model(ids[:, t:t + 1], state=state, return_state=True)
-        steps.append(logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+    for one_token in (lambda x, state: model(x, state=state, return_state=True), model.decode_step):
+        steps, state = [], None  # the sequence form at S = 1, then the cells' step functions (generation)
+        for t in range(ids.shape[1]):
+            logits, state = one_token(ids[:, t:t + 1], state)
+            steps.append(logits)
+        torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
 
 
 def test_doc_starts_reset_the_mlstm_memory():
@@ -157,3 +160,13 @@ def test_block_stack_compiles_without_graph_breaks(arch):
     for kwargs in ({}, {"labels": ids}):
         explanation = torch._dynamo.explain(model)(ids, **kwargs)
         assert explanation.graph_break_count == 0, [reason.reason for reason in explanation.break_reasons]
+
+
+def test_the_backend_is_resolved_once_for_the_stack_and_logged(caplog):
+    with caplog.at_level(logging.INFO, logger="xlstm_lm.models.base"):
+        model = tiny_model(ratio="1:1")
+    mlstm_layers = [block.layer for block in model.blocks if type(block).__name__ == "MLSTMBlock"]
+    assert mlstm_layers[0].backend is mlstm_layers[1].backend and mlstm_layers[0].backend.name == "auto"
+    assert ("mLSTM backend auto: native (chunkwise PyTorch) on cpu, cuda float64; "
+            "triton (fused chunkwise Triton kernels) on cuda float32/bfloat16/float16") in caplog.text
+    assert "sLSTM backend auto: native (a PyTorch step loop" in caplog.text

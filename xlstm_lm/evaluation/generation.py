@@ -1,7 +1,7 @@
 """Text generation from a carried state: prefill the prompt once, then one token per forward (DESIGN.md §12).
 
 The prompt runs in one forward pass with `return_state=True`; every new token is then fed alone with the
-state of the previous step, so a recurrent model spends constant time and memory per token and the
+state of the previous step (`decode_step`: the cells' step functions), so a recurrent model spends constant time and memory per token and the
 Transformer extends its KV cache (the same interface). Because the state carries the whole history, the
 logits of every step equal those of one pass over prompt + generated tokens (tested).
 
@@ -130,5 +130,5 @@ def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig,
         tokens.append(int(token))
         if (cfg.stop_at_eos and tokens[-1] == eos_id) or step == cfg.max_new_tokens - 1:
             break
-        logits, state = model(token.view(1, 1), state=state, return_state=True)
+        logits, state = model.decode_step(token.view(1, 1), state)
     return Generation(tokens, torch.stack(step_logits) if return_logits else None)

@@ -9,6 +9,7 @@ them alike. A recurrent model's state has a fixed size; the Transformer's is a K
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Optional
 
@@ -16,8 +17,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from xlstm_lm.kernels import BackendChoice
 from xlstm_lm.models.components import small_init_, soft_cap
 from xlstm_lm.models.head_loss import linear_cross_entropy
+
+log = logging.getLogger(__name__)
 
 
 class LanguageModel(nn.Module):
@@ -32,6 +36,11 @@ class LanguageModel(nn.Module):
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(block, *args, use_reentrant=False)
         return block(*args)
+
+    def decode_step(self, input_ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
+        """One new token per row, (B, 1), continuing `state`: (logits (B, 1, V), new state). What generation runs
+        after the prompt; the xLSTM stacks take their cells' step functions here."""
+        return self(input_ids, state=state, return_state=True)
 
     def build_embedding_and_head(self, vocab_size: int, dim: int, tie: bool) -> None:
         """The token embedding and the LM head (bias-free), sharing one matrix when `tie`."""
@@ -102,7 +111,8 @@ class BlockStackLM(LanguageModel):
     Subclasses build the blocks and the final norm for their config (which has `logit_soft_cap`).
     """
 
-    def __init__(self, config, blocks: list[nn.Module], final_norm: nn.Module):
+    def __init__(self, config, blocks: list[nn.Module], final_norm: nn.Module, kernels: list[BackendChoice]):
+        """`kernels`: the cells' backends, resolved once for the whole stack (logged)."""
         super().__init__()
         if config.vocab_size is None:
             raise ValueError(f"{type(config).__name__}.vocab_size is not set: give the tokenizer's vocabulary size")
@@ -113,6 +123,8 @@ class BlockStackLM(LanguageModel):
         self.blocks = nn.ModuleList(blocks)
         self.final_norm = final_norm
         self.init_weights()
+        for choice in kernels:
+            log.info("%s", choice.describe())
 
     def init_weights(self) -> None:
         """Small init for embedding and head, each block's own init (DESIGN §6)."""
@@ -123,7 +135,7 @@ class BlockStackLM(LanguageModel):
 
     def forward(self, input_ids: torch.Tensor, state: Optional[list] = None,
                 doc_starts: Optional[torch.Tensor] = None, return_state: bool = False,
-                labels: Optional[torch.Tensor] = None, reduction: str = "mean"):
+                labels: Optional[torch.Tensor] = None, reduction: str = "mean", step: bool = False):
         """Next-token logits, or the next-token loss given the labels.
 
         Args:
@@ -133,6 +145,7 @@ class BlockStackLM(LanguageModel):
             return_state: also return the per-block states after the last token.
             labels: (B, S) next-token ids: return their cross-entropy instead of the logits (`output`).
             reduction: "mean" or "sum" of the loss over tokens.
+            step: one token per row (S = 1) continuing `state`, through the cells' step functions (`decode_step`).
 
         Returns:
             logits (B, S, V) in float32 (or the loss), and the list of block states when `return_state`.
@@ -142,7 +155,11 @@ class BlockStackLM(LanguageModel):
         x = self.embedding(input_ids)  # (B, S, D)
         new_state = []
         for index, block in enumerate(self.blocks):
-            x, block_state = self.run_block(block, x, None if state is None else state[index], doc_starts, return_state)
+            x, block_state = self.run_block(block, x, None if state is None else state[index], doc_starts,
+                                            return_state, step)
             new_state.append(block_state)
         out = self.output(self.final_norm(x), labels, reduction, self.config.logit_soft_cap)
         return (out, new_state) if return_state else out
+
+    def decode_step(self, input_ids: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        return self(input_ids, state=state, return_state=True, step=True)

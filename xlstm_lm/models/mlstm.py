@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlstm_lm.kernels import mlstm
+from xlstm_lm.kernels import BackendChoice, mlstm, mlstm_backend, mlstm_step
 from xlstm_lm.models.components import (
     BlockDiagonalLinear,
     CausalConv1d,
@@ -28,18 +28,28 @@ from xlstm_lm.models.components import (
     wang_init_,
 )
 
+def run_mlstm(q, k, v, i, f, state, backend: BackendChoice, chunk_size: int, return_state: bool, step: bool):
+    """The mLSTM cell over (B, NH, S, ·) inputs: h and the new state (None unless `return_state`), through the
+    backend's step function when `step` (one token continuing `state`: generation)."""
+    if step:
+        h, new_state = mlstm_step(*(x[:, :, 0] for x in (q, k, v, i, f)), state, backend=backend)
+        return h[:, :, None], new_state
+    out = mlstm(q, k, v, i, f, state, backend=backend, chunk_size=chunk_size, return_state=return_state)
+    return out if return_state else (out, None)
+
+
 class MLSTMLayer(nn.Module):
     """The mixing part of the paper mLSTM block; state = (C, n, m, conv state)."""
 
     def __init__(self, dim: int, inner_dim: int, num_heads: int, conv_kernel: int = 4,
-                 qkv_block_size: int = 4, chunk_size: int = 64, backend: str = "auto"):
+                 qkv_block_size: int = 4, chunk_size: int = 64, backend: str | BackendChoice = "auto"):
         super().__init__()
         if inner_dim % num_heads:
             raise ValueError(f"mLSTM: inner width {inner_dim} is not divisible by num_heads {num_heads}")
         if inner_dim % qkv_block_size:
             raise ValueError(f"mLSTM: inner width {inner_dim} is not divisible by the qkv block size {qkv_block_size}")
         self.dim, self.inner_dim, self.num_heads = dim, inner_dim, num_heads
-        self.chunk_size, self.backend = chunk_size, backend
+        self.chunk_size, self.backend = chunk_size, mlstm_backend(backend)
         num_qkv_blocks = inner_dim // qkv_block_size
         self.up = nn.Linear(dim, 2 * inner_dim, bias=False)
         self.conv = CausalConv1d(inner_dim, conv_kernel)
@@ -66,8 +76,8 @@ class MLSTMLayer(nn.Module):
         nn.init.ones_(self.skip)
         wang_init_(self.down.weight, self.dim, num_blocks)
 
-    def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):
-        """x (B, S, D) -> (y (B, S, D), new state or None)."""
+    def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False, step: bool = False):
+        """x (B, S, D) -> (y (B, S, D), new state or None); `step`: S = 1 through the cell's step kernel."""
         cell_state, conv_state = (None, None) if state is None else (state[:3], state[3])
         x_m, z = self.up(x).chunk(2, dim=-1)  # (B, S, inner) each
         conv, new_conv_state = self.conv(x_m, conv_state, doc_starts)
@@ -76,9 +86,7 @@ class MLSTMLayer(nn.Module):
         i, f = input_and_forget_gates(torch.cat([q, k, v], dim=-1), self.igate, self.fgate)
         i, f = i.transpose(1, 2), reset_forget_at_doc_starts(f, doc_starts).transpose(1, 2)  # (B, NH, S)
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))  # (B, NH, S, DH)
-        out = mlstm(q, k, v, i, f, cell_state, backend=self.backend, chunk_size=self.chunk_size,
-                    return_state=return_state)
-        h, new_cell_state = out if return_state else (out, None)
+        h, new_cell_state = run_mlstm(q, k, v, i, f, cell_state, self.backend, self.chunk_size, return_state, step)
         h = self.norm(h.transpose(1, 2)) + self.skip * conv  # (B, S, inner)
         y = self.down(h * F.silu(z))
         return y, (*new_cell_state, new_conv_state) if return_state else None
@@ -96,6 +104,6 @@ class MLSTMBlock(nn.Module):
         nn.init.ones_(self.norm.weight)
         self.layer.init_weights(num_blocks)
 
-    def forward(self, x, state=None, doc_starts=None, return_state: bool = False):
-        y, new_state = self.layer(self.norm(x), state, doc_starts, return_state)
+    def forward(self, x, state=None, doc_starts=None, return_state: bool = False, step: bool = False):
+        y, new_state = self.layer(self.norm(x), state, doc_starts, return_state, step)
         return x + y, new_state

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlstm_lm.kernels import slstm
+from xlstm_lm.kernels import BackendChoice, slstm, slstm_backend, slstm_step
 from xlstm_lm.models.components import (
     BlockDiagonalLinear,
     CausalConv1d,
@@ -38,11 +38,12 @@ def powerlaw_forget_bias(head_dim: int, block_index: int, num_blocks: int) -> to
 class SLSTMLayer(nn.Module):
     """The recurrent part of the sLSTM block; state = (y, c, n, m, conv state)."""
 
-    def __init__(self, dim: int, num_heads: int, conv_kernel: int = 4, backend: str = "auto"):
+    def __init__(self, dim: int, num_heads: int, conv_kernel: int = 4, backend: str | BackendChoice = "auto"):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"sLSTM: width {dim} is not divisible by num_heads {num_heads}")
-        self.dim, self.num_heads, self.head_dim, self.backend = dim, num_heads, dim // num_heads, backend
+        self.dim, self.num_heads, self.head_dim = dim, num_heads, dim // num_heads
+        self.backend = slstm_backend(backend)
         self.conv = CausalConv1d(dim, conv_kernel)
         self.gate_inputs = nn.ModuleList(BlockDiagonalLinear(dim, dim, num_heads) for _ in range(4))
         self.recurrent = nn.Parameter(torch.zeros(4, num_heads, self.head_dim, self.head_dim))
@@ -59,8 +60,8 @@ class SLSTMLayer(nn.Module):
             self.bias[1] = powerlaw_forget_bias(self.head_dim, block_index, num_blocks)
         nn.init.ones_(self.norm.weight)
 
-    def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):
-        """x (B, S, D) -> (y (B, S, D), new state or None)."""
+    def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False, step: bool = False):
+        """x (B, S, D) -> (y (B, S, D), new state or None); `step`: S = 1 through the cell's step function."""
         B, S, _ = x.shape
         cell_state, conv_state = (None, None) if state is None else (state[:4], state[4])
         conv, new_conv_state = self.conv(x, conv_state, doc_starts)
@@ -72,8 +73,12 @@ class SLSTMLayer(nn.Module):
         )  # (B, S, 4, NH, DH)
         forget = reset_forget_at_doc_starts(gates_x[:, :, 1], doc_starts)
         gates_x = torch.cat([gates_x[:, :, :1], forget[:, :, None], gates_x[:, :, 2:]], dim=2)
-        out = slstm(gates_x, self.recurrent, self.bias, cell_state, backend=self.backend, return_state=return_state)
-        y, new_cell_state = out if return_state else (out, None)
+        if step:  # one token continuing the state (generation)
+            y, new_cell_state = slstm_step(gates_x[:, 0], self.recurrent, self.bias, cell_state, backend=self.backend)
+            y = y[:, None]
+        else:
+            out = slstm(gates_x, self.recurrent, self.bias, cell_state, backend=self.backend, return_state=return_state)
+            y, new_cell_state = out if return_state else (out, None)
         y = self.norm(y)  # (B, S, D)
         return y, (*new_cell_state, new_conv_state) if return_state else None
 
@@ -94,7 +99,7 @@ class SLSTMBlock(nn.Module):
         self.layer.init_weights(block_index, num_blocks)
         self.ffn.init_weights(self.layer.dim, num_blocks)
 
-    def forward(self, x, state=None, doc_starts=None, return_state: bool = False):
-        y, new_state = self.layer(self.norm(x), state, doc_starts, return_state)
+    def forward(self, x, state=None, doc_starts=None, return_state: bool = False, step: bool = False):
+        y, new_state = self.layer(self.norm(x), state, doc_starts, return_state, step)
         x = x + y
         return x + self.ffn(self.ffn_norm(x)), new_state

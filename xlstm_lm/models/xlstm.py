@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-from xlstm_lm.kernels import MLSTM_BACKENDS, SLSTM_BACKENDS
+from xlstm_lm.kernels import MLSTM_BACKENDS, SLSTM_BACKENDS, mlstm_backend, slstm_backend
 from xlstm_lm.models.base import BlockStackConfig, BlockStackLM
 from xlstm_lm.models.components import layer_norm, round_up
 from xlstm_lm.models.mlstm import MLSTMBlock
@@ -92,11 +92,13 @@ class XLSTMLM(BlockStackLM):
     def __init__(self, config: XLSTMConfig):
         D, NH = config.embedding_dim, config.num_heads
         slstm_at = set(config.slstm_positions)
+        kernels = [mlstm_backend(config.backend)] if len(slstm_at) < config.num_blocks else []
+        kernels += [slstm_backend(config.backend)] if slstm_at else []
         blocks = [
-            SLSTMBlock(D, NH, config.slstm_ffn_factor, conv_kernel=config.conv_kernel, backend=config.backend)
+            SLSTMBlock(D, NH, config.slstm_ffn_factor, conv_kernel=config.conv_kernel, backend=kernels[-1])
             if index in slstm_at else
             MLSTMBlock(D, config.inner_dim, NH, conv_kernel=config.conv_kernel, qkv_block_size=config.qkv_block_size,
-                       chunk_size=config.chunk_size, backend=config.backend)
+                       chunk_size=config.chunk_size, backend=kernels[0])
             for index in range(config.num_blocks)
         ]
-        super().__init__(config, blocks, layer_norm(D))
+        super().__init__(config, blocks, layer_norm(D), kernels)

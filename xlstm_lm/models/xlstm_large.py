@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from xlstm_lm.kernels import MLSTM_BACKENDS, mlstm
+from xlstm_lm.kernels import MLSTM_BACKENDS, BackendChoice, mlstm_backend
 from xlstm_lm.models.base import BlockStackConfig, BlockStackLM
 from xlstm_lm.models.components import (
     GatedFeedForward,
@@ -32,6 +32,7 @@ from xlstm_lm.models.components import (
     split_heads,
     wang_init_,
 )
+from xlstm_lm.models.mlstm import run_mlstm
 
 
 @dataclass
@@ -57,7 +58,7 @@ class LargeMLSTMBlock(nn.Module):
     """One block of the 7B-style stack; state = (C, n, m)."""
 
     def __init__(self, dim: int, num_heads: int, qk_factor: float = 0.5, ffn_factor: float = 2.667,
-                 gate_soft_cap: float = 15.0, chunk_size: int = 64, backend: str = "auto"):
+                 gate_soft_cap: float = 15.0, chunk_size: int = 64, backend: str | BackendChoice = "auto"):
         super().__init__()
         qk_dim = int(qk_factor * dim)
         if qk_dim % num_heads or dim % num_heads:
@@ -65,7 +66,7 @@ class LargeMLSTMBlock(nn.Module):
                 f"large mLSTM: widths {qk_dim} (q, k) and {dim} (v) must be divisible by num_heads {num_heads}"
             )
         self.dim, self.num_heads, self.gate_soft_cap = dim, num_heads, gate_soft_cap
-        self.chunk_size, self.backend = chunk_size, backend
+        self.chunk_size, self.backend = chunk_size, mlstm_backend(backend)
         self.norm = rms_norm(dim)
         self.q = nn.Linear(dim, qk_dim, bias=False)
         self.k = nn.Linear(dim, qk_dim, bias=False)
@@ -91,15 +92,13 @@ class LargeMLSTMBlock(nn.Module):
         wang_init_(self.out.weight, self.dim, num_blocks)
         self.ffn.init_weights(self.dim, num_blocks)
 
-    def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False):
-        """x (B, S, D) -> (x' (B, S, D), new state or None)."""
+    def forward(self, x: torch.Tensor, state=None, doc_starts=None, return_state: bool = False, step: bool = False):
+        """x (B, S, D) -> (x' (B, S, D), new state or None); `step`: S = 1 through the cell's step kernel."""
         xn = self.norm(x)
         i, f = (soft_cap(gate, self.gate_soft_cap) for gate in input_and_forget_gates(xn, self.igate, self.fgate))
         i, f = i.transpose(1, 2), reset_forget_at_doc_starts(f, doc_starts).transpose(1, 2)  # (B, NH, S)
         q, k, v = (split_heads(proj(xn), self.num_heads) for proj in (self.q, self.k, self.v))
-        out = mlstm(q, k, v, i, f, state,
-                    backend=self.backend, chunk_size=self.chunk_size, return_state=return_state)
-        h, new_state = out if return_state else (out, None)
+        h, new_state = run_mlstm(q, k, v, i, f, state, self.backend, self.chunk_size, return_state, step)
         h = self.head_norm(h.transpose(1, 2))  # (B, S, D)
         x = x + self.out(torch.sigmoid(self.o(xn)) * h)
         return x + self.ffn(self.ffn_norm(x)), new_state
@@ -109,10 +108,10 @@ class XLSTMLargeLM(BlockStackLM):
     """The 7B-style stack of large mLSTM blocks, with the recurrent state of every block carried."""
 
     def __init__(self, config: XLSTMLargeConfig):
-        D = config.embedding_dim
+        D, kernels = config.embedding_dim, mlstm_backend(config.backend)
         blocks = [
             LargeMLSTMBlock(D, config.num_heads, config.qk_factor, config.ffn_factor, config.gate_soft_cap,
-                            chunk_size=config.chunk_size, backend=config.backend)
+                            chunk_size=config.chunk_size, backend=kernels)
             for _ in range(config.num_blocks)
         ]
-        super().__init__(config, blocks, rms_norm(D))
+        super().__init__(config, blocks, rms_norm(D), [kernels])

@@ -11,16 +11,30 @@ Notation:
 
 import torch
 
-from .._dispatch import check_shape, compute_dtype, select_backend
+from ..backends import Backend, BackendChoice, check_shape, compute_dtype
 from .chunkwise import mlstm_chunkwise
-from .recurrent import mlstm_recurrent, mlstm_step
+from .recurrent import mlstm_recurrent, mlstm_recurrent_step
 from .reference import mlstm_reference
 from .stabilized import MLSTMState, prepare_state
 from .triton import mlstm_triton, mlstm_triton_step
 
+_LOW_PRECISION = frozenset({torch.float16, torch.bfloat16, torch.float32})
 MLSTM_BACKENDS = {
-    "reference": mlstm_reference, "recurrent": mlstm_recurrent, "native": mlstm_chunkwise, "triton": mlstm_triton
+    "reference": Backend("reference", "the quadratic parallel form, a test reference", mlstm_reference,
+                         mlstm_recurrent_step),
+    "recurrent": Backend("recurrent", "a step loop, a test reference", mlstm_recurrent, mlstm_recurrent_step),
+    "native": Backend("native", "chunkwise PyTorch", mlstm_chunkwise, mlstm_recurrent_step),
+    "triton": Backend("triton", "fused chunkwise Triton kernels", mlstm_triton, mlstm_triton_step,
+                      devices=frozenset({"cuda"}), dtypes=_LOW_PRECISION, as_is=frozenset({torch.bfloat16})),
 }
+
+
+def mlstm_backend(backend: str | BackendChoice = "auto") -> BackendChoice:
+    """A backend name resolved for every input: `auto` is triton for CUDA inputs in float32, bfloat16 or
+    float16, native elsewhere (float64, the CPU). A choice passes through (models resolve theirs once)."""
+    if isinstance(backend, BackendChoice):
+        return backend
+    return BackendChoice("mLSTM", MLSTM_BACKENDS, backend, preference=("triton", "native"))
 
 
 def mlstm(
@@ -31,7 +45,7 @@ def mlstm(
     f: torch.Tensor,  # (B, NH, S)
     state: MLSTMState | None = None,
     *,
-    backend: str = "auto",
+    backend: str | BackendChoice = "auto",
     chunk_size: int = 64,
     return_state: bool = False,
     eps: float = 1e-6,
@@ -44,8 +58,7 @@ def mlstm(
         i, f: (B, NH, S) input and forget gate pre-activations.
         state: initial (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)); None for zeros (m = 0).
             m carries no gradient.
-        backend: a key of MLSTM_BACKENDS, or "auto": "triton" for CUDA tensors (float64 ones excepted),
-            "native" elsewhere.
+        backend: a key of MLSTM_BACKENDS, "auto" (see `mlstm_backend`), or a resolved BackendChoice.
         chunk_size: chunk length of the chunkwise backends (native; triton: a power of two >= 16).
         return_state: also return the final state.
         eps: added to the normalizer.
@@ -58,8 +71,7 @@ def mlstm(
         ValueError: unknown backend, mismatched shapes, empty sequence or chunk_size < 1.
         RuntimeError: backend "triton" on CPU tensors without TRITON_INTERPRET=1.
     """
-    on_gpu = q.is_cuda and q.dtype != torch.float64
-    kernel = select_backend(MLSTM_BACKENDS, backend, auto="triton" if on_gpu else "native")
+    kernel = mlstm_backend(backend).for_input(v)
     if q.dim() != 4:
         raise ValueError(f"q must have shape (B, NH, S, DQK), got {tuple(q.shape)}")
     B, NH, S, DQK = q.shape
@@ -74,16 +86,40 @@ def mlstm(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     dtype = compute_dtype(v.dtype)
     state = prepare_state(state, (B, NH, DQK, DV), dtype, q.device)
-    # the Triton kernels take bf16 activations as they are (bf16 matrix products, float32 accumulation)
-    activation_dtype = v.dtype if kernel is mlstm_triton and v.dtype == torch.bfloat16 else dtype
-    inputs = [x.to(activation_dtype) for x in (q, k, v)] + [x.to(dtype) for x in (i, f)]
-    if kernel is mlstm_triton and S == 1 and not torch.is_grad_enabled():  # generation: the step kernel
-        h, state = mlstm_triton_step(*(x[:, :, 0] for x in inputs), state, eps=eps)
-        h = h[:, :, None]
-    else:
-        h, state = kernel(*inputs, state, chunk_size=chunk_size, eps=eps)
+    h, state = kernel.sequence(*_cast(kernel, dtype, q, k, v, i, f), state, chunk_size=chunk_size, eps=eps)
     h = h.to(v.dtype)
     return (h, state) if return_state else h
 
 
-__all__ = ["MLSTM_BACKENDS", "MLSTMState", "mlstm", "mlstm_step"]
+def mlstm_step(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState | None,
+    *,
+    backend: str | BackendChoice = "auto",
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, MLSTMState]:
+    """One mLSTM time step, for generation: the chosen backend's step function (no autograd in triton's).
+
+    Args:
+        q, k: (B, NH, DQK) one token's queries (unscaled) and keys; v: (B, NH, DV); i, f: (B, NH) gates.
+        state: (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)), or None for zeros.
+        backend: as in `mlstm`.
+        eps: added to the normalizer.
+
+    Returns:
+        h (B, NH, DV) in the dtype of v, and the new state in float32 (float64 for float64 inputs).
+
+    Raises:
+        ValueError: mismatched shapes, unknown backend.
+    """
+    kernel = mlstm_backend(backend).for_input(v)
+    h, state = kernel.step(*_cast(kernel, compute_dtype(v.dtype), q, k, v, i, f), state, eps=eps)
+    return h.to(v.dtype), state
+
+
+def _cast(kernel: Backend, dtype: torch.dtype, q, k, v, i, f) -> list[torch.Tensor]:
+    """q, k, v as the kernel reads them (as they are, or in the compute dtype); the gates in the compute dtype."""
+    activation_dtype = v.dtype if v.dtype in kernel.as_is else dtype
+    return [x.to(activation_dtype) for x in (q, k, v)] + [x.to(dtype) for x in (i, f)]
+
+
+__all__ = ["MLSTM_BACKENDS", "MLSTMState", "mlstm", "mlstm_backend", "mlstm_step"]

@@ -1,4 +1,4 @@
-"""mLSTM stabilized recurrent form: one step for generation, and a step loop as a backend (DESIGN.md §4).
+"""mLSTM stabilized recurrent form: one step (generation), and a step loop as a backend (DESIGN.md §4).
 
     m_t = max(logσ(f̃_t) + m_{t-1}, ĩ_t)
     C_t = exp(logσ(f̃_t) + m_{t-1} - m_t) C_{t-1} + exp(ĩ_t - m_t) k_t v_tᵀ,   n_t alike with k_t
@@ -12,7 +12,7 @@ Notation:
 import torch
 import torch.nn.functional as F
 
-from .._dispatch import compute_dtype
+from ..backends import compute_dtype
 from .stabilized import MLSTMState, check_step_shapes, normalized_output, prepare_state, stabilized_update
 
 
@@ -27,7 +27,7 @@ def _step(
     return h, state
 
 
-def mlstm_step(
+def mlstm_recurrent_step(
     q: torch.Tensor,  # (B, NH, DQK)
     k: torch.Tensor,  # (B, NH, DQK)
     v: torch.Tensor,  # (B, NH, DV)
@@ -36,7 +36,7 @@ def mlstm_step(
     state: MLSTMState | None,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, MLSTMState]:
-    """One mLSTM time step, for generation.
+    """One mLSTM time step in PyTorch: the step of the native and reference backends.
 
     Args:
         q, k: (B, NH, DQK) one token's queries and keys (q unscaled).

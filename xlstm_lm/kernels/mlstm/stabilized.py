@@ -13,7 +13,7 @@ Notation:
 import torch
 import torch.nn.functional as F
 
-from .._dispatch import check_shape
+from ..backends import check_shape
 
 MLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

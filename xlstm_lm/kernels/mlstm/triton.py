@@ -29,21 +29,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ..backends import triton_kernels
 from .stabilized import MLSTMState, check_step_shapes, prepare_state
 
 NUM_WARPS = 4  # one warp group: Hopper HGMMA runs per warp group (8 warps miscompute dq on an H100, triton 3.6)
-
-
-def _kernels():
-    """The @triton.jit module, imported on first use.
-
-    Note: Triton decides between compiling and interpreting (TRITON_INTERPRET=1) when @triton.jit decorates
-    a kernel, so the kernels are imported at the first launch, not when the package is imported: tests on a
-    machine without a GPU set the variable before any kernel runs.
-    """
-    from . import triton_kernels
-
-    return triton_kernels
 
 
 def _check_runnable(*tensors: torch.Tensor) -> None:
@@ -168,7 +157,7 @@ def _chunk_states(
     Ms = k.new_empty((BH, NC + 1), dtype=torch.float32)
     Bv = k.new_empty((BH, NC * blocks.L), dtype=torch.float64)
     grid = (BH * triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS),)
-    _kernels().chunk_states_kernel[grid](
+    triton_kernels(__package__).chunk_states_kernel[grid](
         k, v, i, f, *state, Cs, Ns, Ms, Bv, S, NC, DQK=DQK, DV=DV, BLC=blocks.BLC,
         **blocks.kernel_constexprs("chunk_states_kernel"), num_warps=NUM_WARPS,
     )
@@ -192,7 +181,7 @@ def _forward(
     Mr = q.new_empty((BH, S), dtype=torch.float32)
     Den = torch.empty_like(Mr)
     grid = (BH * NC * (blocks.L // blocks.BLQ) * triton.cdiv(DV, blocks.BV),)
-    _kernels().chunk_outputs_kernel[grid](
+    triton_kernels(__package__).chunk_outputs_kernel[grid](
         q, k, v, i, Bv, Cs, Ns, Ms, h, Mr, Den, S, NC, DQK**-0.5, eps, DQK=DQK, DV=DV, BLQ=blocks.BLQ,
         **blocks.kernel_constexprs("chunk_outputs_kernel"), num_warps=NUM_WARPS,
     )
@@ -215,7 +204,7 @@ def _backward(
         dq, dk (BH, S, DQK), dv (BH, S, DV) in the dtypes of q, k, v; di, df (BH, S), dC0 (BH, DQK, DV),
         dn0 (BH, DQK) in float32.
     """
-    kernels = _kernels()
+    kernels = triton_kernels(__package__)
     BH, S, DQK = q.shape
     DV = v.shape[-1]
     scale = DQK**-0.5
@@ -348,7 +337,7 @@ def mlstm_triton_step(
     h = torch.empty_like(v)
     new = (torch.empty_like(matC), torch.empty_like(vecN), torch.empty_like(scaM))
     BV = min(max(16, triton.next_power_of_2(DV)), 64)
-    _kernels().step_kernel[(B * NH, triton.cdiv(DV, BV))](
+    triton_kernels(__package__).step_kernel[(B * NH, triton.cdiv(DV, BV))](
         q, k, v, i, f, matC, vecN, scaM, h, *new, DQK**-0.5, eps,
         DQK=DQK, DV=DV, BK=max(16, triton.next_power_of_2(DQK)), BV=BV, num_warps=NUM_WARPS,
     )

@@ -11,34 +11,27 @@ Notation:
     state (y, c, n, m) each (B, NH, DH).
 """
 
-import logging
-from functools import cache
-
 import torch
 
-from .._dispatch import compute_dtype, select_backend
-from .native import SLSTMState, check_weights, prepare_state, slstm_native, slstm_step
-from .triton import slstm_triton, unsupported
+from ..backends import Backend, BackendChoice, compute_dtype
+from .native import SLSTMState, check_weights, prepare_state, slstm_native, slstm_native_step
+from .triton import slstm_triton
 
-SLSTM_BACKENDS = {"native": slstm_native, "triton": slstm_triton}
-
-log = logging.getLogger(__name__)
-
-
-@cache
-def _report_native_on_gpu(reason: str) -> None:
-    """Say once per reason why `auto` runs the PyTorch loop on a GPU."""
-    log.info("sLSTM backend auto: the Triton kernels cannot run (%s); using the native PyTorch loop", reason)
+SLSTM_BACKENDS = {
+    "native": Backend("native", "a PyTorch step loop with a hand-written backward", slstm_native, slstm_native_step),
+    # one step is a few small products: the PyTorch step serves generation on every device
+    "triton": Backend("triton", "fused Triton kernels, one launch per sequence", slstm_triton, slstm_native_step,
+                      devices=frozenset({"cuda"}), dtypes=frozenset({torch.float16, torch.bfloat16, torch.float32}),
+                      as_is=frozenset({torch.float16, torch.bfloat16})),
+}
 
 
-def _auto_backend(gates_x: torch.Tensor) -> str:
-    """triton for CUDA inputs the Triton kernels take (all but float64), else native."""
-    if not gates_x.is_cuda:
-        return "native"
-    if reason := unsupported(gates_x):
-        _report_native_on_gpu(reason)
-        return "native"
-    return "triton"
+def slstm_backend(backend: str | BackendChoice = "auto") -> BackendChoice:
+    """A backend name resolved for every input: `auto` is triton for CUDA inputs in float32, bfloat16 or
+    float16, native elsewhere (float64, the CPU). A choice passes through (models resolve theirs once)."""
+    if isinstance(backend, BackendChoice):
+        return backend
+    return BackendChoice("sLSTM", SLSTM_BACKENDS, backend, preference=("triton", "native"))
 
 
 def slstm(
@@ -47,7 +40,7 @@ def slstm(
     b: torch.Tensor,  # (4, NH, DH)
     state: SLSTMState | None = None,
     *,
-    backend: str = "auto",
+    backend: str | BackendChoice = "auto",
     return_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SLSTMState]:
     """sLSTM cell over a sequence.
@@ -58,8 +51,7 @@ def slstm(
         b: (4, NH, DH) gate biases.
         state: initial (y, c, n, m) each (B, NH, DH); None for a fresh state (y = c = n = 0, m = -inf).
             m carries no gradient.
-        backend: a key of SLSTM_BACKENDS, or "auto": triton for CUDA tensors (float64 ones excepted), else
-            native.
+        backend: a key of SLSTM_BACKENDS, "auto" (see `slstm_backend`), or a resolved BackendChoice.
         return_state: also return the final state.
 
     Returns:
@@ -72,18 +64,42 @@ def slstm(
     """
     if gates_x.dim() != 5 or gates_x.shape[2] != 4:
         raise ValueError(f"gates_x must have shape (B, S, 4, NH, DH), got {tuple(gates_x.shape)}")
-    kernel = select_backend(SLSTM_BACKENDS, _auto_backend(gates_x) if backend == "auto" else backend, auto="native")
+    kernel = slstm_backend(backend).for_input(gates_x)
     B, S, _, NH, DH = gates_x.shape
     if S < 1:
         raise ValueError("the sequence is empty (S = 0)")
     check_weights(R, b, NH, DH)
     dtype = compute_dtype(gates_x.dtype)
     state = prepare_state(state, (B, NH, DH), dtype, gates_x.device)
-    # the Triton kernel takes bf16/fp16 gate inputs as they are (bf16 recurrent products, fp32 accumulation)
-    keeps_dtype = kernel is slstm_triton and gates_x.dtype in (torch.bfloat16, torch.float16)
-    y, state = kernel(gates_x if keeps_dtype else gates_x.to(dtype), R.to(dtype), b.to(dtype), state)
+    gates = gates_x if gates_x.dtype in kernel.as_is else gates_x.to(dtype)
+    y, state = kernel.sequence(gates, R.to(dtype), b.to(dtype), state)
     y = y.to(gates_x.dtype)
     return (y, state) if return_state else y
 
 
-__all__ = ["SLSTM_BACKENDS", "SLSTMState", "slstm", "slstm_step"]
+def slstm_step(
+    gates_x_t: torch.Tensor,  # (B, 4, NH, DH)
+    R: torch.Tensor,  # (4, NH, DH, DH)
+    b: torch.Tensor,  # (4, NH, DH)
+    state: SLSTMState | None,
+    *,
+    backend: str | BackendChoice = "auto",
+) -> tuple[torch.Tensor, SLSTMState]:
+    """One sLSTM time step, for generation: the chosen backend's step function.
+
+    Args:
+        gates_x_t: (B, 4, NH, DH) input-side gate pre-activations of one token, order (i, f, z, o).
+        R: (4, NH, DH, DH) recurrent weights, b: (4, NH, DH) biases.
+        state: (y, c, n, m) each (B, NH, DH), or None for a fresh state.
+        backend: as in `slstm`.
+
+    Returns:
+        y (B, NH, DH) in the dtype of gates_x_t, and the new state in float32 (float64 for float64 inputs).
+
+    Raises:
+        ValueError: mismatched shapes, unknown backend.
+    """
+    return slstm_backend(backend).for_input(gates_x_t).step(gates_x_t, R, b, state)
+
+
+__all__ = ["SLSTM_BACKENDS", "SLSTMState", "slstm", "slstm_backend", "slstm_step"]

@@ -17,7 +17,7 @@ Notation:
 import torch
 import torch.nn.functional as F
 
-from .._dispatch import check_shape, compute_dtype
+from ..backends import check_shape, compute_dtype
 
 SLSTMState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -227,13 +227,13 @@ def slstm_native(
     return states[0, 1:].permute(2, 0, 1, 3), tuple(x.transpose(0, 1) for x in final)  # (B, S, NH, DH)
 
 
-def slstm_step(
+def slstm_native_step(
     gates_x_t: torch.Tensor,  # (B, 4, NH, DH)
     R: torch.Tensor,  # (4, NH, DH, DH)
     b: torch.Tensor,  # (4, NH, DH)
     state: SLSTMState | None,
 ) -> tuple[torch.Tensor, SLSTMState]:
-    """One sLSTM time step, for generation.
+    """One sLSTM time step in PyTorch: the step of every sLSTM backend (generation).
 
     Args:
         gates_x_t: (B, 4, NH, DH) input-side gate pre-activations of one token, order (i, f, z, o).

@@ -23,6 +23,7 @@ Notation:
 import torch
 import triton
 
+from ..backends import triton_kernels
 from .native import SLSTMState
 
 BATCH_TILE = 16  # rows of y per program: tl.dot needs at least 16 on a GPU
@@ -30,13 +31,6 @@ MIN_DH, MAX_DH = 16, 128
 # R of a head must stay on chip: DH = 128 in bf16 (128 KiB) compiles to 136-140 KiB of shared memory for
 # sm_90, in float32 (256 KiB) it needs about 272-296 KiB, more than the 227 KiB an SM offers
 MAX_R_BYTES_ON_GPU = 128 * 1024
-
-
-def unsupported(gates_x: torch.Tensor) -> str | None:
-    """Why the Triton kernels cannot take these gate inputs (B, S, 4, NH, DH), or None if they can."""
-    if gates_x.dtype == torch.float64:
-        return "it computes in float32; use backend='native' for float64"
-    return None
 
 
 def on_chip(gates_x: torch.Tensor) -> bool:
@@ -98,8 +92,7 @@ class _SLSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, dy_S, dc_S, dn_S, _dm_S):
-        from .triton_kernels import slstm_bw_kernel, slstm_bw_wide_kernel
-
+        kernels = triton_kernels(__package__)
         R_dot, y0, y, pre, c, n, m = ctx.saved_tensors
         B, S, _, NH, DH = pre.shape
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
@@ -109,12 +102,12 @@ class _SLSTMFunction(torch.autograd.Function):
         if ctx.wide:  # updates the final state's gradients in place, step by step, to the initial state's
             grid, config = _wide_launch_config(B, NH, DH, backward=True)
             initial_grads = [g.clone() for g in final_grads]
-            slstm_bw_wide_kernel[grid](dy, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
+            kernels.slstm_bw_wide_kernel[grid](dy, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
                                        DOT_BF16=ctx.dot_bf16, **config)
         else:
             grid, config = _launch_config(B, NH, DH)
             initial_grads = [torch.empty_like(g) for g in final_grads]
-            slstm_bw_kernel[grid](
+            kernels.slstm_bw_kernel[grid](
                 dy, *final_grads, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
                 DOT_BF16=ctx.dot_bf16, **config,
             )
@@ -128,10 +121,6 @@ class _SLSTMFunction(torch.autograd.Function):
 def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
     """The on-chip forward kernel's launch: y, the final state, and (when saving) the pre-activations and
     the per-step c, n, m (the initial state at index 0)."""
-    # Note: imported here, not at the top: triton reads TRITON_INTERPRET when a kernel is decorated,
-    # so a process (a CPU test session) can still switch the interpreter on after importing the package.
-    from .triton_kernels import slstm_fw_kernel
-
     B, S, _, NH, DH = gates_x.shape
     grid, config = _launch_config(B, NH, DH)
     f32 = {"dtype": torch.float32, "device": gates_x.device}
@@ -144,7 +133,7 @@ def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
             buffer[:, 0] = initial
     else:  # never written: SAVE is off
         pre, saved = y, [y] * 3
-    slstm_fw_kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH, DOT_BF16=dot_bf16,
+    triton_kernels(__package__).slstm_fw_kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH, DOT_BF16=dot_bf16,
                           SAVE=save, **config)
     return y, final, pre, saved
 
@@ -152,8 +141,6 @@ def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
 def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
     """The wide forward kernel's launch, with the outputs of `_on_chip_forward`. Every step's state goes
     through memory: y, c, n, m (B, S + 1, NH, DH), the initial state at index 0, are written always."""
-    from .triton_kernels import slstm_fw_wide_kernel
-
     B, S, _, NH, DH = gates_x.shape
     grid, config = _wide_launch_config(B, NH, DH)
     f32 = {"dtype": torch.float32, "device": gates_x.device}
@@ -161,7 +148,7 @@ def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
     for buffer, initial in zip(states, (y0, c0, n0, m0)):
         buffer[:, 0] = initial
     pre = torch.empty((B, S, 4, NH, DH), **f32) if save else states[0]  # never written without SAVE
-    slstm_fw_wide_kernel[grid](gates_x, R_dot, b, *states, pre, B, S, NH, DOT_BF16=dot_bf16, SAVE=save, **config)
+    triton_kernels(__package__).slstm_fw_wide_kernel[grid](gates_x, R_dot, b, *states, pre, B, S, NH, DOT_BF16=dot_bf16, SAVE=save, **config)
     return states[0][:, 1:].contiguous(), [x[:, S].contiguous() for x in states], pre, states[1:]
 
 
@@ -185,15 +172,15 @@ def slstm_triton(
 
     Raises:
         RuntimeError: CPU tensors while the Triton interpreter is off (TRITON_INTERPRET=1 turns it on).
-        ValueError: float64 inputs (see `unsupported`).
+        ValueError: float64 inputs (it computes in float32).
     """
     if not gates_x.is_cuda and not triton.knobs.runtime.interpret:
         raise RuntimeError(
             "the triton sLSTM backend needs CUDA tensors (or TRITON_INTERPRET=1 for the Triton interpreter); "
             "use backend='native' on the CPU"
         )
-    if reason := unsupported(gates_x):
-        raise ValueError(f"the triton sLSTM backend cannot run here: {reason}")
+    if gates_x.dtype == torch.float64:
+        raise ValueError("the triton sLSTM backend computes in float32; use backend='native' for float64")
     f32 = [x.float().contiguous() for x in (R, b, *state)]
     save = torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, *f32))
     y, *final = _SLSTMFunction.apply(save, gates_x.contiguous(), *f32)
