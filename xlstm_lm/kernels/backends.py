@@ -20,7 +20,8 @@ DEVICE_TYPES = ("cpu", "cuda")
 
 @dataclass(frozen=True)
 class Backend:
-    """One implementation of a cell.
+    """One implementation of a cell. Every backend takes any head size (the Triton kernels tile and mask
+    them), so devices and dtypes are what tells them apart.
 
     Attributes:
         name: its key in the cell's registry.
