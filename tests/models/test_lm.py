@@ -170,3 +170,14 @@ def test_the_backend_is_resolved_once_for_the_stack_and_logged(caplog):
     assert ("mLSTM backend auto: native (chunkwise PyTorch) on cpu, cuda float64; "
             "triton (fused chunkwise Triton kernels) on cuda float32/bfloat16/float16") in caplog.text
     assert "sLSTM backend auto: native (a PyTorch step loop" in caplog.text
+
+
+def test_the_large_blocks_constants_follow_its_config():
+    model = tiny_model(architecture="xlstm_large")
+    block = model.blocks[0]
+    # NX-AI's defaults: every norm (the per-head one included) at 1e-6, the mLSTM normalizer at 1e-6
+    assert {block.norm.eps, block.ffn_norm.eps, block.head_norm.eps, model.final_norm.eps, block.cell_eps} == {1e-6}
+    block = tiny_model(architecture="xlstm_large", norm_eps=1e-4, head_norm_eps=1e-3, cell_eps=1e-2,
+                       ffn_multiple_of=16, ffn_factor=1.0).blocks[0]
+    assert (block.norm.eps, block.ffn_norm.eps, block.head_norm.eps, block.cell_eps) == (1e-4, 1e-4, 1e-3, 1e-2)
+    assert block.ffn.down.in_features == 32  # 1.0 * 32 rounded up to 16

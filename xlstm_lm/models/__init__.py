@@ -23,26 +23,28 @@ MODELS = {
 }
 
 # Before each xLSTM stack had its own config, one class served both and every checkpoint and export of those
-# runs stores all its fields. Per architecture: the fields it renamed (old -> new) and the ones the other
-# stack alone used, which never had an effect on this one.
+# runs stores all its fields. Per architecture: the fields it renamed (old -> new), the ones the other stack
+# alone used (they never had an effect on this one), and fields added since with the value those runs were
+# trained with (the large block's per-head norm used eps 1e-5 before it followed NX-AI's norm_eps of 1e-6).
 FORMER_FIELDS = {
-    "xlstm": ({}, {"large_qk_factor", "large_ffn_factor", "gate_soft_cap"}),
+    "xlstm": ({}, {"large_qk_factor", "large_ffn_factor", "gate_soft_cap"}, {}),
     "xlstm_large": ({"large_qk_factor": "qk_factor", "large_ffn_factor": "ffn_factor"},
-                    {"ratio", "slstm_at", "proj_factor", "conv_kernel", "qkv_block_size", "slstm_ffn_factor"}),
+                    {"ratio", "slstm_at", "proj_factor", "conv_kernel", "qkv_block_size", "slstm_ffn_factor"},
+                    {"head_norm_eps": 1e-5}),
 }
 
 
 def model_config(config: dict | object):
-    """The config dataclass for a dict (from a checkpoint or config.json) or a dataclass instance."""
+    """The config dataclass for a dict (from a checkpoint or config.json) or a dataclass instance; a dict of the
+    former shared xLSTM config (it has "large_qk_factor") is read as it was meant then (`FORMER_FIELDS`)."""
     fields = dict(config) if isinstance(config, dict) else dataclasses.asdict(config)
     architecture = fields.get("architecture")
     if architecture not in MODELS:
         raise ValueError(f"unknown model architecture {architecture!r}: expected one of {sorted(MODELS)}")
     config_class = MODELS[architecture][0]
-    renamed, unused = FORMER_FIELDS.get(architecture, ({}, set()))
-    current = {field.name for field in dataclasses.fields(config_class)}
-    fields = {renamed.get(name, name): value for name, value in fields.items()
-              if name in current or name in renamed or name not in unused}
+    if architecture in FORMER_FIELDS and "large_qk_factor" in fields:
+        renamed, unused, implied = FORMER_FIELDS[architecture]
+        fields = implied | {renamed.get(name, name): value for name, value in fields.items() if name not in unused}
     return config_class(**fields)
 
 

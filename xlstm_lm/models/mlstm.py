@@ -28,13 +28,14 @@ from xlstm_lm.models.components import (
     wang_init_,
 )
 
-def run_mlstm(q, k, v, i, f, state, backend: BackendChoice, chunk_size: int, return_state: bool, step: bool):
+def run_mlstm(q, k, v, i, f, state, backend: BackendChoice, chunk_size: int, return_state: bool, step: bool,
+              eps: float = 1e-6):
     """The mLSTM cell over (B, NH, S, ·) inputs: h and the new state (None unless `return_state`), through the
     backend's step function when `step` (one token continuing `state`: generation)."""
     if step:
-        h, new_state = mlstm_step(*(x[:, :, 0] for x in (q, k, v, i, f)), state, backend=backend)
+        h, new_state = mlstm_step(*(x[:, :, 0] for x in (q, k, v, i, f)), state, backend=backend, eps=eps)
         return h[:, :, None], new_state
-    out = mlstm(q, k, v, i, f, state, backend=backend, chunk_size=chunk_size, return_state=return_state)
+    out = mlstm(q, k, v, i, f, state, backend=backend, chunk_size=chunk_size, return_state=return_state, eps=eps)
     return out if return_state else (out, None)
 
 

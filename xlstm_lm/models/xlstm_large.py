@@ -41,9 +41,13 @@ class XLSTMLargeConfig(BlockStackConfig):
 
     architecture: str = "xlstm_large"
     qk_factor: float = 0.5  # q and k width = qk_factor * D
-    ffn_factor: float = 2.667  # SwiGLU width = ffn_factor * D (rounded up to 64)
-    gate_soft_cap: float = 15.0
+    ffn_factor: float = 2.667  # SwiGLU width = ffn_factor * D, rounded up to a multiple of ffn_multiple_of
+    ffn_multiple_of: int = 64
+    gate_soft_cap: float = 15.0  # input and forget gates: cap * tanh(x / cap)
     logit_soft_cap: Optional[float] = 30.0
+    norm_eps: float = 1e-6  # the RMSNorms and the per-head norm
+    head_norm_eps: Optional[float] = None  # the per-head norm's own; None follows norm_eps (NX-AI's choice)
+    cell_eps: float = 1e-6  # added to the mLSTM normalizer
 
     def __post_init__(self):
         if self.architecture != "xlstm_large":
@@ -57,27 +61,28 @@ class XLSTMLargeConfig(BlockStackConfig):
 class LargeMLSTMBlock(nn.Module):
     """One block of the 7B-style stack; state = (C, n, m)."""
 
-    def __init__(self, dim: int, num_heads: int, qk_factor: float = 0.5, ffn_factor: float = 2.667,
-                 gate_soft_cap: float = 15.0, chunk_size: int = 64, backend: str | BackendChoice = "auto"):
+    def __init__(self, config: XLSTMLargeConfig, backend: str | BackendChoice = "auto"):
         super().__init__()
-        qk_dim = int(qk_factor * dim)
+        dim, num_heads = config.embedding_dim, config.num_heads
+        qk_dim = int(config.qk_factor * dim)
         if qk_dim % num_heads or dim % num_heads:
             raise ValueError(
                 f"large mLSTM: widths {qk_dim} (q, k) and {dim} (v) must be divisible by num_heads {num_heads}"
             )
-        self.dim, self.num_heads, self.gate_soft_cap = dim, num_heads, gate_soft_cap
-        self.chunk_size, self.backend = chunk_size, mlstm_backend(backend)
-        self.norm = rms_norm(dim)
+        self.dim, self.num_heads, self.gate_soft_cap = dim, num_heads, config.gate_soft_cap
+        self.chunk_size, self.cell_eps, self.backend = config.chunk_size, config.cell_eps, mlstm_backend(backend)
+        head_norm_eps = config.norm_eps if config.head_norm_eps is None else config.head_norm_eps
+        self.norm = rms_norm(dim, config.norm_eps)
         self.q = nn.Linear(dim, qk_dim, bias=False)
         self.k = nn.Linear(dim, qk_dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
         self.o = nn.Linear(dim, dim, bias=False)
         self.igate = nn.Linear(dim, num_heads)
         self.fgate = nn.Linear(dim, num_heads)
-        self.head_norm = MultiHeadNorm(num_heads, dim // num_heads)
+        self.head_norm = MultiHeadNorm(num_heads, dim // num_heads, head_norm_eps)
         self.out = nn.Linear(dim, dim, bias=False)
-        self.ffn_norm = rms_norm(dim)
-        self.ffn = GatedFeedForward(dim, round_up(ffn_factor * dim, 64), "silu")
+        self.ffn_norm = rms_norm(dim, config.norm_eps)
+        self.ffn = GatedFeedForward(dim, round_up(config.ffn_factor * dim, config.ffn_multiple_of), "silu")
 
     def init_weights(self, block_index: int, num_blocks: int) -> None:
         for proj in (self.q, self.k, self.v, self.o):
@@ -98,7 +103,7 @@ class LargeMLSTMBlock(nn.Module):
         i, f = (soft_cap(gate, self.gate_soft_cap) for gate in input_and_forget_gates(xn, self.igate, self.fgate))
         i, f = i.transpose(1, 2), reset_forget_at_doc_starts(f, doc_starts).transpose(1, 2)  # (B, NH, S)
         q, k, v = (split_heads(proj(xn), self.num_heads) for proj in (self.q, self.k, self.v))
-        h, new_state = run_mlstm(q, k, v, i, f, state, self.backend, self.chunk_size, return_state, step)
+        h, new_state = run_mlstm(q, k, v, i, f, state, self.backend, self.chunk_size, return_state, step, self.cell_eps)
         h = self.head_norm(h.transpose(1, 2))  # (B, S, D)
         x = x + self.out(torch.sigmoid(self.o(xn)) * h)
         return x + self.ffn(self.ffn_norm(x)), new_state
@@ -108,10 +113,6 @@ class XLSTMLargeLM(BlockStackLM):
     """The 7B-style stack of large mLSTM blocks, with the recurrent state of every block carried."""
 
     def __init__(self, config: XLSTMLargeConfig):
-        D, kernels = config.embedding_dim, mlstm_backend(config.backend)
-        blocks = [
-            LargeMLSTMBlock(D, config.num_heads, config.qk_factor, config.ffn_factor, config.gate_soft_cap,
-                            chunk_size=config.chunk_size, backend=kernels)
-            for _ in range(config.num_blocks)
-        ]
-        super().__init__(config, blocks, rms_norm(D), [kernels])
+        kernels = mlstm_backend(config.backend)
+        blocks = [LargeMLSTMBlock(config, kernels) for _ in range(config.num_blocks)]
+        super().__init__(config, blocks, rms_norm(config.embedding_dim, config.norm_eps), [kernels])
