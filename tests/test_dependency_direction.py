@@ -27,3 +27,11 @@ def test_models_use_no_lightning_or_hydra():
     imports = imported_modules(PACKAGE / "models")
     assert not {name for name in imports if name.split(".")[0] in ("lightning", "hydra", "omegaconf")}
     assert not {name for name in imports if name.startswith(("xlstm_lm.training", "xlstm_lm.cli", "xlstm_lm.data"))}
+
+
+def test_interop_needs_neither_the_trainer_nor_transformers():
+    # interop/ sits beside evaluation/: it reads and writes files of other tools with models/ and data/ only,
+    # and transformers is the tests' reference, never a run-time dependency
+    imports = imported_modules(PACKAGE / "interop")
+    assert not {name for name in imports if name.startswith(("xlstm_lm.training", "xlstm_lm.cli"))}
+    assert not {name for name in imports if name.split(".")[0] in ("lightning", "hydra", "omegaconf", "transformers")}
