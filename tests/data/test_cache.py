@@ -107,6 +107,16 @@ def test_changed_settings_get_another_cache(configs: tuple, data_change: dict, t
     assert changed.parent == locate(data, tokenizer).parent
 
 
+def test_cache_key_is_pinned(configs: tuple, corpus_dir: Path) -> None:
+    """Caches written by earlier versions keep being found: the key of fixed settings never changes."""
+    assert locate(*configs).name == "26d56ffd4c27000c"
+    sources = [SourceConfig(root=str(corpus_dir), glob="**/*.txt", weight=3.0),
+               SourceConfig(kind="hf", name="some/dataset", subset="small", max_documents=10)]
+    mixed = DataConfig(kind="mixture", sources=sources, val_fraction=0.1, invalid_utf8="skip", shard_tokens=1000,
+                       cache_dir=configs[0].cache_dir)
+    assert locate(mixed, TokenizerConfig(pretrained="gpt2")).name == "c0ab329b65357741"
+
+
 def test_settings_that_do_not_change_the_shards_share_the_cache(configs: tuple) -> None:
     data, tokenizer = configs
     other = dataclasses.replace(data, seq_len=64, batch_size=2, num_workers=1, num_proc=2)
