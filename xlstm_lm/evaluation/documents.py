@@ -12,7 +12,8 @@ from typing import Optional
 
 from xlstm_lm.data.config import DataConfig, DocumentsConfig, SplitConfig
 from xlstm_lm.data.corpus import Document, list_corpus
-from xlstm_lm.data.sources import SourceCounts, expand_files, read_file
+from xlstm_lm.data.files import expand_files
+from xlstm_lm.data.sources import SourceCounts, read_file
 
 logger = logging.getLogger(__name__)
 
