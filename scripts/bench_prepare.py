@@ -48,7 +48,8 @@ def main() -> None:
     from tokenizers import Tokenizer  # noqa: PLC0415
 
     from xlstm_lm.data import DataConfig, TokenizerConfig, load, prepare, train_tokenizer  # noqa: PLC0415
-    from xlstm_lm.data.sources import SourceCounts, expand_files, read_file  # noqa: PLC0415
+    from xlstm_lm.data.files import expand_files  # noqa: PLC0415
+    from xlstm_lm.data.sources import SourceCounts, read_file  # noqa: PLC0415
 
     files = expand_files(args.files or [DEFAULT_FILES])
     with tempfile.TemporaryDirectory() as scratch:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from xlstm_lm.data import DataConfig, SourceConfig, TokenizerConfig, list_corpus, load, locate, prepare, token_dtype
-from xlstm_lm.data import cache, verify
+from xlstm_lm.data import verify
+from xlstm_lm.data.cache import build
 import xlstm_lm.data.tokenizer as tokenizer_module
 
 
@@ -81,7 +82,7 @@ def test_shards_hold_shard_tokens_each_except_the_last(prepared_configs: tuple, 
 def test_second_prepare_reuses_the_cache(configs: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     path = prepare(*configs)
     modified = {file: file.stat().st_mtime_ns for file in path.rglob("*")}
-    monkeypatch.setattr(cache, "_build", pytest.fail)
+    monkeypatch.setattr(build, "_build", pytest.fail)
     assert prepare(*configs) == path
     assert {file: file.stat().st_mtime_ns for file in path.rglob("*")} == modified
 
@@ -105,6 +106,16 @@ def test_changed_settings_get_another_cache(configs: tuple, data_change: dict, t
     changed = locate(dataclasses.replace(data, **data_change), dataclasses.replace(tokenizer, **tokenizer_change))
     assert changed != locate(data, tokenizer)
     assert changed.parent == locate(data, tokenizer).parent
+
+
+def test_cache_key_is_pinned(configs: tuple, corpus_dir: Path) -> None:
+    """Caches written by earlier versions keep being found: the key of fixed settings never changes."""
+    assert locate(*configs).name == "26d56ffd4c27000c"
+    sources = [SourceConfig(root=str(corpus_dir), glob="**/*.txt", weight=3.0),
+               SourceConfig(kind="hf", name="some/dataset", subset="small", max_documents=10)]
+    mixed = DataConfig(kind="mixture", sources=sources, val_fraction=0.1, invalid_utf8="skip", shard_tokens=1000,
+                       cache_dir=configs[0].cache_dir)
+    assert locate(mixed, TokenizerConfig(pretrained="gpt2")).name == "c0ab329b65357741"
 
 
 def test_settings_that_do_not_change_the_shards_share_the_cache(configs: tuple) -> None:
@@ -150,25 +161,25 @@ def test_same_shards_with_one_or_two_tokenizing_processes(prepared_configs: tupl
 
 def test_interrupted_preparation_leaves_nothing(configs: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     data, tokenizer = configs
-    original_tokenize = cache._tokenize
+    original_tokenize = build.tokenize_source
 
     def tokenize_then_interrupt(*args, **kwargs):
         original_tokenize(*args, **kwargs)  # the shards are written into the temporary folder
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cache, "_tokenize", tokenize_then_interrupt)
+    monkeypatch.setattr(build, "tokenize_source", tokenize_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         prepare(data, tokenizer)
     assert list(Path(data.cache_dir).iterdir()) == []
 
-    monkeypatch.setattr(cache, "_tokenize", original_tokenize)
+    monkeypatch.setattr(build, "tokenize_source", original_tokenize)
     assert load(prepare(data, tokenizer)).manifest["splits"]["val"]["tokens"] > 0
 
 
 def test_finished_cache_of_another_process_is_kept(configs: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
     data, tokenizer = configs
     final = locate(data, tokenizer)
-    original_build = cache._build
+    original_build = build._build
 
     def build_while_another_process_finishes(*args, **kwargs):
         manifest = original_build(*args, **kwargs)
@@ -176,7 +187,7 @@ def test_finished_cache_of_another_process_is_kept(configs: tuple, monkeypatch: 
         (final / "from_other_process").write_text("first", encoding="utf-8")
         return manifest
 
-    monkeypatch.setattr(cache, "_build", build_while_another_process_finishes)
+    monkeypatch.setattr(build, "_build", build_while_another_process_finishes)
     assert prepare(data, tokenizer) == final
     assert [file.name for file in final.iterdir()] == ["from_other_process"]
     assert [folder.name for folder in Path(data.cache_dir).iterdir()] == [final.name]

@@ -1,7 +1,6 @@
 """Sources of documents: local file formats, compression, globs, bad input, Hugging Face loading (DESIGN.md §10)."""
 
 import gzip
-import json
 import socket
 import time
 from pathlib import Path
@@ -10,30 +9,10 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import zstandard
 
+from tests.data.formats import TEXTS, write_formats
 from xlstm_lm.data import DataConfig, OfflineError, SourceConfig, hash_fraction
-from xlstm_lm.data.sources import SourceCounts, expand_files, open_source, read_file
-
-TEXTS = ["first document\nwith two lines\n", "zweites Dokument: café, 日本語 🙂", "third\n\n\tdocument"]
-
-
-def write_formats(folder: Path, texts: list[str]) -> dict[str, Path]:
-    """The same documents as JSON lines, Parquet and compressed JSON lines; one plain text file per text."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = "".join(json.dumps({"text": text, "id": index}) + "\n" for index, text in enumerate(texts)).encode()
-    files = {"jsonl": folder / "docs.jsonl", "gz": folder / "docs.jsonl.gz", "zst": folder / "docs.jsonl.zst",
-             "parquet": folder / "docs.parquet"}
-    files["jsonl"].write_bytes(lines)
-    files["gz"].write_bytes(gzip.compress(lines))
-    files["zst"].write_bytes(zstandard.ZstdCompressor().compress(lines))
-    pq.write_table(pa.table({"text": texts, "id": list(range(len(texts)))}), files["parquet"])
-    for index, text in enumerate(texts):
-        (folder / "plain").mkdir(exist_ok=True)
-        (folder / "plain" / f"{index}.txt").write_text(text, encoding="utf-8")
-    (folder / "one.txt.zst").write_bytes(zstandard.ZstdCompressor().compress(texts[0].encode()))
-    (folder / "one.txt.gz").write_bytes(gzip.compress(texts[0].encode()))
-    return files
+from xlstm_lm.data.sources import SourceCounts, open_source, read_file
 
 
 def read_all(file: Path, text_field: str = "text", invalid_utf8: str = "replace") -> tuple[list[str], SourceCounts]:
@@ -51,21 +30,6 @@ def test_every_record_format_reads_the_same_documents(tmp_path: Path, kind: str)
 def test_plain_text_file_is_one_document_compressed_or_not(tmp_path: Path, name: str) -> None:
     write_formats(tmp_path, TEXTS)
     assert read_all(tmp_path / name)[0] == [TEXTS[0]]
-
-
-def test_folders_globs_and_paths_expand_in_order_each_file_once(tmp_path: Path) -> None:
-    write_formats(tmp_path, TEXTS)
-    plain = sorted((tmp_path / "plain").iterdir())
-    files = expand_files([str(tmp_path / "plain" / "2.txt"), str(tmp_path / "plain"), str(tmp_path / "**" / "*.gz")])
-    assert files == [plain[2].resolve(), plain[0].resolve(), plain[1].resolve(),
-                     (tmp_path / "docs.jsonl.gz").resolve(), (tmp_path / "one.txt.gz").resolve()]
-
-
-def test_glob_matching_nothing_and_missing_file_are_named(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"'.*\*\.rst' matches no file"):
-        expand_files([str(tmp_path / "*.rst")])
-    with pytest.raises(FileNotFoundError, match="absent.txt"):
-        expand_files([str(tmp_path / "absent.txt")])
 
 
 def test_jsonl_without_the_text_field_names_file_line_and_fields(tmp_path: Path) -> None:
@@ -165,11 +129,3 @@ def test_unreachable_hub_fails_at_once_naming_local_files(monkeypatch) -> None:
         source_documents(SourceConfig(kind="hf", name="roneneldan/TinyStories"))
     assert time.perf_counter() - start < 2.0
     assert issubclass(OfflineError, ValueError)  # the CLIs report it as one message and exit code 1
-
-
-def test_a_folder_leaves_out_hidden_files_and_python_caches(tmp_path: Path) -> None:
-    for name in ("a.txt", "sub/b.txt", ".git/objects/c", "sub/.hidden.txt", "__pycache__/d.cpython-311.pyc"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("text")
-    expected = [(tmp_path / "a.txt").resolve(), (tmp_path / "sub" / "b.txt").resolve()]
-    assert expand_files([str(tmp_path)]) == expected

@@ -15,20 +15,37 @@ INVALID_UTF8_POLICIES = ("replace", "skip")
 
 
 @dataclass
-class SourceConfig:
-    """One source of documents.
+class DocumentsConfig:
+    """Local documents: a folder of text files picked by a glob, or listed files.
+
+    Shared by a training source (`SourceConfig`) and the documents an evaluation scores
+    (`xlstm_lm.evaluation.documents.EvalDataConfig`), so both read `data.root`, `data.files`, ... alike.
 
     Attributes:
-        kind: "folder" (root and glob; each file one document, split by a hash of its relative path),
-            "files" (files, folders and globs of plain text, JSON lines or Parquet, optionally .gz/.zst) or
-            "hf" (a Hugging Face dataset through `datasets.load_dataset`). Files and hf documents are split by a
-            hash of their text.
         root: folder kind: folder of text files; None means the running interpreter's standard library.
         glob: folder kind: pattern of the files under root ("**" spans any number of folders).
         include_tests: folder kind: also read folders named test, tests or idle_test.
         files: files kind: paths, folders (every file under them) and glob patterns; hf kind: the data_files
             of a builder such as "json" or "parquet".
         text_field: the column or JSON key that holds the text (JSON lines, Parquet, hf).
+    """
+
+    root: Optional[str] = None
+    glob: str = "**/*.py"
+    include_tests: bool = False
+    files: list[str] = field(default_factory=list)
+    text_field: str = "text"
+
+
+@dataclass
+class SourceConfig(DocumentsConfig):
+    """One source of documents: local ones (inherited fields) or a Hugging Face dataset.
+
+    Attributes:
+        kind: "folder" (root and glob; each file one document, split by a hash of its relative path),
+            "files" (files, folders and globs of plain text, JSON lines or Parquet, optionally .gz/.zst) or
+            "hf" (a Hugging Face dataset through `datasets.load_dataset`). Files and hf documents are split by a
+            hash of their text.
         name: hf kind: the dataset name on the hub (e.g. "HuggingFaceFW/fineweb-edu") or a builder ("json").
         subset: hf kind: the configuration (e.g. "sample-10BT"), or None.
         split: hf kind: the split to read (train and validation are both cut from it by the hash).
@@ -39,11 +56,6 @@ class SourceConfig:
     """
 
     kind: str = "folder"
-    root: Optional[str] = None
-    glob: str = "**/*.py"
-    include_tests: bool = False
-    files: list[str] = field(default_factory=list)
-    text_field: str = "text"
     name: Optional[str] = None
     subset: Optional[str] = None
     split: str = "train"
@@ -68,53 +80,91 @@ class SourceConfig:
 
 
 @dataclass
-class DataConfig(SourceConfig):
-    """Where the documents come from and how they become shards and training windows.
-
-    The source fields (inherited) describe a single source; kind "mixture" reads `sources` instead.
+class SplitConfig:
+    """The train/validation split; shared with the evaluation, which must score the split training held out.
 
     Attributes:
-        sources: mixture kind: the sources, each with its weight (share of each split's tokens).
         val_fraction: share of documents in the validation split, chosen by a hash of each document's identity.
+    """
+
+    val_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class PackingConfig:
+    """How documents become the cached token shards.
+
+    Attributes:
         invalid_utf8: what to do with a document that is not valid UTF-8: "replace" undecodable bytes with U+FFFD
             or "skip" the document; either way they are counted in the manifest.
         shard_tokens: tokens per shard file (the last shard of a split holds the rest).
-        seq_len: tokens per training window (the model sees seq_len inputs and seq_len labels).
-        batch_size: windows per batch.
-        num_workers: DataLoader worker processes.
         num_proc: tokenizing processes; None means every core this process may use.
         cache_dir: folder of prepared caches; "~" is expanded.
     """
 
-    sources: list[SourceConfig] = field(default_factory=list)
-    val_fraction: float = 0.05
     invalid_utf8: str = "replace"
     shard_tokens: int = 2**24
-    seq_len: int = 256
-    batch_size: int = 16
-    num_workers: int = 0
     num_proc: Optional[int] = None
     cache_dir: str = "~/.cache/xlstm_lm/data"
 
     def __post_init__(self) -> None:
-        if self.kind != "mixture":
-            super().__post_init__()
-            if self.sources:
-                raise ValueError(f"data.sources is only read by data=mixture, but data.kind is {self.kind!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.invalid_utf8 not in INVALID_UTF8_POLICIES:
             raise ValueError(f"invalid_utf8 must be one of {INVALID_UTF8_POLICIES}, got {self.invalid_utf8!r}")
         if self.shard_tokens < 1:
             raise ValueError(f"shard_tokens must be positive, got {self.shard_tokens}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise ValueError(f"num_proc must be at least 1 or null (every core), got {self.num_proc}")
+
+
+@dataclass
+class LoaderConfig:
+    """How the shards are cut into windows and batched.
+
+    Attributes:
+        seq_len: tokens per training window (the model sees seq_len inputs and seq_len labels).
+        batch_size: windows per batch.
+        num_workers: DataLoader worker processes.
+    """
+
+    seq_len: int = 256
+    batch_size: int = 16
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
         if self.seq_len < 2:
             raise ValueError(f"seq_len must be at least 2, got {self.seq_len}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.num_proc is not None and self.num_proc < 1:
-            raise ValueError(f"num_proc must be at least 1 or null (every core), got {self.num_proc}")
+
+
+@dataclass
+class DataConfig(LoaderConfig, PackingConfig, SplitConfig, SourceConfig):
+    """The `data` group: where the documents come from and how they become shards and training windows.
+
+    One flat set of keys (`data.root`, `data.val_fraction`, `data.seq_len`, ...), grouped by concern in the
+    bases: the single source's fields (`SourceConfig`) or, for kind "mixture", `sources`; the split
+    (`SplitConfig`); packing into shards (`PackingConfig`); windows and batches (`LoaderConfig`).
+
+    Attributes:
+        sources: mixture kind: the sources, each with its weight (share of each split's tokens).
+    """
+
+    sources: list[SourceConfig] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind != "mixture":
+            SourceConfig.__post_init__(self)
+            if self.sources:
+                raise ValueError(f"data.sources is only read by data=mixture, but data.kind is {self.kind!r}")
+        SplitConfig.__post_init__(self)
+        PackingConfig.__post_init__(self)
+        LoaderConfig.__post_init__(self)
 
     @property
     def source_list(self) -> list[SourceConfig]:

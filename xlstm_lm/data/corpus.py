@@ -12,15 +12,14 @@ on which other files exist.
 
 import hashlib
 import logging
-import os
 import sys
 import sysconfig
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Optional
 
 from xlstm_lm.data.config import DataConfig
+from xlstm_lm.data.files import find_files
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +133,8 @@ def list_corpus(cfg: DataConfig) -> Corpus:
         ValueError: fewer than two non-empty files match the glob.
     """
     root = _resolve_root(cfg.root)
-    paths = _matching_files(root, cfg.glob, cfg.include_tests)
+    excluded = INSTALLED_PACKAGE_FOLDERS if cfg.include_tests else INSTALLED_PACKAGE_FOLDERS | TEST_FOLDERS
+    paths = sorted("/".join(parts) for parts in find_files(root, cfg.glob, excluded.__contains__))
     where = f"glob {cfg.glob!r} under {root} (include_tests={cfg.include_tests})"
     if not paths:
         raise ValueError(f"No files match {where}: check data.root and data.glob")
@@ -184,32 +184,6 @@ def _resolve_root(root: Optional[str]) -> Path:
     if not folder.is_dir():
         raise NotADirectoryError(f"Corpus root {folder} is a file: set data.root to the folder that holds it")
     return folder
-
-
-def _matching_files(root: Path, glob: str, include_tests: bool) -> list[str]:
-    """Sorted relative POSIX paths of the files under root that match glob, skipping excluded folders."""
-    excluded = INSTALLED_PACKAGE_FOLDERS if include_tests else INSTALLED_PACKAGE_FOLDERS | TEST_FOLDERS
-    segments = tuple(glob.strip("/").split("/"))
-    matches = []
-    # Note: os.walk prunes excluded folders before descending; Path.glob would walk all of site-packages.
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = [name for name in subfolders if name not in excluded]
-        folder_parts = Path(folder).relative_to(root).parts
-        for name in files:
-            parts = folder_parts + (name,)
-            if _glob_matches(parts, segments):
-                matches.append("/".join(parts))
-    return sorted(matches)
-
-
-def _glob_matches(parts: tuple[str, ...], segments: tuple[str, ...]) -> bool:
-    """Whether path parts match glob segments; "**" matches any number of parts, others match one."""
-    if not segments:
-        return not parts
-    head, rest = segments[0], segments[1:]
-    if head == "**":
-        return any(_glob_matches(parts[start:], rest) for start in range(len(parts) + 1))
-    return bool(parts) and fnmatchcase(parts[0], head) and _glob_matches(parts[1:], rest)
 
 
 def _split(documents: list[Document], val_fraction: float) -> tuple[tuple[Document, ...], tuple[Document, ...]]:

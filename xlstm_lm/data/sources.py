@@ -6,8 +6,8 @@ hash of their relative path (`corpus.list_corpus`); every other document by a ha
 text never lands in both splits, whichever file or row it comes from.
 
 Local files (the files kind) are read in the order given; a folder stands for every file under it (sorted)
-and a pattern with *, ? or [ for the files it matches (sorted, "**" spans folders). The format follows the
-name, after an optional .gz or .zst:
+and a pattern with *, ? or [ for the files it matches (sorted, "**" spans folders; `files.expand_files`). The
+format follows the name, after an optional .gz or .zst:
 
     .jsonl .json .ndjson  JSON lines, one document per line, its text under `text_field`
     .parquet              one document per row, its text in column `text_field`
@@ -21,7 +21,6 @@ source is used, and an unreachable hub fails at once with a message that names t
 
 from __future__ import annotations
 
-import glob as globbing
 import gzip
 import io
 import json
@@ -38,6 +37,7 @@ import zstandard
 
 from xlstm_lm.data.config import DataConfig, SourceConfig
 from xlstm_lm.data.corpus import Corpus, Document, decode_utf8, hash_fraction, list_corpus
+from xlstm_lm.data.files import expand_files
 
 JSON_LINES_SUFFIXES = frozenset({".jsonl", ".json", ".ndjson"})
 PARQUET_SUFFIXES = frozenset({".parquet"})
@@ -153,37 +153,6 @@ def open_source(source: SourceConfig, cfg: DataConfig) -> Source:
     if source.kind == "hf":
         record.update(name=source.name, subset=source.subset, split=source.split, revision=source.revision)
     return Source(source, cfg.val_fraction, cfg.invalid_utf8, record, files)
-
-
-def expand_files(patterns: list[str]) -> list[Path]:
-    """The files named by paths, folders and glob patterns, in the order given, each once. A folder gives
-    every file below it except hidden ones (a name starting with ".", e.g. .git) and __pycache__.
-
-    Raises:
-        FileNotFoundError: a path without wildcards does not exist.
-        ValueError: a pattern or folder matches no file.
-    """
-    files: dict[Path, None] = {}
-    for pattern in patterns:
-        path = Path(pattern).expanduser()
-        if path.is_file():
-            matches = [path]
-        elif path.is_dir():
-            matches = sorted(file for file in path.rglob("*")
-                             if file.is_file() and not _skipped(file.relative_to(path)))
-        elif globbing.has_magic(pattern):
-            matches = sorted(Path(name) for name in globbing.glob(str(path), recursive=True) if Path(name).is_file())
-        else:
-            raise FileNotFoundError(f"data file {path} does not exist (data.files lists files, folders and globs)")
-        if not matches:
-            raise ValueError(f"data.files entry {pattern!r} matches no file: check the path and the pattern")
-        files.update(dict.fromkeys(file.resolve() for file in matches))
-    return list(files)
-
-
-def _skipped(relative: Path) -> bool:
-    """Whether a file found in a folder is left out: hidden, or under a hidden folder or __pycache__."""
-    return any(part.startswith(".") or part == "__pycache__" for part in relative.parts)
 
 
 def file_fingerprint(file: Path) -> list[Any]:

@@ -7,12 +7,13 @@ it (`xlstm_lm.data.corpus.list_corpus`), so a model is never scored on text it w
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
-from xlstm_lm.data.config import DataConfig
+from xlstm_lm.data.config import DataConfig, DocumentsConfig, SplitConfig
 from xlstm_lm.data.corpus import Document, list_corpus
-from xlstm_lm.data.sources import SourceCounts, expand_files, read_file
+from xlstm_lm.data.files import expand_files
+from xlstm_lm.data.sources import SourceCounts, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -20,18 +21,15 @@ SPLITS = ("val", "train", "all")
 
 
 @dataclass
-class EvalDataConfig:
-    """Which documents to score.
+class EvalDataConfig(SplitConfig, DocumentsConfig):
+    """Which documents to score: the local-document fields and val_fraction mean what they mean in training.
+
+    Given files (read like training's data.files: plain text files scored whole, JSON lines and Parquet one
+    document per record, .gz/.zst decompressed) are scored as they are, and root and glob are unused; otherwise
+    a split of the folder corpus under root. val_fraction is the training run's validation share (it decides
+    the split).
 
     Attributes:
-        files: files, folders or glob patterns read like training's data.files (plain text files scored whole,
-            JSON lines and Parquet one document per record, .gz/.zst decompressed); when set, root and glob
-            are unused.
-        text_field: the JSON key or Parquet column of the text.
-        root: folder of text files as in training; None means the Python standard library.
-        glob: pattern of the files under root.
-        include_tests: also read test folders under root.
-        val_fraction: the training run's validation share (it decides the split).
         split: which documents of root to score: "val" (held out in training), "train" or "all".
         max_bytes: stop adding documents (in path order) once their UTF-8 size reaches this; None = all.
             The same text is then scored for every checkpoint and context length.
@@ -39,17 +37,12 @@ class EvalDataConfig:
             reset), so windows can be longer than any document.
     """
 
-    files: list[str] = field(default_factory=list)
-    text_field: str = "text"
-    root: Optional[str] = None
-    glob: str = "**/*.py"
-    include_tests: bool = False
-    val_fraction: float = 0.05
     split: str = "val"
     max_bytes: Optional[int] = None
     concatenate: bool = False
 
     def __post_init__(self) -> None:
+        # Note: glob and val_fraction are checked when a folder is listed (`list_corpus`), as given files skip them.
         if self.split not in SPLITS:
             raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
         if self.files and self.root is not None:
