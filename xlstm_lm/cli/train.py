@@ -28,11 +28,10 @@ from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
-from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, find_resume_checkpoint, load_training_checkpoint,
+from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
                                              run_checkpoints)
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
-from xlstm_lm.training.optim import lr_factor
 from xlstm_lm.training.parallelize import parallelize
 from xlstm_lm.training.trainer import build_trainer
 
@@ -60,60 +59,6 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if found is not None:
         log.info("resuming from %s (ckpt_path=auto finds the newest checkpoint of the run directory)", found)
     return str(found) if found is not None else None
-
-
-def _differences(saved: dict | None, current: dict, prefix: str) -> list[str]:
-    """The settings the checkpoint records with another value now (a setting added since it was written is not
-    in it and not compared)."""
-    saved = saved or {}
-    return [f"{prefix}{key}: checkpoint {saved[key]!r} vs now {current.get(key)!r}"
-            for key in sorted(saved) if saved[key] != current.get(key)]
-
-
-def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamodule: TokenDataModule) -> None:
-    """Fail before training (and before the logger touches the run's files) when the checkpoint to resume is
-    not a training checkpoint, or was trained with another model config, tokenizer, optimizer or scheduler
-    settings, or data order; a changed trainer.max_steps (training longer) is allowed with a warning."""
-    checkpoint = load_training_checkpoint(Path(ckpt_path))
-    saved_tokenizer = checkpoint.get("tokenizer_json")
-    if saved_tokenizer is not None and saved_tokenizer != module.tokenizer_json:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was trained with another tokenizer than the data of this run, so its token ids "
-            "mean other text. Resume with the same data= and tokenizer= settings as the original run."
-        )
-    saved = checkpoint["hyper_parameters"]
-    model_diffs = _differences(saved.get("model"), module.hparams["model"], "")
-    if model_diffs:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was trained with another model config ({', '.join(model_diffs)}). "
-            "Resume with the same model=/size= overrides as the original run, or drop ckpt_path to start afresh."
-        )
-    schedule_diffs = [*_differences(saved.get("optimizer"), module.hparams["optimizer"], "optimizer."),
-                      *_differences(saved.get("scheduler"), module.hparams["scheduler"], "scheduler.")]
-    if schedule_diffs:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was trained with other optimization settings ({', '.join(schedule_diffs)}). "
-            "A resumed run continues the checkpoint's optimizer state and learning-rate schedule: an optimizer "
-            "change would be ignored, a scheduler change would make the learning rate jump. Resume with the "
-            "original values, or start a new run (another run_dir)."
-        )
-    saved_max_steps, max_steps = saved.get("max_steps"), module.hparams["max_steps"]
-    step = checkpoint["global_step"]
-    if max_steps <= step:
-        log.warning("trainer.max_steps=%d is not above the checkpoint's step %d: nothing is left to train, the run "
-                    "only validates and exports", max_steps, step)
-    elif saved_max_steps is not None and saved_max_steps != max_steps:
-        peak = module.optimizer_config.lr
-        sched = module.scheduler_config
-        before, after = (peak * lr_factor(step, sched.warmup_steps, total, sched.min_lr_ratio)
-                         for total in (saved_max_steps, max_steps))
-        log.warning("trainer.max_steps changed from %d to %d: the cosine schedule is stretched to the new length, "
-                    "so the learning rate at step %d moves from %.3g to %.3g", saved_max_steps, max_steps, step,
-                    before, after)
-    data_state = checkpoint.get(type(datamodule).__qualname__)
-    if data_state is not None:
-        datamodule.setup("fit")  # memory-maps the splits (Lightning's own call later is cheap)
-        datamodule.check_resumable(data_state)
 
 
 def check_hardware(config: TrainConfig) -> None:

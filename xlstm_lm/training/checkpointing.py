@@ -23,8 +23,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from xlstm_lm.data.datamodule import TokenDataModule, changed_settings
+from xlstm_lm.training.module import LanguageModelModule
+from xlstm_lm.training.optim import lr_factor
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+TOKENIZER_KEY = "tokenizer_json"
 log = logging.getLogger(__name__)
 
 
@@ -136,3 +141,57 @@ def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """The checkpoints of a run directory: checkpoints/*.ckpt and SLURM pre-emption ones."""
     return [*run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+
+
+def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamodule: TokenDataModule) -> None:
+    """Fail before training (and before the logger touches the run's files) when the checkpoint to resume is
+    not a training checkpoint, or was trained with another model config, tokenizer, optimizer or scheduler
+    settings, or data order; a changed trainer.max_steps (training longer) is allowed with a warning."""
+    checkpoint = load_training_checkpoint(Path(ckpt_path))
+    saved_tokenizer = checkpoint.get(TOKENIZER_KEY)
+    if saved_tokenizer is not None and saved_tokenizer != module.tokenizer_json:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with another tokenizer than the data of this run, so its token ids "
+            "mean other text. Resume with the same data= and tokenizer= settings as the original run."
+        )
+    saved = checkpoint["hyper_parameters"]
+    model_diffs = _changed_hyper_parameters(saved, module.hparams, "model")
+    if model_diffs:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with another model config ({', '.join(model_diffs)}). "
+            "Resume with the same model=/size= overrides as the original run, or drop ckpt_path to start afresh."
+        )
+    schedule_diffs = [*_changed_hyper_parameters(saved, module.hparams, "optimizer", "optimizer."),
+                      *_changed_hyper_parameters(saved, module.hparams, "scheduler", "scheduler.")]
+    if schedule_diffs:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with other optimization settings ({', '.join(schedule_diffs)}). "
+            "A resumed run continues the checkpoint's optimizer state and learning-rate schedule: an optimizer "
+            "change would be ignored, a scheduler change would make the learning rate jump. Resume with the "
+            "original values, or start a new run (another run_dir)."
+        )
+    saved_max_steps, max_steps = saved.get("max_steps"), module.hparams["max_steps"]
+    step = checkpoint["global_step"]
+    if max_steps <= step:
+        log.warning("trainer.max_steps=%d is not above the checkpoint's step %d: nothing is left to train, the run "
+                    "only validates and exports", max_steps, step)
+    elif saved_max_steps is not None and saved_max_steps != max_steps:
+        peak = module.optimizer_config.lr
+        sched = module.scheduler_config
+        before, after = (peak * lr_factor(step, sched.warmup_steps, total, sched.min_lr_ratio)
+                         for total in (saved_max_steps, max_steps))
+        log.warning("trainer.max_steps changed from %d to %d: the cosine schedule is stretched to the new length, "
+                    "so the learning rate at step %d moves from %.3g to %.3g", saved_max_steps, max_steps, step,
+                    before, after)
+    data_state = checkpoint.get(type(datamodule).__qualname__)
+    if data_state is not None:
+        datamodule.setup("fit")  # memory-maps the splits (Lightning's own call later is cheap)
+        datamodule.check_resumable(data_state)
+
+
+def _changed_hyper_parameters(saved: dict[str, Any], current: dict[str, Any], group: str,
+                              prefix: str = "") -> list[str]:
+    """How the `group` config the checkpoint's hyper-parameters record differs now; a setting added since the
+    checkpoint was written is not in it and not compared."""
+    recorded = saved.get(group) or {}
+    return changed_settings(recorded, current[group], keys=sorted(recorded), prefix=prefix)
