@@ -15,9 +15,10 @@ from tests.cli.test_generate_cli import compose_generate
 from tests.conftest import compose_train
 from xlstm_lm.cli.eval import evaluate
 from xlstm_lm.cli.generate import generate_text
+from xlstm_lm.cli.loading import load_checkpoint
 from xlstm_lm.cli.train import train
-from xlstm_lm.evaluation.loading import load_checkpoint
 from xlstm_lm.models.io import load_model, load_pretrained
+from xlstm_lm.training.checkpointing import load_model_from_checkpoint
 from xlstm_lm.training.module import LanguageModelModule
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "run_0c87b00"
@@ -44,10 +45,11 @@ def assert_saved_parameters(model: torch.nn.Module, kind: str) -> None:
 def test_the_checkpoint_and_the_export_load_with_their_saved_parameters():
     tokenizer_json = (EXPORT / "tokenizer.json").read_text()
     assert_saved_parameters(load_pretrained(EXPORT), "export")
-    for kind, path in SAVED.items():
-        model, saved_tokenizer = load_model(path)
+    for kind, read in (("export", load_model), ("checkpoint", load_model_from_checkpoint)):
+        model, saved_tokenizer = read(SAVED[kind])
         assert_saved_parameters(model, kind)
         assert saved_tokenizer == tokenizer_json
+    for kind, path in SAVED.items():
         model, tokenizer = load_checkpoint(str(path))
         assert_saved_parameters(model, kind)
         assert tokenizer.to_str() == load_checkpoint(str(EXPORT))[1].to_str()
@@ -78,7 +80,8 @@ def test_resuming_the_checkpoint_logs_the_losses_of_the_run_that_wrote_it(tmp_pa
 
 def test_xlstm_eval_and_xlstm_generate_read_both_as_that_code_did(tmp_path):
     settings = RECORD["eval"]
-    report = evaluate(compose_eval([f"ckpt=[{CHECKPOINT},{EXPORT}]", f"data.files=[{FIXTURE / 'corpus' / settings['file']}]",
+    text_file = FIXTURE / "corpus" / settings["file"]
+    report = evaluate(compose_eval([f"ckpt=[{CHECKPOINT},{EXPORT}]", f"data.files=[{text_file}]",
                                     f"eval.context_lengths=[{settings['context_length']}]"]), tmp_path)
     losses = {kind: row["loss"] for kind, row in zip(SAVED, report["results"])}
     assert losses == pytest.approx(settings["loss"], rel=1e-4)

@@ -29,7 +29,7 @@ from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
-                                             run_checkpoints)
+                                             model_weights, run_checkpoints)
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.parallelize import parallelize
@@ -142,7 +142,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
         export_model = build_model(dataclasses.asdict(model_config))
-        export_model.load_state_dict({name.removeprefix("model."): tensor for name, tensor in state.items()})
+        export_model.load_state_dict(model_weights(state))
         export_dir = save_pretrained(export_model, run_dir / "export")
         shutil.copy(datamodule.cache_path / TOKENIZER_FILE, export_dir / TOKENIZER_FILE)
         OmegaConf.save(OmegaConf.structured(config), export_dir / "train_config.yaml")

@@ -1,5 +1,17 @@
 """Checkpoints that survive faults: atomic writes, never NaN weights, every N steps and every T minutes,
-and the newest checkpoint of a run directory found by itself on restart.
+and the newest checkpoint of a run directory found by itself on restart. The one module that reads the
+checkpoint files: their model for inference, and whether a run may resume from one.
+
+What a checkpoint file holds (a dict, as Lightning writes it with what the module and data module add):
+
+    state_dict            the LightningModule's tensors: the plain model's, named `model.<parameter>`
+    hyper_parameters      the LanguageModelModule's arguments: model, optimizer and scheduler (dicts of their
+                          configs), max_steps, reset_at_doc_starts
+    tokenizer_json        the tokenizer of the run's data (LanguageModelModule.on_save_checkpoint)
+    TokenDataModule       the position in the training order and what fixes that order (its state_dict)
+    global_step, loops, optimizer_states, lr_schedulers, callbacks, ...   Lightning's training state
+
+A sharded FSDP checkpoint is a folder with this dict, less the tensors, in meta.pt.
 
 Layout of a run directory:
 
@@ -24,11 +36,14 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from xlstm_lm.data.datamodule import TokenDataModule, changed_settings
+from xlstm_lm.models import LanguageModel, build_model, model_config
+from xlstm_lm.models.io import CONFIG_FILE, WEIGHTS_FILE, check_state_dict_matches
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.optim import lr_factor
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+MODEL_PREFIX = "model."  # the LanguageModelModule holds the plain model as `self.model`
 TOKENIZER_KEY = "tokenizer_json"
 log = logging.getLogger(__name__)
 
@@ -95,7 +110,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist: give a .ckpt file, e.g. <run>/checkpoints/{LAST}")
     if path.is_dir():
-        if (path / "model.safetensors").exists():
+        if (path / WEIGHTS_FILE).exists():
             raise ValueError(f"{path} is an exported model, not a training checkpoint: resume from "
                              f"<run>/{CHECKPOINT_DIR}/{LAST} (xlstm-eval and xlstm-generate read exports)")
         if not (path / "meta.pt").exists():
@@ -141,6 +156,39 @@ def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """The checkpoints of a run directory: checkpoints/*.ckpt and SLURM pre-emption ones."""
     return [*run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+
+
+def model_weights(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The plain model's tensors in a LightningModule state dict (a checkpoint's, or the trainer's for the
+    export), under the model's own parameter names."""
+    return {name.removeprefix(MODEL_PREFIX): tensor for name, tensor in state_dict.items()
+            if name.startswith(MODEL_PREFIX)}
+
+
+def load_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                               ) -> tuple[LanguageModel, Optional[str]]:
+    """The model of a checkpoint file and its tokenizer JSON (None when absent), for inference.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: `path` is not a readable checkpoint of xlstm-lm, or its weights do not match its config.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: give an export folder or a .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        config = checkpoint["hyper_parameters"]["model"]
+        weights = model_weights(checkpoint["state_dict"])
+    except Exception as error:  # a pickle, zip or key error all mean: not one of our checkpoints
+        raise ValueError(
+            f"{path} is not an xlstm-lm checkpoint ({type(error).__name__}: {error}); give an export folder "
+            f"({CONFIG_FILE} + {WEIGHTS_FILE}) or a Lightning .ckpt written by xlstm-train"
+        ) from error  # the cause stays in the traceback (HYDRA_FULL_ERROR=1 shows it)
+    model = build_model(model_config(config))
+    check_state_dict_matches(model, weights, source=str(path))
+    model.load_state_dict(weights)
+    return model.to(map_location), checkpoint.get(TOKENIZER_KEY)
 
 
 def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamodule: TokenDataModule) -> None:
