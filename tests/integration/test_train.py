@@ -15,6 +15,7 @@ from tests.conftest import compose_train, small_run_overrides
 from xlstm_lm.cli.train import train
 from xlstm_lm.data import load
 from xlstm_lm.models.io import load_model, load_pretrained
+from xlstm_lm.training.checkpointing import load_model_from_checkpoint
 from xlstm_lm.training.module import LanguageModelModule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +42,7 @@ def test_train_py_end_to_end_and_export_reloads_identically(tmp_path, data_cache
 
     exported = load_pretrained(export).eval()
     module = LanguageModelModule.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", map_location="cpu").eval()
-    from_ckpt, tokenizer_json = load_model(run_dir / "checkpoints" / "last.ckpt")
+    from_ckpt, tokenizer_json = load_model_from_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert tokenizer_json == (export / "tokenizer.json").read_text()  # the checkpoint carries its tokenizer
     ids = torch.randint(0, exported.config.vocab_size, (2, 40))
     with torch.no_grad():

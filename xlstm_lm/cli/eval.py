@@ -21,10 +21,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.evaluation.documents import EvalDataConfig, load_documents
-from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
 from xlstm_lm.evaluation.perplexity import (ContextResult, PeakMemory, encode_documents, evaluate_context,
                                             join_documents)
 from xlstm_lm.evaluation.plot import plot_results

@@ -21,11 +21,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.cli.schemas import GenerateConfig, register_generate_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.data.tokenizer import eos_id
 from xlstm_lm.evaluation.generation import generate
-from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
 
 log = logging.getLogger(__name__)
 

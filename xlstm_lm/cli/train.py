@@ -28,11 +28,10 @@ from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
 from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
-from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, find_resume_checkpoint, load_training_checkpoint,
-                                             run_checkpoints)
+from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
+                                             model_weights, run_checkpoints)
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
-from xlstm_lm.training.optim import lr_factor
 from xlstm_lm.training.parallelize import parallelize
 from xlstm_lm.training.trainer import build_trainer
 
@@ -60,60 +59,6 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     if found is not None:
         log.info("resuming from %s (ckpt_path=auto finds the newest checkpoint of the run directory)", found)
     return str(found) if found is not None else None
-
-
-def _differences(saved: dict | None, current: dict, prefix: str) -> list[str]:
-    """The settings the checkpoint records with another value now (a setting added since it was written is not
-    in it and not compared)."""
-    saved = saved or {}
-    return [f"{prefix}{key}: checkpoint {saved[key]!r} vs now {current.get(key)!r}"
-            for key in sorted(saved) if saved[key] != current.get(key)]
-
-
-def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamodule: TokenDataModule) -> None:
-    """Fail before training (and before the logger touches the run's files) when the checkpoint to resume is
-    not a training checkpoint, or was trained with another model config, tokenizer, optimizer or scheduler
-    settings, or data order; a changed trainer.max_steps (training longer) is allowed with a warning."""
-    checkpoint = load_training_checkpoint(Path(ckpt_path))
-    saved_tokenizer = checkpoint.get("tokenizer_json")
-    if saved_tokenizer is not None and saved_tokenizer != module.tokenizer_json:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was trained with another tokenizer than the data of this run, so its token ids "
-            "mean other text. Resume with the same data= and tokenizer= settings as the original run."
-        )
-    saved = checkpoint["hyper_parameters"]
-    model_diffs = _differences(saved.get("model"), module.hparams["model"], "")
-    if model_diffs:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was trained with another model config ({', '.join(model_diffs)}). "
-            "Resume with the same model=/size= overrides as the original run, or drop ckpt_path to start afresh."
-        )
-    schedule_diffs = [*_differences(saved.get("optimizer"), module.hparams["optimizer"], "optimizer."),
-                      *_differences(saved.get("scheduler"), module.hparams["scheduler"], "scheduler.")]
-    if schedule_diffs:
-        raise ValueError(
-            f"checkpoint {ckpt_path} was trained with other optimization settings ({', '.join(schedule_diffs)}). "
-            "A resumed run continues the checkpoint's optimizer state and learning-rate schedule: an optimizer "
-            "change would be ignored, a scheduler change would make the learning rate jump. Resume with the "
-            "original values, or start a new run (another run_dir)."
-        )
-    saved_max_steps, max_steps = saved.get("max_steps"), module.hparams["max_steps"]
-    step = checkpoint["global_step"]
-    if max_steps <= step:
-        log.warning("trainer.max_steps=%d is not above the checkpoint's step %d: nothing is left to train, the run "
-                    "only validates and exports", max_steps, step)
-    elif saved_max_steps is not None and saved_max_steps != max_steps:
-        peak = module.optimizer_config.lr
-        sched = module.scheduler_config
-        before, after = (peak * lr_factor(step, sched.warmup_steps, total, sched.min_lr_ratio)
-                         for total in (saved_max_steps, max_steps))
-        log.warning("trainer.max_steps changed from %d to %d: the cosine schedule is stretched to the new length, "
-                    "so the learning rate at step %d moves from %.3g to %.3g", saved_max_steps, max_steps, step,
-                    before, after)
-    data_state = checkpoint.get(type(datamodule).__qualname__)
-    if data_state is not None:
-        datamodule.setup("fit")  # memory-maps the splits (Lightning's own call later is cheap)
-        datamodule.check_resumable(data_state)
 
 
 def check_hardware(config: TrainConfig) -> None:
@@ -155,9 +100,27 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     run_dir = Path(run_dir)
     check_hardware(config)
     L.seed_everything(config.seed, workers=True)
+    datamodule = prepare_data(config)
+    module = build_module(config, datamodule)
+    ckpt_path = checkpoint_to_resume(config.ckpt_path, run_dir, module, datamodule)
+    trainer = make_trainer(config, module, run_dir)
+    fit(trainer, module, datamodule, ckpt_path)
+    checkpoint_last_step(trainer, config, run_dir)
+    metrics = final_metrics(trainer, module, datamodule)
+    export(trainer, config, module, datamodule, run_dir, metrics)
+    return metrics
 
+
+def prepare_data(config: TrainConfig) -> TokenDataModule:
+    """The data module with its cache prepared: first, since the model's vocabulary follows the tokenizer."""
     datamodule = TokenDataModule(config.data, config.tokenizer, seed=config.seed)
     datamodule.prepare_data()
+    return datamodule
+
+
+def build_module(config: TrainConfig, datamodule: TokenDataModule) -> LanguageModelModule:
+    """The LightningModule with the tokenizer's vocabulary and the tokenizer itself (every checkpoint carries
+    it); logs the model's size, since the config alone does not tell it."""
     model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
                                               config.trainer.max_steps, config.reset_at_doc_starts,
@@ -166,44 +129,76 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
         log.warning("%s cannot reset its memory at document starts: windows are read straight through",
                     model_config.architecture)
-    check_fresh_run_dir(config.ckpt_path, run_dir)
-    ckpt_path = resolve_ckpt_path(config.ckpt_path, run_dir)
+    return module
+
+
+def checkpoint_to_resume(ckpt_path: str | None, run_dir: Path, module: LanguageModelModule,
+                         datamodule: TokenDataModule) -> str | None:
+    """The checkpoint to resume from (None: a fresh run), refused unless it fits this run: decided before the
+    trainer exists, as building its logger already changes the run directory."""
+    check_fresh_run_dir(ckpt_path, run_dir)
+    ckpt_path = resolve_ckpt_path(ckpt_path, run_dir)
     if ckpt_path:
         check_resume_compatible(ckpt_path, module, datamodule)
+    return ckpt_path
+
+
+def make_trainer(config: TrainConfig, module: LanguageModelModule, run_dir: Path) -> L.Trainer:
+    """The Lightning Trainer, with the model parallelized (activation checkpointing, compile) and the throughput
+    callback, which needs the model's FLOPs per token and the device's peak."""
     parallelize(module.model, config.trainer.activation_checkpointing, config.trainer.compile)
 
     device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
         and torch.cuda.is_available() else "cpu"
     throughput = TokenThroughput(flops_per_token=training_flops_per_token(module.model, config.data.seq_len),
                                  peak_flops_per_device=peak_flops(device_name, config.trainer.peak_tflops))
-    trainer = build_trainer(config.trainer, config.logger, run_dir, throughput)
+    return build_trainer(config.trainer, config.logger, run_dir, throughput)
+
+
+def fit(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule, ckpt_path: str | None) -> None:
+    """Train; a Ctrl-C (already checkpointed by the trainer) ends the program with exit status 130, as Ctrl-C
+    ends any program, and without the final validation and export."""
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except TrainingInterrupted as stop:
         log.warning("%s: run the same command to resume from it (no final validation or export)", stop)
         raise SystemExit(130) from None  # the exit status of a program ended by Ctrl-C
-    if trainer.global_step % config.trainer.checkpoint_every_n_steps:  # the step checkpoints missed the last steps
+
+
+def checkpoint_last_step(trainer: L.Trainer, config: TrainConfig, run_dir: Path) -> None:
+    """Write last.ckpt when the step checkpoints missed the last steps, so the same command again does not train
+    them a second time."""
+    if trainer.global_step % config.trainer.checkpoint_every_n_steps:
         trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
+
+
+def final_metrics(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule) -> dict[str, float]:
+    """The metrics of the run's end, validated again unless the last validation already saw the final weights."""
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     if module.last_validated_step != trainer.global_step:  # always report the final weights
         trainer.validate(module, datamodule=datamodule)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+    return metrics
 
+
+def export(trainer: L.Trainer, config: TrainConfig, module: LanguageModelModule, datamodule: TokenDataModule,
+           run_dir: Path, metrics: dict[str, float]) -> None:
+    """Write <run_dir>/export (weights, model config, tokenizer, training config), which inference and other
+    runs read without Lightning, and log the run's result."""
     if config.trainer.strategy == "fsdp" and config.trainer.fsdp.state_dict_type == "sharded":
         log.warning("no export: FSDP checkpoints are sharded (trainer.fsdp.state_dict_type=sharded); consolidate "
                     "one with `python -m lightning.pytorch.utilities.consolidate_checkpoint <run>/checkpoints/last.ckpt`")
-        return metrics
+        return
     # Note: a collective under FSDP (rank 0 receives the gathered full weights); the module's own state elsewhere.
     state = trainer.strategy.lightning_module_state_dict()
     if trainer.is_global_zero:
-        export_model = build_model(dataclasses.asdict(model_config))
-        export_model.load_state_dict({name.removeprefix("model."): tensor for name, tensor in state.items()})
+        export_model = build_model(module.hparams["model"])
+        export_model.load_state_dict(model_weights(state))
         export_dir = save_pretrained(export_model, run_dir / "export")
         shutil.copy(datamodule.cache_path / TOKENIZER_FILE, export_dir / TOKENIZER_FILE)
         OmegaConf.save(OmegaConf.structured(config), export_dir / "train_config.yaml")
         log.info("steps %d, validation loss %.4f, perplexity %.2f; export in %s", trainer.global_step,
                  metrics.get("val/loss", float("nan")), metrics.get("val/ppl", float("nan")), export_dir)
-    return metrics
 
 
 register_configs()

@@ -17,6 +17,7 @@ A batch is a dict of (B, S) tensors, S = seq_len:
 
 import os
 import signal
+from collections.abc import Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
@@ -147,8 +148,7 @@ class TokenDataModule(L.LightningDataModule):
     def check_resumable(self, state: dict[str, Any]) -> None:
         """Raise ValueError unless `state` (from `state_dict`, as a checkpoint holds it) has this run's order."""
         current = self._order_identity()
-        changed = [f"{key}: checkpoint {state.get(key)!r} vs now {value!r}" for key, value in current.items()
-                   if state.get(key) != value]
+        changed = changed_settings(state, current, keys=current)  # a key the checkpoint lacks is a change too
         if changed:
             raise ValueError(
                 f"The checkpoint's training data order does not fit this run ({'; '.join(changed)}), so resuming "
@@ -218,6 +218,15 @@ class TokenDataModule(L.LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             worker_init_fn=partial(_init_worker, rank=self._rank_and_world_size()[0]),
         )
+
+
+def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str],
+                     prefix: str = "") -> list[str]:
+    """`<prefix><key>: checkpoint <saved value> vs now <current value>` for each of `keys` whose value differs: the
+    items of every "this checkpoint does not fit this run" error, the data order's here and the model's and
+    optimizer's in `xlstm_lm.training.checkpointing`. Each caller says which keys count."""
+    return [f"{prefix}{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}"
+            for key in keys if saved.get(key) != current.get(key)]
 
 
 def _init_worker(worker_id: int, rank: int) -> None:

@@ -1,8 +1,7 @@
-"""Loading and saving models without Lightning.
+"""Loading and saving models without Lightning: export folders.
 
-An export folder holds model.safetensors, config.json (the model config) and usually tokenizer.json; a
-Lightning checkpoint holds the model config in its hyper-parameters, the weights under `model.` and the
-tokenizer under `tokenizer_json`. `load_model` reads either.
+An export folder holds model.safetensors, config.json (the model config) and usually tokenizer.json. Lightning
+checkpoints (.ckpt) are training's format, read by `xlstm_lm.training.checkpointing`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_model
 from safetensors.torch import load_model as load_safetensors_into
 
-from xlstm_lm.models import LanguageModel, build_model, model_config
+from xlstm_lm.models import LanguageModel, build_model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -72,30 +71,11 @@ def check_state_dict_matches(model: torch.nn.Module, weights: dict, source: str)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[LanguageModel, str | None]:
-    """A model and its tokenizer JSON (None when absent) from an export folder or a Lightning .ckpt file.
+    """The model of the export folder `path` and its tokenizer JSON (None when the folder has no tokenizer.json).
 
     Raises:
-        FileNotFoundError: nothing at `path`.
-        ValueError: `path` is neither an export folder nor a readable checkpoint, or its weights do not
-            match its config.
+        FileNotFoundError: `path` lacks config.json or model.safetensors.
+        ValueError: the weights do not match the config.
     """
-    path = Path(path)
-    if path.is_dir():
-        tokenizer_file = path / TOKENIZER_FILE
-        return load_pretrained(path, map_location), tokenizer_file.read_text() if tokenizer_file.is_file() else None
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist: give an export folder or a .ckpt file")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-        config = checkpoint["hyper_parameters"]["model"]
-        weights = {name[len("model."):]: tensor for name, tensor in checkpoint["state_dict"].items()
-                   if name.startswith("model.")}
-    except Exception as error:  # a pickle, zip or key error all mean: not one of our checkpoints
-        raise ValueError(
-            f"{path} is not an xlstm-lm checkpoint ({type(error).__name__}: {error}); give an export folder "
-            f"({CONFIG_FILE} + {WEIGHTS_FILE}) or a Lightning .ckpt written by xlstm-train"
-        ) from error  # the cause stays in the traceback (HYDRA_FULL_ERROR=1 shows it)
-    model = build_model(model_config(config))
-    check_state_dict_matches(model, weights, source=str(path))
-    model.load_state_dict(weights)
-    return model.to(map_location), checkpoint.get("tokenizer_json")
+    tokenizer_file = Path(path) / TOKENIZER_FILE
+    return load_pretrained(path, map_location), tokenizer_file.read_text() if tokenizer_file.is_file() else None

@@ -1,5 +1,17 @@
 """Checkpoints that survive faults: atomic writes, never NaN weights, every N steps and every T minutes,
-and the newest checkpoint of a run directory found by itself on restart.
+and the newest checkpoint of a run directory found by itself on restart. The one module that reads the
+checkpoint files: their model for inference, and whether a run may resume from one.
+
+What a checkpoint file holds (a dict, as Lightning writes it with what the module and data module add):
+
+    state_dict            the LightningModule's tensors: the plain model's, named `model.<parameter>`
+    hyper_parameters      the LanguageModelModule's arguments: model, optimizer and scheduler (dicts of their
+                          configs), max_steps, reset_at_doc_starts
+    tokenizer_json        the tokenizer of the run's data (LanguageModelModule.on_save_checkpoint)
+    TokenDataModule       the position in the training order and what fixes that order (its state_dict)
+    global_step, loops, optimizer_states, lr_schedulers, callbacks, ...   Lightning's training state
+
+A sharded FSDP checkpoint is a folder with this dict, less the tensors, in meta.pt.
 
 Layout of a run directory:
 
@@ -23,8 +35,16 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from xlstm_lm.data.datamodule import TokenDataModule, changed_settings
+from xlstm_lm.models import LanguageModel, build_model, model_config
+from xlstm_lm.models.io import CONFIG_FILE, WEIGHTS_FILE, check_state_dict_matches
+from xlstm_lm.training.module import LanguageModelModule
+from xlstm_lm.training.optim import lr_factor
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
+MODEL_PREFIX = "model."  # the LanguageModelModule holds the plain model as `self.model`
+TOKENIZER_KEY = "tokenizer_json"
 log = logging.getLogger(__name__)
 
 
@@ -90,7 +110,7 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist: give a .ckpt file, e.g. <run>/checkpoints/{LAST}")
     if path.is_dir():
-        if (path / "model.safetensors").exists():
+        if (path / WEIGHTS_FILE).exists():
             raise ValueError(f"{path} is an exported model, not a training checkpoint: resume from "
                              f"<run>/{CHECKPOINT_DIR}/{LAST} (xlstm-eval and xlstm-generate read exports)")
         if not (path / "meta.pt").exists():
@@ -136,3 +156,90 @@ def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
 def run_checkpoints(run_dir: Path) -> list[Path]:
     """The checkpoints of a run directory: checkpoints/*.ckpt and SLURM pre-emption ones."""
     return [*run_dir.glob(f"{CHECKPOINT_DIR}/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+
+
+def model_weights(state_dict: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The plain model's tensors in a LightningModule state dict (a checkpoint's, or the trainer's for the
+    export), under the model's own parameter names."""
+    return {name.removeprefix(MODEL_PREFIX): tensor for name, tensor in state_dict.items()
+            if name.startswith(MODEL_PREFIX)}
+
+
+def load_model_from_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                               ) -> tuple[LanguageModel, Optional[str]]:
+    """The model of a checkpoint file and its tokenizer JSON (None when absent), for inference.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: `path` is not a readable checkpoint of xlstm-lm, or its weights do not match its config.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist: give an export folder or a .ckpt file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        config = checkpoint["hyper_parameters"]["model"]
+        weights = model_weights(checkpoint["state_dict"])
+    except Exception as error:  # a pickle, zip or key error all mean: not one of our checkpoints
+        raise ValueError(
+            f"{path} is not an xlstm-lm checkpoint ({type(error).__name__}: {error}); give an export folder "
+            f"({CONFIG_FILE} + {WEIGHTS_FILE}) or a Lightning .ckpt written by xlstm-train"
+        ) from error  # the cause stays in the traceback (HYDRA_FULL_ERROR=1 shows it)
+    model = build_model(model_config(config))
+    check_state_dict_matches(model, weights, source=str(path))
+    model.load_state_dict(weights)
+    return model.to(map_location), checkpoint.get(TOKENIZER_KEY)
+
+
+def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamodule: TokenDataModule) -> None:
+    """Fail before training (and before the logger touches the run's files) when the checkpoint to resume is
+    not a training checkpoint, or was trained with another model config, tokenizer, optimizer or scheduler
+    settings, or data order; a changed trainer.max_steps (training longer) is allowed with a warning."""
+    checkpoint = load_training_checkpoint(Path(ckpt_path))
+    saved_tokenizer = checkpoint.get(TOKENIZER_KEY)
+    if saved_tokenizer is not None and saved_tokenizer != module.tokenizer_json:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with another tokenizer than the data of this run, so its token ids "
+            "mean other text. Resume with the same data= and tokenizer= settings as the original run."
+        )
+    saved = checkpoint["hyper_parameters"]
+    model_diffs = _changed_hyper_parameters(saved, module.hparams, "model")
+    if model_diffs:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with another model config ({', '.join(model_diffs)}). "
+            "Resume with the same model=/size= overrides as the original run, or drop ckpt_path to start afresh."
+        )
+    schedule_diffs = [*_changed_hyper_parameters(saved, module.hparams, "optimizer", "optimizer."),
+                      *_changed_hyper_parameters(saved, module.hparams, "scheduler", "scheduler.")]
+    if schedule_diffs:
+        raise ValueError(
+            f"checkpoint {ckpt_path} was trained with other optimization settings ({', '.join(schedule_diffs)}). "
+            "A resumed run continues the checkpoint's optimizer state and learning-rate schedule: an optimizer "
+            "change would be ignored, a scheduler change would make the learning rate jump. Resume with the "
+            "original values, or start a new run (another run_dir)."
+        )
+    saved_max_steps, max_steps = saved.get("max_steps"), module.hparams["max_steps"]
+    step = checkpoint["global_step"]
+    if max_steps <= step:
+        log.warning("trainer.max_steps=%d is not above the checkpoint's step %d: nothing is left to train, the run "
+                    "only validates and exports", max_steps, step)
+    elif saved_max_steps is not None and saved_max_steps != max_steps:
+        peak = module.optimizer_config.lr
+        sched = module.scheduler_config
+        before, after = (peak * lr_factor(step, sched.warmup_steps, total, sched.min_lr_ratio)
+                         for total in (saved_max_steps, max_steps))
+        log.warning("trainer.max_steps changed from %d to %d: the cosine schedule is stretched to the new length, "
+                    "so the learning rate at step %d moves from %.3g to %.3g", saved_max_steps, max_steps, step,
+                    before, after)
+    data_state = checkpoint.get(type(datamodule).__qualname__)
+    if data_state is not None:
+        datamodule.setup("fit")  # memory-maps the splits (Lightning's own call later is cheap)
+        datamodule.check_resumable(data_state)
+
+
+def _changed_hyper_parameters(saved: dict[str, Any], current: dict[str, Any], group: str,
+                              prefix: str = "") -> list[str]:
+    """How the `group` config the checkpoint's hyper-parameters record differs now; a setting added since the
+    checkpoint was written is not in it and not compared."""
+    recorded = saved.get(group) or {}
+    return changed_settings(recorded, current[group], keys=sorted(recorded), prefix=prefix)

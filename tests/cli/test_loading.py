@@ -5,19 +5,19 @@ import shutil
 import pytest
 import torch
 
-from tests.evaluation.tiny_export import MODEL_VOCAB, corpus_texts
+from tests.evaluation.tiny_export import MODEL_VOCAB, corpus_texts, tiny_export  # noqa: F401 (a fixture)
+from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.data.config import TokenizerConfig
 from xlstm_lm.data.tokenizer import EOS_TOKEN, train_tokenizer
-from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
 
 
-def test_export_loads_in_eval_mode_with_its_tokenizer(tiny_export):
+def test_export_loads_in_eval_mode_with_its_tokenizer(tiny_export):  # noqa: F811
     model, tokenizer = load_checkpoint(str(tiny_export))
     assert not model.training and model.config.vocab_size == MODEL_VOCAB
     assert tokenizer.token_to_id(EOS_TOKEN) not in tokenizer.encode(f"a {EOS_TOKEN} b").ids  # flag restored
 
 
-def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_export, tmp_path):
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_export, tmp_path):  # noqa: F811
     big = tmp_path / "big.json"
     train_tokenizer(corpus_texts(), TokenizerConfig(vocab_size=MODEL_VOCAB + 80)).save(str(big))
     message = f"tokenizer has {MODEL_VOCAB + 80} tokens but the model .* only {MODEL_VOCAB}"
@@ -25,7 +25,7 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(tiny_export, tm
         load_checkpoint(str(tiny_export), tokenizer_path=str(big))
 
 
-def test_an_export_without_tokenizer_needs_one(tiny_export, tmp_path):
+def test_an_export_without_tokenizer_needs_one(tiny_export, tmp_path):  # noqa: F811
     bare = shutil.copytree(tiny_export, tmp_path / "bare")
     (bare / "tokenizer.json").unlink()
     with pytest.raises(FileNotFoundError, match="tokenizer_path=PATH"):
@@ -50,7 +50,7 @@ def test_device_names_are_checked(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")
 
 
-def test_another_tokenizer_than_the_checkpoints_is_warned_about(tiny_export, tmp_path, caplog):
+def test_another_tokenizer_than_the_checkpoints_is_warned_about(tiny_export, tmp_path, caplog):  # noqa: F811
     other = tmp_path / "other.json"
     train_tokenizer(corpus_texts()[:3], TokenizerConfig(vocab_size=260)).save(str(other))  # fits, but differs
     load_checkpoint(str(tiny_export), tokenizer_path=str(other))

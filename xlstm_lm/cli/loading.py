@@ -1,12 +1,14 @@
-"""A checkpoint and its tokenizer, ready to score or generate: the model in eval mode on its device.
+"""A checkpoint and its tokenizer, ready to score or generate (xlstm-eval, xlstm-generate): the model in eval mode on
+the device asked for.
 
-Reads an export folder or a Lightning .ckpt (`xlstm_lm.models.io.load_model`); the tokenizer comes from
-the checkpoint unless a tokenizer.json is given, and must fit the model's vocabulary.
+Reads an export folder (`xlstm_lm.models.io`) or a Lightning .ckpt (`xlstm_lm.training.checkpointing`); the
+tokenizer comes from the checkpoint unless a tokenizer.json is given, and must fit the model's vocabulary.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -15,6 +17,7 @@ from tokenizers import Tokenizer
 from xlstm_lm.data.tokenizer import load_tokenizer, tokenizer_from_json
 from xlstm_lm.models import LanguageModel
 from xlstm_lm.models.io import TOKENIZER_FILE, load_model
+from xlstm_lm.training.checkpointing import load_model_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,8 @@ def load_checkpoint(path: str, tokenizer_path: Optional[str] = None,
         FileNotFoundError: no checkpoint at `path`, or no tokenizer anywhere.
         ValueError: not a checkpoint, or the tokenizer has more tokens than the model's vocabulary.
     """
-    model, tokenizer_json = load_model(path, map_location=device)
+    model, tokenizer_json = (load_model(path, map_location=device) if Path(path).is_dir()
+                             else load_model_from_checkpoint(path, map_location=device))
     if tokenizer_path is not None:
         tokenizer = load_tokenizer(tokenizer_path)
         if tokenizer_json is not None and tokenizer.to_str() != tokenizer_from_json(tokenizer_json).to_str():
