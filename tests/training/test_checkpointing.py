@@ -88,3 +88,22 @@ def test_loading_something_else_as_a_training_checkpoint_says_what_it_is(tmp_pat
         torch.save({"model.weight": torch.zeros(2)}, path)
     with pytest.raises(FileNotFoundError if kind == "missing" else ValueError, match=message):
         load_training_checkpoint(path)
+
+
+def test_a_model_config_recorded_before_the_split_is_compared_as_the_loaders_read_it():
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from xlstm_lm.models import model_config
+    from xlstm_lm.training.checkpointing import _changed_hyper_parameters
+
+    legacy = Path(__file__).parents[1] / "assets" / "legacy_exports"
+    for architecture in ("xlstm", "xlstm_large"):
+        saved = json.loads((legacy / architecture / "config.json").read_text())  # the former shared fields
+        now = asdict(model_config(saved))
+        assert _changed_hyper_parameters({"model": saved}, {"model": now}, "model") == []
+    # a large model trained with the former per-head eps is not resumed under today's default silently
+    default = {**now, "head_norm_eps": None}
+    assert _changed_hyper_parameters({"model": saved}, {"model": default}, "model") == [
+        "head_norm_eps: checkpoint 1e-05 vs now None"]

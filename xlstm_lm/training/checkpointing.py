@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
@@ -242,4 +243,6 @@ def _changed_hyper_parameters(saved: dict[str, Any], current: dict[str, Any], gr
     """How the `group` config the checkpoint's hyper-parameters record differs now; a setting added since the
     checkpoint was written is not in it and not compared."""
     recorded = saved.get(group) or {}
+    if group == "model" and recorded:  # read as the model loaders read it (fields renamed or added since)
+        recorded = asdict(model_config(recorded))
     return changed_settings(recorded, current[group], keys=sorted(recorded), prefix=prefix)
