@@ -72,7 +72,8 @@ def write_official(folder, fields, model, yaml_config=True, safetensors=False):
 
 
 @pytest.mark.parametrize("layout, tie, safetensors", [  # as close to the float64 model as the official one is
-    ("xlstm_1_1", False, False), ("xlstm_7_1", False, True), ("xlstm_1_1", True, True)])
+    ("xlstm_1_1", False, False), ("xlstm_7_1", False, True), ("xlstm_1_1", True, True),
+    ("xlstm_1_1", True, False)])  # tied: safetensors stores the shared matrix once, torch.save under both names
 def test_an_imported_model_computes_what_the_official_model_computes(tmp_path, layout, tie, safetensors):
     fields = official_config(layout, tie_weights=tie)
     model = official_model(fields)
@@ -201,13 +202,14 @@ def test_unreadable_files_and_a_taken_destination_are_refused(tmp_path):
     (tmp_path / "broken.pt").write_bytes(b"not a torch file")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    for arguments, error, message in [((config, tmp_path / "broken.pt", tmp_path / "out"), ValueError, "not a readable"),
-                                      ((config, tmp_path / "none.pt", tmp_path / "out"), FileNotFoundError, "none.pt"),
-                                      ((tmp_path / "none.yaml", weights, tmp_path / "out"), FileNotFoundError, "none.yaml"),
+    out = tmp_path / "out"
+    for arguments, error, message in [((config, tmp_path / "broken.pt", out), ValueError, "not a readable"),
+                                      ((config, tmp_path / "none.pt", out), FileNotFoundError, "none.pt"),
+                                      ((tmp_path / "none.yaml", weights, out), FileNotFoundError, "none.yaml"),
                                       ((config, weights, tmp_path / "taken"), ValueError, "not an empty folder")]:
         with pytest.raises(error, match=message):
             import_official(*arguments)
-    assert not (tmp_path / "out").exists() and [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
+    assert not out.exists() and [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
 
 
 def test_the_cli_imports_and_reports_bad_input_in_one_line(tmp_path, capsys, caplog):

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("destination", help="a new folder (an existing one must be empty)")
     from_official = commands.add_parser(
         "from-official", help="the official xlstm package's xLSTMLMModel (config + state dict) -> our export folder")
-    from_official.add_argument("config", help="the xLSTMLMModelConfig fields, YAML or JSON (at the top or under model:)")
+    from_official.add_argument("config", help="the xLSTMLMModelConfig fields, YAML or JSON (top level or model:)")
     from_official.add_argument("weights", help="the model's state dict: torch.save file (.pt) or .safetensors")
     from_official.add_argument("destination", help="a new folder (an existing one must be empty)")
     to_hf.add_argument("--weight-mode", choices=WEIGHT_MODES, default="single",

@@ -11,7 +11,8 @@ ignored; an unknown field is refused, so a typo cannot pass unnoticed.
 Layouts, ours <- theirs (block N, `xlstm_block_stack.blocks.N.` before their names):
     embedding, head, final_norm   token_embedding, lm_head, xlstm_block_stack.post_blocks_norm
     every norm weight w           1 + w (their LayerNorm stores the offset from one)
-    norm                          xlstm_norm                      ffn_norm, ffn.up, ffn.down  ffn_norm, ffn.proj_up, .proj_down
+    norm                          xlstm_norm
+    ffn_norm, ffn.up, ffn.down    ffn_norm, ffn.proj_up, ffn.proj_down (up = [gate; value] in both)
     mLSTM layer.up, .down         xlstm.proj_up, .proj_down       layer.skip  xlstm.learnable_skip
     layer.q, .k, .v (nb, in, out) xlstm.q_proj, .k_proj, .v_proj (nb, out, in)
     layer.conv (C, K), bias       xlstm.conv1d.conv (C, 1, K), bias
@@ -78,15 +79,20 @@ SLSTM_BACKENDS = ("vanilla", "cuda")
 STACK = "xlstm_block_stack."
 
 
+def _existing_file(path: str | Path, what: str, wanted: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found: give {wanted}")
+    return path
+
+
 def read_official_config(path: str | Path) -> dict:
     """The xLSTMLMModelConfig fields of a YAML or JSON file (under `model:` or at the top level).
 
     Raises:
         FileNotFoundError, ValueError: no such file, or not a mapping of config fields.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found: give the xLSTMLMModelConfig fields as YAML or JSON")
+    path = _existing_file(path, "config", "the xLSTMLMModelConfig fields as YAML or JSON")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
@@ -222,7 +228,8 @@ def tensor_map(config: XLSTMConfig) -> dict[str, tuple[str, str]]:
     slstm_at = set(config.slstm_positions)
     for n in range(config.num_blocks):
         theirs, ours = f"{STACK}blocks.{n}.", f"blocks.{n}."
-        block = {"xlstm_norm.weight": ("norm.weight", "norm"), "xlstm.conv1d.conv.weight": ("layer.conv.weight", "conv"),
+        block = {"xlstm_norm.weight": ("norm.weight", "norm"),
+                 "xlstm.conv1d.conv.weight": ("layer.conv.weight", "conv"),
                  "xlstm.conv1d.conv.bias": ("layer.conv.bias", "same")}
         if n in slstm_at:
             block |= {f"xlstm.{gate}gate.weight": (f"layer.gate_inputs.{slot}.weight", "blocks")
@@ -237,7 +244,8 @@ def tensor_map(config: XLSTMConfig) -> dict[str, tuple[str, str]]:
             block |= {f"xlstm.mlstm_cell.{gate}.{kind}": (f"layer.{gate}.{kind}", "same")
                       for gate in ("igate", "fgate") for kind in ("weight", "bias")}
             block |= {"xlstm.mlstm_cell.outnorm.weight": ("layer.norm.weight", "norm"),
-                      "xlstm.learnable_skip": ("layer.skip", "same"), "xlstm.proj_up.weight": ("layer.up.weight", "same"),
+                      "xlstm.learnable_skip": ("layer.skip", "same"),
+                      "xlstm.proj_up.weight": ("layer.up.weight", "same"),
                       "xlstm.proj_down.weight": ("layer.down.weight", "same")}
         names |= {theirs + their: (ours + our, kind) for their, (our, kind) in block.items()}
     return names
@@ -277,9 +285,7 @@ def read_official_weights(path: str | Path) -> dict[str, torch.Tensor]:
     Raises:
         FileNotFoundError, ValueError: no such file, or not a state dict of tensors.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights {path} not found: give the xLSTMLMModel's state dict (.pt or .safetensors)")
+    path = _existing_file(path, "weights", "the xLSTMLMModel's state dict (.pt or .safetensors)")
     try:
         weights = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(
             path, map_location="cpu", weights_only=True)
