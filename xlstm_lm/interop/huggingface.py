@@ -200,7 +200,7 @@ def import_folder(source: str | Path, destination: str | Path) -> Path:
     model = build_model(config)
     weights = weights_from_hf(read_hf_weights(source), config)
     check_state_dict_matches(model, weights, source=str(source))
-    _check_empty(destination)
+    check_empty_destination(destination)
     model.load_state_dict(weights, strict=not config.tie_embeddings)
     save_pretrained(model, destination)
     if (source / TOKENIZER_FILE).is_file():
@@ -225,7 +225,7 @@ def export_folder(source: str | Path, destination: str | Path, weight_mode: str 
     eos = eos_id(load_tokenizer(tokenizer_file)) if tokenizer_file.is_file() else None
     hf_config = config_to_hf(model.config, weight_mode, eos)
     weights = weights_to_hf(model.state_dict(), model.config, weight_mode)
-    _check_empty(destination)
+    check_empty_destination(destination)
     destination.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(destination / WEIGHTS_FILE), metadata={"format": "pt"})
     (destination / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
@@ -235,7 +235,9 @@ def export_folder(source: str | Path, destination: str | Path, weight_mode: str 
     return destination
 
 
-def _check_empty(destination: Path) -> None:
+def check_empty_destination(destination: Path) -> None:
+    """Raise ValueError unless `destination` is new or an empty folder: a conversion never mixes its files into
+    another model's."""
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise ValueError(f"{destination} already exists and is not an empty folder: choose a new destination "
                          "(nothing was written)")
