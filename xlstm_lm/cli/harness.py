@@ -20,7 +20,7 @@ def main() -> None:
         import xlstm_lm.evaluation.harness  # noqa: F401 (registers the model type xlstm_lm)
         from lm_eval.__main__ import cli_evaluate
     except ModuleNotFoundError as error:
-        if error.name != "lm_eval":
+        if (error.name or "").partition(".")[0] != "lm_eval":
             raise
         sys.exit(INSTALL_HINT)
     cli_evaluate()
