@@ -5,7 +5,10 @@
 
 Prints a table and writes eval.json and eval.png into the run directory
 (outputs/eval/<date>/<time>/). `evaluate(cfg, run_dir)` does the work and returns the report (tests call
-it); `main` is the thin Hydra entry point.
+it); `main` is the thin Hydra entry point. The standard benchmarks (lambada_openai, hellaswag, wikitext, ...)
+run through lm-evaluation-harness where the Hugging Face hub is reachable:
+
+    xlstm-lm-eval --model xlstm_lm --model_args pretrained=<export> --tasks lambada_openai --batch_size 8
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ a generator seeded from `seed`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -97,7 +98,8 @@ def sample_next(logits: torch.Tensor, cfg: GenerationConfig,
 
 @torch.inference_mode()
 def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig, eos_id: Optional[int] = None,
-             vocab_size: Optional[int] = None, return_logits: bool = False) -> Generation:
+             vocab_size: Optional[int] = None, return_logits: bool = False,
+             stop: Optional[Callable[[list[int]], bool]] = None) -> Generation:
     """Continue a prompt one token at a time from the carried state.
 
     Args:
@@ -107,6 +109,7 @@ def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig,
         eos_id: the end-of-document token, where generation stops when `cfg.stop_at_eos`.
         vocab_size: ids at or above are never chosen (the model's vocabulary is padded past the tokenizer's).
         return_logits: keep each step's logits (as the model returned them, before masking).
+        stop: called with the new tokens after each one; generation ends when it returns True (stop strings).
 
     Returns:
         The new tokens, and their logits when asked.
@@ -128,7 +131,8 @@ def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig,
             next_logits[:, vocab_size:] = float("-inf")
         token = sample_next(next_logits, cfg, generator)  # (1,)
         tokens.append(int(token))
-        if (cfg.stop_at_eos and tokens[-1] == eos_id) or step == cfg.max_new_tokens - 1:
+        if ((cfg.stop_at_eos and tokens[-1] == eos_id) or step == cfg.max_new_tokens - 1
+                or (stop is not None and stop(tokens))):
             break
         logits, state = model.decode_step(token.view(1, 1), state)
     return Generation(tokens, torch.stack(step_logits) if return_logits else None)

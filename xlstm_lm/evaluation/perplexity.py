@@ -24,7 +24,7 @@ import re
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -193,13 +193,24 @@ def score_window(model: LanguageModel, input_ids: torch.Tensor, labels: torch.Te
     Returns:
         (B, S) float32 NLL in nats.
     """
+    pieces, start = [], 0
+    for logits in forward_pieces(model, input_ids, piece_length):
+        pieces.append(token_nll(logits, labels[:, start:start + logits.shape[1]]))
+        start += logits.shape[1]
+    return torch.cat(pieces, dim=1)
+
+
+def forward_pieces(model: LanguageModel, input_ids: torch.Tensor,
+                   piece_length: Optional[int] = None) -> Iterator[torch.Tensor]:
+    """The logits of a window from a fresh state, piece by piece: (B, piece, V) for consecutive pieces of
+    `piece_length` tokens of `input_ids` (B, S), the state carried between them; None yields one pass."""
     if piece_length is None:
-        return token_nll(model(input_ids), labels)
-    state, pieces = None, []
+        yield model(input_ids)
+        return
+    state = None
     for start in range(0, input_ids.shape[1], piece_length):
         logits, state = model(input_ids[:, start:start + piece_length], state=state, return_state=True)
-        pieces.append(token_nll(logits, labels[:, start:start + piece_length]))
-    return torch.cat(pieces, dim=1)
+        yield logits
 
 
 def position_buckets(length: int) -> list[tuple[int, int]]:
