@@ -30,7 +30,7 @@ def test_lm_eval_command_line_scores_a_local_task_with_xlstm_lm(tmp_path, tiny_e
 
 
 def test_without_lm_eval_the_command_says_how_to_install_it(monkeypatch):
-    for name in [name for name in sys.modules if name.startswith(("lm_eval.", "xlstm_lm.evaluation.harness"))]:
+    for name in [name for name in sys.modules if name.startswith(("lm_eval.", "xlstm_lm.cli.lm_eval_model"))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # as if it were not installed
     with pytest.raises(SystemExit, match="pip install"):

@@ -4,7 +4,7 @@ The harness finds no model plugins, so importing this module registers the type;
 
     xlstm-lm-eval --model xlstm_lm --model_args pretrained=<run dir>/export --tasks lambada_openai --batch_size 8
 
-(lm_eval's own command line, `xlstm_lm.cli.harness`) or, in Python, `import xlstm_lm.evaluation.harness` and
+(lm_eval's own command line, `xlstm_lm.cli.harness`) or, in Python, `import xlstm_lm.cli.lm_eval_model` and
 `lm_eval.simple_evaluate(model="xlstm_lm", model_args="pretrained=<export>", tasks=[...])`.
 
 Every text follows an end-of-document token, as every document does in training. The three request kinds:
@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from xlstm_lm.data.tokenizer import eos_id
 from xlstm_lm.evaluation.generation import GenerationConfig, generate
-from xlstm_lm.evaluation.loading import load_checkpoint, resolve_device
+from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.evaluation.perplexity import forward_pieces, token_nll
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class XLSTMHarnessLM(TemplateLM):
     """An export folder or Lightning .ckpt of this project as an lm_eval model.
 
     Args:
-        pretrained: the checkpoint (`loading.load_checkpoint`).
+        pretrained: the checkpoint (`xlstm_lm.cli.loading.load_checkpoint`).
         tokenizer: a tokenizer.json to use instead of the checkpoint's own.
         device: "auto" (the GPU when there is one), "cpu", "cuda", "cuda:1", ...
         dtype: the weights' dtype: float32, bfloat16, float16 or float64.

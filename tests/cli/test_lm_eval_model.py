@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from tests.evaluation.tiny_export import corpus_texts, tiny_model
+from tests.evaluation.tiny_export import corpus_texts, tiny_export, tiny_model  # noqa: F401 (a fixture)
 from tests.test_dependency_direction import PACKAGE
 from xlstm_lm.evaluation.generation import GenerationConfig, generate
 from xlstm_lm.models.io import save_pretrained
@@ -16,7 +16,7 @@ lm_eval = pytest.importorskip("lm_eval")  # the dev extra installs it
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from xlstm_lm.evaluation.harness import XLSTMHarnessLM  # noqa: E402
+from xlstm_lm.cli.lm_eval_model import XLSTMHarnessLM  # noqa: E402
 
 PAIRS = [("def main(", "):\n    return 0"), ("", "import os"), ("x = ", "1"), ("class A:\n", "    pass"),
          ("for i in range(", "10):")]
@@ -180,4 +180,4 @@ def test_lm_eval_is_imported_only_by_the_adapter_and_its_command():
     # lm_eval comes with the dev extra: the rest of the package works without it
     users = [path.relative_to(PACKAGE).as_posix() for path in sorted(PACKAGE.rglob("*.py"))
              if re.search(r"^\s*(from|import) lm_eval\b", path.read_text(), re.MULTILINE)]
-    assert users == ["cli/harness.py", "evaluation/harness.py"]
+    assert users == ["cli/harness.py", "cli/lm_eval_model.py"]
