@@ -33,7 +33,6 @@ from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, find_resume_c
 from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.optim import lr_factor
-from xlstm_lm.training.parallelize import parallelize
 from xlstm_lm.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -161,7 +160,8 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
                                               config.trainer.max_steps, config.reset_at_doc_starts,
-                                              (datamodule.cache_path / TOKENIZER_FILE).read_text())
+                                              (datamodule.cache_path / TOKENIZER_FILE).read_text(),
+                                              parallel=config.trainer)
     log.info(describe(model_config, module.model.num_parameters(), module.model.num_parameters(exclude_embedding=True)))
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
         log.warning("%s cannot reset its memory at document starts: windows are read straight through",
@@ -170,7 +170,6 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     ckpt_path = resolve_ckpt_path(config.ckpt_path, run_dir)
     if ckpt_path:
         check_resume_compatible(ckpt_path, module, datamodule)
-    parallelize(module.model, config.trainer.activation_checkpointing, config.trainer.compile)
 
     device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
         and torch.cuda.is_available() else "cpu"
@@ -191,7 +190,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
 
     if config.trainer.strategy == "fsdp" and config.trainer.fsdp.state_dict_type == "sharded":
         log.warning("no export: FSDP checkpoints are sharded (trainer.fsdp.state_dict_type=sharded); consolidate "
-                    "one with `python -m lightning.pytorch.utilities.consolidate_checkpoint <run>/checkpoints/last.ckpt`")
+                    "one with `python -m lightning.fabric.utilities.consolidate_checkpoint <run>/checkpoints/last.ckpt`")
         return metrics
     # Note: a collective under FSDP (rank 0 receives the gathered full weights); the module's own state elsewhere.
     state = trainer.strategy.lightning_module_state_dict()

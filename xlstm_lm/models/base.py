@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from xlstm_lm.models.components import small_init_, soft_cap
 from xlstm_lm.models.head_loss import linear_cross_entropy
@@ -21,13 +20,6 @@ class LanguageModel(nn.Module):
 
     is_recurrent: bool = True  # constant-size state; False for the Transformer's growing KV cache
     supports_doc_starts: bool = True  # can reset (or mask) at document starts inside a window
-    activation_checkpointing: bool = False  # recompute each block in the backward instead of storing it
-
-    def run_block(self, block: nn.Module, *args):
-        """block(*args), under activation checkpointing when it is switched on and gradients are built."""
-        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
 
     def build_embedding_and_head(self, vocab_size: int, dim: int, tie: bool) -> None:
         """The token embedding and the LM head (bias-free), sharing one matrix when `tie`."""

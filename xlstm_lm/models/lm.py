@@ -169,7 +169,7 @@ class XLSTMLM(LanguageModel):
         x = self.embedding(input_ids)  # (B, S, D)
         new_state = []
         for index, block in enumerate(self.blocks):
-            x, block_state = self.run_block(block, x, None if state is None else state[index], doc_starts, return_state)
+            x, block_state = block(x, None if state is None else state[index], doc_starts, return_state)
             new_state.append(block_state)
         out = self.output(self.final_norm(x), labels, reduction, self.config.logit_soft_cap)
         return (out, new_state) if return_state else out
