@@ -13,7 +13,6 @@ from tests.conftest import compose_train
 from xlstm_lm.training.checkpointing import AtomicCheckpointIO
 from xlstm_lm.training.parallelize import build_strategy
 from xlstm_lm.training.trainer import LoggerConfig, build_logger, build_plugins, build_trainer
-from xlstm_lm.training.callbacks import TokenThroughput
 
 
 def trainer_config(*overrides):
@@ -61,7 +60,7 @@ def test_slurm_gets_checkpoint_and_requeue_on_the_configured_signal(monkeypatch)
 
 
 def test_lightning_adds_no_distributed_sampler(tmp_path):
-    trainer = build_trainer(trainer_config(), OmegaConf.to_object(compose_train()).logger, tmp_path, TokenThroughput())
+    trainer = build_trainer(trainer_config(), OmegaConf.to_object(compose_train()).logger, tmp_path)
     assert trainer._accelerator_connector.use_distributed_sampler is False
 
 

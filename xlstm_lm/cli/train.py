@@ -27,10 +27,9 @@ from xlstm_lm.data import TokenDataModule
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
-from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
+from xlstm_lm.training.callbacks import TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, find_resume_checkpoint, load_training_checkpoint,
                                              run_checkpoints)
-from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
 from xlstm_lm.training.optim import lr_factor
 from xlstm_lm.training.trainer import build_trainer
@@ -170,12 +169,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     ckpt_path = resolve_ckpt_path(config.ckpt_path, run_dir)
     if ckpt_path:
         check_resume_compatible(ckpt_path, module, datamodule)
-
-    device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
-        and torch.cuda.is_available() else "cpu"
-    throughput = TokenThroughput(flops_per_token=training_flops_per_token(module.model, config.data.seq_len),
-                                 peak_flops_per_device=peak_flops(device_name, config.trainer.peak_tflops))
-    trainer = build_trainer(config.trainer, config.logger, run_dir, throughput)
+    trainer = build_trainer(config.trainer, config.logger, run_dir)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except TrainingInterrupted as stop:

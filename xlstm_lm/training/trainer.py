@@ -50,7 +50,7 @@ class TrainerConfig:
     deterministic: bool = False
     activation_checkpointing: bool = False  # recompute each block in the backward: less memory, ~1/3 more compute
     compile: bool = False  # torch.compile the model (in place; state-dict keys unchanged)
-    peak_tflops: Optional[float] = None  # peak FLOP/s of one device for MFU; None: A100/H100/H200 by name
+    peak_tflops: Optional[float] = None  # peak TFLOP/s of one device, for MFU; None: by GPU name and precision
 
     def __post_init__(self):
         if self.max_steps <= 0:
@@ -123,9 +123,9 @@ def build_plugins(config: TrainerConfig) -> list:
     return plugins
 
 
-def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, throughput: TokenThroughput) -> L.Trainer:
+def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path) -> L.Trainer:
     """Trainer with the checkpoints of `checkpoint_callbacks` in run_dir/checkpoints, the loss guard, last.ckpt
-    on Ctrl-C and the throughput callback. The data module shards batches by rank itself, so Lightning adds no
+    on Ctrl-C and tokens/s with MFU. The data module shards batches by rank itself, so Lightning adds no
     sampler."""
     guard = LossGuard(config.nonfinite, config.spike_factor, config.max_consecutive_skips)
     checkpoints = checkpoint_callbacks(run_dir, config.checkpoint_every_n_steps, config.checkpoint_every_minutes,
@@ -147,8 +147,8 @@ def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, th
         log_every_n_steps=config.log_every_n_steps,
         deterministic=config.deterministic,
         logger=build_logger(logger, run_dir),
-        callbacks=[*checkpoints, guard, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR / LAST), throughput,
-                   ContinuousLogSteps(), TQDMProgressBar(refresh_rate=1)],
+        callbacks=[*checkpoints, guard, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR / LAST),
+                   TokenThroughput(config.peak_tflops), ContinuousLogSteps(), TQDMProgressBar(refresh_rate=1)],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         use_distributed_sampler=False,
