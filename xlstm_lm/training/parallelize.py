@@ -4,25 +4,28 @@ under Lightning's ModelParallelStrategy for `trainer.strategy=fsdp`.
 
 Lightning calls `parallelize` through `LanguageModelModule.configure_model` in every process once the ranks
 are up. Parameter names do not change, so checkpoints and exports are the same with or without any of it:
-PyTorch's composable activation checkpointing and FSDP2 install hooks on the blocks instead of wrapping
-them (FSDP2's shards are DTensors of the full shape), and `nn.Module.compile` compiles in place.
+nothing wraps a block in another module (FSDP2 installs hooks and keeps the names, its shards being DTensors
+of the full shape), and `nn.Module.compile` compiles in place.
 
-Note: not PyTorch's `checkpoint_wrapper`: its `_checkpoint_wrapped_module.` infix, hidden from state dicts
-by hooks, shows in the module tree, where Lightning's loading of a full checkpoint into an FSDP2 model
-looks up the names (a run with trainer.fsdp.state_dict_type=full could not resume).
+Note: activation checkpointing runs each block's forward under `torch.utils.checkpoint` in place, not with
+PyTorch's module wrappers. `checkpoint_wrapper` inserts `_checkpoint_wrapped_module.` into the module tree,
+where Lightning looks up the names when it loads a full checkpoint into an FSDP2 model (a KeyError: such a
+run could not resume); the hook-based `torch.distributed._composable.checkpoint` keeps the names, but its
+recomputation does not match the forward of a compiled model (a CheckpointError with trainer.compile=true).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
-from torch.distributed._composable import checkpoint as checkpoint_activations
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+from torch.utils.checkpoint import checkpoint
 
 from xlstm_lm.models import LanguageModel
 from xlstm_lm.models.llama import TransformerLayer
@@ -93,7 +96,7 @@ def parallelize(model: LanguageModel, config: TrainerConfig, device: torch.devic
     blocks = [module for module in model.modules() if isinstance(module, BLOCK_CLASSES)]
     if config.activation_checkpointing:
         for block in blocks:  # recomputed in the backward, when there is one
-            checkpoint_activations(block)
+            block.forward = partial(checkpoint, block.forward, use_reentrant=False)
     if config.compile:
         model.compile(dynamic=False)
     if config.strategy == "fsdp":
