@@ -404,12 +404,12 @@ def bench_sizes(sizes: tuple[str, ...] = ("125m", "350m"), batch: int = 8, seq_l
             torch.cuda.reset_peak_memory_stats()
         ms = timed(step, steps)
         tokens_per_s = batch * seq_len / ms * 1e3
-        peak = peak_flops(device_name)
+        peak = peak_flops(torch.device(device), torch.bfloat16)
         achieved = tokens_per_s * training_flops_per_token(model, seq_len)
         row = {"model": "ours xlstm_7_1", "size": size, "device": device_name, "parameters": model.num_parameters(),
                "B": batch, "S": seq_len, "step_ms": ms, "tokens_per_s": tokens_per_s,
                "train_TFLOP_per_s": achieved / 1e12}
-        if peak:  # known for A100/H100/H200 (xlstm_lm.training.flops.PEAK_TFLOPS)
+        if peak:  # known for A100/H100/H200 and more (xlstm_lm.training.flops.peak_flops)
             row["mfu"] = achieved / peak
         if device == "cuda":
             row["peak_GiB"] = torch.cuda.max_memory_allocated() / 2**30

@@ -483,7 +483,7 @@ def train_throughput(name: str, overrides: list[str], context: int, device: str,
         profile_to.write_text(profiler.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
     losses = [float(loss) for loss in losses]
     tokens_per_s = timed * batch_size * context / elapsed
-    datasheet = peak_flops(torch.cuda.get_device_name()) if device == "cuda" else None
+    datasheet = peak_flops(torch.device(device), torch.bfloat16)  # None on a CPU
     row = {"parameters_M": parameters / 1e6, "B": batch_size, "steps": len(losses),
            "step_ms": elapsed / timed * 1e3, "tokens_per_s": tokens_per_s,
            "TFLOP_per_s": tokens_per_s * flops_per_token / 1e12,

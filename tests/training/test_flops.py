@@ -1,6 +1,8 @@
 """The FLOP formula of DESIGN §11 against a count by hand on tiny models, and MFU's peak lookup."""
 
 import pytest
+import torch
+from lightning.fabric.accelerators import cuda as lightning_cuda
 
 from xlstm_lm.models import LlamaConfig, LlamaLM, XLSTMConfig, XLSTMLM
 from xlstm_lm.training.flops import forward_flops_per_token, peak_flops, training_flops_per_token
@@ -27,7 +29,17 @@ def test_transformer_flops_by_hand():
     assert forward_flops_per_token(model, context_length=32) == 2 * dense + attention
 
 
-def test_peak_flops_by_device_name_or_override():
-    assert peak_flops("NVIDIA H100 80GB HBM3") == pytest.approx(989e12)
-    assert peak_flops("cpu") is None
-    assert peak_flops("cpu", override_tflops=0.21) == pytest.approx(0.21e12)
+@pytest.mark.parametrize("name", ["NVIDIA H100 80GB HBM3", "NVIDIA H200"])
+def test_peak_flops_by_gpu_name_and_precision_or_override(monkeypatch, name):
+    """Lightning's table for the H100, ours for the H200 (which Lightning's misses); float32 counts at the
+    float32 (or, when matmuls may use it, TF32) peak, never at the bf16 one."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    monkeypatch.setattr(lightning_cuda, "_is_ampere_or_later", lambda device=None: True)
+    gpu = torch.device("cuda")
+    assert peak_flops(gpu, torch.bfloat16) == pytest.approx(989.4e12)
+    assert peak_flops(gpu, torch.float32) == pytest.approx(66.9e12)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "high")
+    assert peak_flops(gpu, torch.float32) == pytest.approx(494.7e12)
+    assert peak_flops(gpu, None) is None  # a precision without a known compute dtype
+    assert peak_flops(torch.device("cpu"), torch.float32) is None
+    assert peak_flops(torch.device("cpu"), torch.float32, override_tflops=0.21) == pytest.approx(0.21e12)

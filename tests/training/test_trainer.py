@@ -1,40 +1,34 @@
-"""Trainer presets build what they promise: the FSDP strategy wraps every block, multinode follows SLURM,
-SLURM gets checkpoint-and-requeue, the data module (not Lightning) shards the batches."""
+"""Trainer presets build what they promise: the FSDP preset gives FSDP2 through Lightning's
+ModelParallelStrategy, multinode follows SLURM, SLURM gets checkpoint-and-requeue, the data module (not
+Lightning) shards the batches."""
 
 import signal
 
 import pytest
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import OmegaConf
-from torch.distributed.fsdp import ShardingStrategy
 
 from tests.conftest import compose_train
-from xlstm_lm.models.llama import TransformerLayer
-from xlstm_lm.models.mlstm import MLSTMBlock
-from xlstm_lm.models.xlstm_large import LargeMLSTMBlock
-from xlstm_lm.models.slstm import SLSTMBlock
 from xlstm_lm.training.checkpointing import AtomicCheckpointIO
-from xlstm_lm.training.trainer import LoggerConfig, build_logger, build_plugins, build_strategy, build_trainer
-from xlstm_lm.training.callbacks import TokenThroughput
+from xlstm_lm.training.parallelize import build_strategy
+from xlstm_lm.training.trainer import LoggerConfig, build_logger, build_plugins, build_trainer
 
 
 def trainer_config(*overrides):
     return OmegaConf.to_object(compose_train(list(overrides))).trainer
 
 
-@pytest.mark.parametrize("sharding,expected", [("full", ShardingStrategy.FULL_SHARD),
-                                               ("hybrid", ShardingStrategy.HYBRID_SHARD)])
-def test_fsdp_preset_builds_a_block_wrapped_bf16_strategy(sharding, expected):
-    config = trainer_config("trainer=fsdp", f"trainer.fsdp.sharding={sharding}")
+@pytest.mark.parametrize("state_dict_type", ["full", "sharded"])
+def test_fsdp_preset_builds_model_parallel_bf16_and_saves_as_asked(state_dict_type):
+    """The blocks are sharded by `parallelize` (tests/training/test_parallelize.py), on 2 ranks in
+    tests/integration/test_fsdp2.py."""
+    config = trainer_config("trainer=fsdp", f"trainer.fsdp.state_dict_type={state_dict_type}")
     assert (config.accelerator, config.strategy, config.precision) == ("gpu", "fsdp", "bf16-mixed")
     strategy = build_strategy(config)
-    assert isinstance(strategy, FSDPStrategy) and strategy.sharding_strategy == expected
-    policy = strategy.kwargs["auto_wrap_policy"]
-    assert policy._module_classes == {MLSTMBlock, SLSTMBlock, LargeMLSTMBlock, TransformerLayer}
-    assert strategy.kwargs["use_orig_params"]
-    precision = strategy.mixed_precision
-    assert str(precision.param_dtype) == "torch.bfloat16" and str(precision.reduce_dtype) == "torch.float32"
+    assert isinstance(strategy, ModelParallelStrategy)
+    assert strategy._save_distributed_checkpoint == (state_dict_type == "sharded")
+    assert build_strategy(trainer_config("trainer=ddp")) == "ddp"
 
 
 def test_bad_fsdp_sharding_fails_at_compose_with_the_options():
@@ -66,7 +60,7 @@ def test_slurm_gets_checkpoint_and_requeue_on_the_configured_signal(monkeypatch)
 
 
 def test_lightning_adds_no_distributed_sampler(tmp_path):
-    trainer = build_trainer(trainer_config(), OmegaConf.to_object(compose_train()).logger, tmp_path, TokenThroughput())
+    trainer = build_trainer(trainer_config(), OmegaConf.to_object(compose_train()).logger, tmp_path)
     assert trainer._accelerator_connector.use_distributed_sampler is False
 
 

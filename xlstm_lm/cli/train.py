@@ -27,12 +27,10 @@ from xlstm_lm.data import TokenDataModule
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
-from xlstm_lm.training.callbacks import TokenThroughput, TrainingInterrupted
+from xlstm_lm.training.callbacks import TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
                                              model_weights, run_checkpoints)
-from xlstm_lm.training.flops import peak_flops, training_flops_per_token
 from xlstm_lm.training.module import LanguageModelModule
-from xlstm_lm.training.parallelize import parallelize
 from xlstm_lm.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     datamodule = prepare_data(config)
     module = build_module(config, datamodule)
     ckpt_path = checkpoint_to_resume(config.ckpt_path, run_dir, module, datamodule)
-    trainer = make_trainer(config, module, run_dir)
+    trainer = build_trainer(config.trainer, config.logger, run_dir)
     fit(trainer, module, datamodule, ckpt_path)
     checkpoint_last_step(trainer, config, run_dir)
     metrics = final_metrics(trainer, module, datamodule)
@@ -124,7 +122,8 @@ def build_module(config: TrainConfig, datamodule: TokenDataModule) -> LanguageMo
     model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
                                               config.trainer.max_steps, config.reset_at_doc_starts,
-                                              (datamodule.cache_path / TOKENIZER_FILE).read_text())
+                                              (datamodule.cache_path / TOKENIZER_FILE).read_text(),
+                                              parallel=config.trainer)
     log.info(describe(model_config, module.model.num_parameters(), module.model.num_parameters(exclude_embedding=True)))
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
         log.warning("%s cannot reset its memory at document starts: windows are read straight through",
@@ -141,18 +140,6 @@ def checkpoint_to_resume(ckpt_path: str | None, run_dir: Path, module: LanguageM
     if ckpt_path:
         check_resume_compatible(ckpt_path, module, datamodule)
     return ckpt_path
-
-
-def make_trainer(config: TrainConfig, module: LanguageModelModule, run_dir: Path) -> L.Trainer:
-    """The Lightning Trainer, with the model parallelized (activation checkpointing, compile) and the throughput
-    callback, which needs the model's FLOPs per token and the device's peak."""
-    parallelize(module.model, config.trainer.activation_checkpointing, config.trainer.compile)
-
-    device_name = torch.cuda.get_device_name() if config.trainer.accelerator in ("gpu", "cuda", "auto") \
-        and torch.cuda.is_available() else "cpu"
-    throughput = TokenThroughput(flops_per_token=training_flops_per_token(module.model, config.data.seq_len),
-                                 peak_flops_per_device=peak_flops(device_name, config.trainer.peak_tflops))
-    return build_trainer(config.trainer, config.logger, run_dir, throughput)
 
 
 def fit(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule, ckpt_path: str | None) -> None:
@@ -187,7 +174,7 @@ def export(trainer: L.Trainer, config: TrainConfig, module: LanguageModelModule,
     runs read without Lightning, and log the run's result."""
     if config.trainer.strategy == "fsdp" and config.trainer.fsdp.state_dict_type == "sharded":
         log.warning("no export: FSDP checkpoints are sharded (trainer.fsdp.state_dict_type=sharded); consolidate "
-                    "one with `python -m lightning.pytorch.utilities.consolidate_checkpoint <run>/checkpoints/last.ckpt`")
+                    "one with `python -m lightning.fabric.utilities.consolidate_checkpoint <run>/checkpoints/last.ckpt`")
         return
     # Note: a collective under FSDP (rank 0 receives the gathered full weights); the module's own state elsewhere.
     state = trainer.strategy.lightning_module_state_dict()

@@ -15,7 +15,6 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from xlstm_lm.kernels import BackendChoice
 from xlstm_lm.models.components import small_init_, soft_cap
@@ -29,13 +28,6 @@ class LanguageModel(nn.Module):
 
     is_recurrent: bool = True  # constant-size state; False for the Transformer's growing KV cache
     supports_doc_starts: bool = True  # can reset (or mask) at document starts inside a window
-    activation_checkpointing: bool = False  # recompute each block in the backward instead of storing it
-
-    def run_block(self, block: nn.Module, *args):
-        """block(*args), under activation checkpointing when it is switched on and gradients are built."""
-        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, *args, use_reentrant=False)
-        return block(*args)
 
     def decode_step(self, input_ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         """One new token per row, (B, 1), continuing `state`: (logits (B, 1, V), new state). What generation runs
@@ -155,8 +147,7 @@ class BlockStackLM(LanguageModel):
         x = self.embedding(input_ids)  # (B, S, D)
         new_state = []
         for index, block in enumerate(self.blocks):
-            x, block_state = self.run_block(block, x, None if state is None else state[index], doc_starts,
-                                            return_state, step)
+            x, block_state = block(x, None if state is None else state[index], doc_starts, return_state, step)
             new_state.append(block_state)
         out = self.output(self.final_norm(x), labels, reduction, self.config.logit_soft_cap)
         return (out, new_state) if return_state else out

@@ -155,7 +155,7 @@ class LlamaLM(LanguageModel):
         x = self.embedding(input_ids)
         caches = []
         for index, layer in enumerate(self.layers):
-            x, cache = self.run_block(layer, x, None if state is None else state[index], doc_starts)
+            x, cache = layer(x, None if state is None else state[index], doc_starts)
             caches.append(cache)
         out = self.output(self.final_norm(x), labels, reduction)
         return (out, caches) if return_state else out

@@ -12,46 +12,66 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.throughput import Throughput
+
+from xlstm_lm.training.flops import COMPUTE_DTYPES, peak_flops, training_flops_per_token
 
 log = logging.getLogger(__name__)
 
 
 class TokenThroughput(L.Callback):
-    """Logs `train/tokens_per_s`: tokens of all ranks per second of wall time, smoothed over steps, and
-    `train/mfu` (model FLOPs utilization) when the FLOPs per token and the device's peak are known.
+    """Logs `train/tokens_per_s` (tokens of all ranks per second) and `train/mfu` (model FLOPs utilization) to
+    the progress bar and the logs. Lightning's `Throughput` computes both over the last `log_every_n_steps`
+    batches (the interval between logged rows), from the FLOPs per token of flops.py and the device's peak at
+    the run's precision (`flops.peak_flops`; MFU only where that is known or `peak_tflops` is given).
 
-    The first step is left out of the average: it pays one-off costs (allocations, warm-up).
+    Only the time inside training batches counts (not validation, checkpoints or data loading), and the first
+    batch of a run only opens the window: it pays one-off costs (allocations, warm-up).
+
+    Note: not Lightning's ThroughputMonitor: it logs other names (`train/device/items_per_sec`, ...), only to
+    the logger, and also rows for validation batches at their own step numbers.
     """
 
-    def __init__(self, smoothing: float = 0.9, flops_per_token: float | None = None,
-                 peak_flops_per_device: float | None = None):
-        self.smoothing = smoothing
-        self.flops_per_token, self.peak_flops_per_device = flops_per_token, peak_flops_per_device
-        self._start = None
-        self._rate = None
+    def __init__(self, peak_tflops: float | None = None):
+        self.peak_tflops = peak_tflops
+
+    def on_train_start(self, trainer, pl_module):
+        peak = peak_flops(trainer.strategy.root_device, COMPUTE_DTYPES.get(trainer.precision), self.peak_tflops)
+        self.throughput = Throughput(available_flops=peak, world_size=trainer.world_size,
+                                     window_size=max(trainer.log_every_n_steps, 1) + 1)
+        self.flops_per_token = None  # on the first batch: it depends on the sequence length
+        self.seconds, self.batches, self.samples, self.tokens = 0.0, 0, 0, 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        elapsed = time.perf_counter() - self._start
-        tokens = batch["input_ids"].numel() * trainer.world_size
-        rate = tokens / max(elapsed, 1e-9)
-        if batch_idx == 0 and self._rate is None:
-            self._rate = 0.0 if trainer.global_step <= 1 else rate
-            return
-        self._rate = rate if not self._rate else self.smoothing * self._rate + (1 - self.smoothing) * rate
-        pl_module.log("train/tokens_per_s", self._rate, prog_bar=True)
-        if self.flops_per_token and self.peak_flops_per_device:
-            mfu = self._rate * self.flops_per_token / (self.peak_flops_per_device * trainer.world_size)
-            pl_module.log("train/mfu", mfu, prog_bar=True)
+        self.seconds += time.perf_counter() - self._start
+        batch_size, seq_len = batch["input_ids"].shape
+        if self.flops_per_token is None:
+            self.flops_per_token = training_flops_per_token(pl_module.model, seq_len)
+        self.batches += 1
+        self.samples += batch_size
+        self.tokens += batch_size * seq_len
+        self.throughput.update(time=self.seconds, batches=self.batches, samples=self.samples, lengths=self.tokens,
+                               flops=self.flops_per_token * batch_size * seq_len)
+        rates = self.throughput.compute()
+        if "device/items_per_sec" in rates:
+            pl_module.log("train/tokens_per_s", rates["device/items_per_sec"] * trainer.world_size, prog_bar=True)
+        if "device/mfu" in rates:
+            pl_module.log("train/mfu", rates["device/mfu"], prog_bar=True)
 
 
 class ContinuousLogSteps(L.Callback):
     """Logs a resumed run at the step numbers an uninterrupted run uses (the optimizer steps done before the
     logged one). Lightning adds one to its logging step on a restart, right for a checkpoint saved within a
     step but one too many for last.ckpt saved after the run's last step, so a run trained longer skipped a
-    step in its metrics. Optimizer steps and logged steps are the same count here (skipped steps count too)."""
+    step in its metrics. Optimizer steps and logged steps are the same count here (skipped steps count too).
+
+    Note: Lightning has no public way to set this counter. Logging a `step` metric would relabel the rows,
+    but Lightning also decides from this counter which steps get a row (every `log_every_n_steps`), and such
+    rows lose their `epoch` column.
+    """
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step

@@ -6,18 +6,28 @@ Forward FLOPs per token:
     mLSTM    per block and head, chunkwise with chunk L:  L · (DQK + DV) + 4 · DQK · DV
     sLSTM    per block and head:  8 · DH²  (four gates times the DH x DH recurrent matrix)
     attention per Transformer layer: 2 · S · D  (QKᵀ and PV, causal: half of the 4 · S · D of a full square)
-Training counts 3x the forward (the backward is about twice the forward).
+Training counts 3x the forward (the backward is about twice the forward). MFU divides by the device's
+peak at the precision the run computes in, from Lightning's table (`get_available_flops`).
 """
 
 from __future__ import annotations
+
+import torch
+from lightning.fabric.utilities.throughput import get_available_flops
 
 from xlstm_lm.models import LanguageModel, LlamaLM
 from xlstm_lm.models.mlstm import MLSTMLayer
 from xlstm_lm.models.xlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMLayer
 
-# Dense bf16 peak of common accelerators, TFLOP/s (vendor figures without sparsity), by device name part.
-PEAK_TFLOPS = {"A100": 312.0, "H100": 989.0, "H200": 989.0}
+# The dtype the matmuls of each Lightning precision run in, whose peak MFU divides by.
+COMPUTE_DTYPES = {"64-true": torch.float64, "32-true": torch.float32, "16-mixed": torch.float16,
+                  "16-true": torch.float16, "bf16-mixed": torch.bfloat16, "bf16-true": torch.bfloat16}
+# Dense FLOP/s of an H200 (the H100 SXM's compute, vendor figures without sparsity). Note: Lightning's table
+# names the H200 only as "h200 sxm1"/"h200 nvl1", which no device reports ("NVIDIA H200", "NVIDIA H200 NVL"),
+# so it finds nothing for one; and those entries hold the figures with sparsity.
+H200_FLOPS = {torch.float64: 33.5e12, torch.float32: 66.9e12, "tfloat32": 494.7e12, torch.bfloat16: 989.4e12,
+              torch.float16: 989.4e12}
 
 
 def dense_matrix_parameters(model: LanguageModel) -> int:
@@ -55,12 +65,13 @@ def training_flops_per_token(model: LanguageModel, context_length: int) -> float
     return 3.0 * forward_flops_per_token(model, context_length)
 
 
-def peak_flops(device_name: str, override_tflops: float | None = None) -> float | None:
-    """Peak FLOP/s: the override, else the table entry whose key is in the device name, else None."""
+def peak_flops(device: torch.device, dtype: torch.dtype | None, override_tflops: float | None = None) -> float | None:
+    """Peak FLOP/s of one `device` computing in `dtype`: the override, else Lightning's table (float32 counts as
+    TF32 when matmuls may use it), else None (a CPU, an unknown GPU or dtype)."""
     if override_tflops:
         return override_tflops * 1e12
-    for key, tflops in PEAK_TFLOPS.items():
-        if key in device_name:
-            return tflops * 1e12
-    return None
-
+    if device.type == "cuda" and "H200" in torch.cuda.get_device_name(device):
+        if dtype is torch.float32 and torch.get_float32_matmul_precision() != "highest":
+            dtype = "tfloat32"
+        return H200_FLOPS.get(dtype)
+    return get_available_flops(device, dtype) if dtype is not None else None

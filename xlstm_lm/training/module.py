@@ -8,40 +8,54 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 
 from xlstm_lm.models import build_model
-from xlstm_lm.training.optim import (OptimizerConfig, SchedulerConfig, build_optimizer, decayed_parameter_names,
-                                     lr_factor)
+from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_factor
+from xlstm_lm.training.parallelize import parallelize
+
+if TYPE_CHECKING:
+    from xlstm_lm.training.trainer import TrainerConfig
 
 
 class LanguageModelModule(L.LightningModule):
     """Wraps a plain language model; logs train loss, learning rate, validation loss and perplexity.
 
-    The tokenizer (its JSON) is stored in every checkpoint, so a checkpoint alone can be evaluated.
+    The tokenizer (its JSON) is stored in every checkpoint, so a checkpoint alone can be evaluated. `parallel`
+    (the trainer config: activation checkpointing, compile, FSDP) is applied in `configure_model`; it is no
+    hyper-parameter, as it changes neither the results nor the checkpoints.
     """
 
     def __init__(self, model: dict, optimizer: dict, scheduler: dict, max_steps: int,
-                 reset_at_doc_starts: bool = True, tokenizer_json: str | None = None):
+                 reset_at_doc_starts: bool = True, tokenizer_json: str | None = None,
+                 parallel: TrainerConfig | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["tokenizer_json"])
+        self.save_hyperparameters(ignore=["tokenizer_json", "parallel"])
         self.tokenizer_json = tokenizer_json
+        self.parallel = parallel
         self.optimizer_config = OptimizerConfig(**optimizer)
         self.scheduler_config = SchedulerConfig(**scheduler)
         self.model = build_model(model)
-        self.decayed_parameters = decayed_parameter_names(self.model)  # now, while no wrapper has flattened them
         self.use_doc_starts = reset_at_doc_starts and self.model.supports_doc_starts
         self._val_nll_sum = self._val_tokens = 0.0
         self.last_validated_step = -1  # global step of the latest completed validation
 
     @classmethod
     def from_configs(cls, model, optimizer: OptimizerConfig, scheduler: SchedulerConfig, max_steps: int,
-                     reset_at_doc_starts: bool = True, tokenizer_json: str | None = None) -> "LanguageModelModule":
+                     reset_at_doc_starts: bool = True, tokenizer_json: str | None = None,
+                     parallel: TrainerConfig | None = None) -> "LanguageModelModule":
         return cls(asdict(model), asdict(optimizer), asdict(scheduler), max_steps, reset_at_doc_starts,
-                   tokenizer_json)
+                   tokenizer_json, parallel)
+
+    def configure_model(self):
+        """Lightning's hook, in every process once the ranks are up and before the optimizer is built:
+        `parallelize` the plain model. Once: Lightning calls it again for a `trainer.validate` after the fit."""
+        if self.parallel is not None:
+            parallelize(self.model, self.parallel, self.trainer.strategy.root_device)
+            self.parallel = None
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["tokenizer_json"] = self.tokenizer_json
@@ -80,12 +94,9 @@ class LanguageModelModule(L.LightningModule):
         self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=False)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """Clip the global gradient norm; under FSDP through the root FSDP module, which sums the squared norms
-        of every rank's shards (Lightning's FSDP precision plugin refuses norm clipping: a per-rank
-        `clip_grad_norm_` would see only its own shard)."""
-        if gradient_clip_val and isinstance(self.trainer.strategy, FSDPStrategy):
-            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
-        elif gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None \
+        """Clip the global gradient norm. Under FSDP2 the gradients are DTensor shards, whose norms
+        `clip_grad_norm_` combines over the ranks, so the norm stays global."""
+        if gradient_clip_val and getattr(self.trainer.precision_plugin, "scaler", None) is None \
                 and gradient_clip_algorithm in (None, "norm"):
             # Note: Lightning's mixed-precision plugin refuses to clip for an optimizer that unscales
             # gradients itself (fused AdamW) even when, as in bf16, there is no loss scaler to undo
@@ -94,7 +105,7 @@ class LanguageModelModule(L.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optimizer_config, self.decayed_parameters)
+        optimizer = build_optimizer(self.model, self.optimizer_config)
         sched = self.scheduler_config
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,

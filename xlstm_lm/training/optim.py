@@ -8,8 +8,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from xlstm_lm.training.parallelize import unwrapped_name
-
 
 @dataclass
 class OptimizerConfig:
@@ -45,7 +43,8 @@ class SchedulerConfig:
 def decayed_parameter_names(model: nn.Module) -> set[str]:
     """Names of the weight matrices (ndim >= 2): norms, biases, gate biases and embeddings are not decayed.
 
-    Note: call it on the plain model; FSDP flattens the parameters it shards, so their shapes say nothing.
+    Note: works on a parallelized model too: FSDP2 keeps the names and the full shape of the parameters it
+    shards (DTensors).
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     return {name for name, param in model.named_parameters()
@@ -53,24 +52,24 @@ def decayed_parameter_names(model: nn.Module) -> set[str]:
             and id(param) not in embeddings}
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, decayed: set[str] | None = None) -> list[dict]:
-    """Two AdamW groups: the `decayed` names (default: `decayed_parameter_names(model)`) and the rest."""
-    decayed = decayed_parameter_names(model) if decayed is None else decayed
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: the `decayed_parameter_names` and the rest."""
+    decayed = decayed_parameter_names(model)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (decay if unwrapped_name(name) in decayed else no_decay).append(param)
+            (decay if name in decayed else no_decay).append(param)
     return [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
 
 
-def build_optimizer(model: nn.Module, config: OptimizerConfig, decayed: set[str] | None = None) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.AdamW:
     """AdamW over the two groups; fused (one kernel for all parameters) when they all live on a GPU."""
     on_gpu = all(param.is_cuda for param in model.parameters())
     return torch.optim.AdamW(
-        parameter_groups(model, config.weight_decay, decayed),
+        parameter_groups(model, config.weight_decay),
         lr=config.lr,
         betas=(config.beta1, config.beta2),
         eps=config.eps,

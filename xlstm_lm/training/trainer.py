@@ -10,39 +10,18 @@ from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 
 from xlstm_lm.training.callbacks import (NONFINITE_ACTIONS, CheckpointOnInterrupt, ContinuousLogSteps, LossGuard,
                                          TokenThroughput)
 from xlstm_lm.training.checkpointing import CHECKPOINT_DIR, LAST, AtomicCheckpointIO, checkpoint_callbacks
-from xlstm_lm.training.parallelize import BLOCK_CLASSES
+from xlstm_lm.training.parallelize import FSDPConfig, build_strategy
 
 log = logging.getLogger(__name__)
 LOGGERS = ("csv", "wandb", "none")
-# trainer.fsdp.sharding -> torch's ShardingStrategy name
-FSDP_SHARDING = {"full": "FULL_SHARD", "hybrid": "HYBRID_SHARD", "grad_op": "SHARD_GRAD_OP"}
-FSDP_STATE_DICTS = ("full", "sharded")
-
-
-@dataclass
-class FSDPConfig:
-    """Lightning's FSDP (used when trainer.strategy=fsdp): each xLSTM/Transformer block is one FSDP unit."""
-
-    sharding: str = "full"  # full: over all GPUs; hybrid: within each node, replicated across nodes; grad_op: ZeRO-2
-    state_dict_type: str = "full"  # full: one .ckpt gathered on rank 0; sharded: a folder with every rank's shard
-    cpu_offload: bool = False  # keep the sharded parameters in CPU memory between uses
-
-    def __post_init__(self):
-        if self.sharding not in FSDP_SHARDING:
-            raise ValueError(f"trainer.fsdp.sharding must be one of {sorted(FSDP_SHARDING)}, got {self.sharding!r}")
-        if self.state_dict_type not in FSDP_STATE_DICTS:
-            raise ValueError(f"trainer.fsdp.state_dict_type must be one of {FSDP_STATE_DICTS}, "
-                             f"got {self.state_dict_type!r}")
 
 
 @dataclass
@@ -52,7 +31,7 @@ class TrainerConfig:
     accelerator: str = "cpu"
     devices: Any = 1
     num_nodes: int = 1
-    strategy: str = "auto"  # auto, ddp, fsdp (configured by `fsdp` below), or any Lightning strategy name
+    strategy: str = "auto"  # auto, ddp, fsdp (FSDP2, configured by `fsdp` below), or any Lightning strategy name
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     precision: str = "32-true"  # "bf16-mixed" on GPUs: bf16 activations, float32 weights and states
     max_steps: int = 200
@@ -70,8 +49,8 @@ class TrainerConfig:
     slurm_requeue_signal: Optional[str] = "SIGUSR1"  # under SLURM: checkpoint and requeue on it; None: no requeue
     deterministic: bool = False
     activation_checkpointing: bool = False  # recompute each block in the backward: less memory, ~1/3 more compute
-    compile: bool = False  # torch.compile the model (in place; parameter names unchanged)
-    peak_tflops: Optional[float] = None  # peak FLOP/s of one device for MFU; None: A100/H100/H200 by name
+    compile: bool = False  # torch.compile the model (in place; state-dict keys unchanged)
+    peak_tflops: Optional[float] = None  # peak TFLOP/s of one device, for MFU; None: by GPU name and precision
 
     def __post_init__(self):
         if self.max_steps <= 0:
@@ -134,30 +113,6 @@ def build_logger(config: LoggerConfig, run_dir: Path):
     return False
 
 
-def build_strategy(config: TrainerConfig):
-    """`trainer.strategy` as Lightning takes it: the name, or for `fsdp` the configured FSDPStrategy.
-
-    Under bf16-mixed FSDP computes in bf16 and keeps the sharded master parameters, gradient reductions and
-    buffers in float32.
-    """
-    if config.strategy != "fsdp":
-        return config.strategy
-    mixed_precision = None
-    if config.precision == "bf16-mixed":
-        from torch.distributed.fsdp import MixedPrecision
-
-        mixed_precision = MixedPrecision(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                         buffer_dtype=torch.float32)
-    return FSDPStrategy(
-        auto_wrap_policy=set(BLOCK_CLASSES),
-        sharding_strategy=FSDP_SHARDING[config.fsdp.sharding],
-        state_dict_type=config.fsdp.state_dict_type,
-        cpu_offload=config.fsdp.cpu_offload,
-        mixed_precision=mixed_precision,
-        use_orig_params=True,  # per-parameter weight-decay groups and stable names
-    )
-
-
 def build_plugins(config: TrainerConfig) -> list:
     """Atomic, NaN-refusing checkpoint writes; under SLURM, checkpoint-and-requeue on the pre-emption signal."""
     plugins = [AtomicCheckpointIO()]
@@ -168,9 +123,9 @@ def build_plugins(config: TrainerConfig) -> list:
     return plugins
 
 
-def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, throughput: TokenThroughput) -> L.Trainer:
+def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path) -> L.Trainer:
     """Trainer with the checkpoints of `checkpoint_callbacks` in run_dir/checkpoints, the loss guard, last.ckpt
-    on Ctrl-C and the throughput callback. The data module shards batches by rank itself, so Lightning adds no
+    on Ctrl-C and tokens/s with MFU. The data module shards batches by rank itself, so Lightning adds no
     sampler."""
     guard = LossGuard(config.nonfinite, config.spike_factor, config.max_consecutive_skips)
     checkpoints = checkpoint_callbacks(run_dir, config.checkpoint_every_n_steps, config.checkpoint_every_minutes,
@@ -192,8 +147,8 @@ def build_trainer(config: TrainerConfig, logger: LoggerConfig, run_dir: Path, th
         log_every_n_steps=config.log_every_n_steps,
         deterministic=config.deterministic,
         logger=build_logger(logger, run_dir),
-        callbacks=[*checkpoints, guard, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR / LAST), throughput,
-                   ContinuousLogSteps(), TQDMProgressBar(refresh_rate=1)],
+        callbacks=[*checkpoints, guard, CheckpointOnInterrupt(run_dir / CHECKPOINT_DIR / LAST),
+                   TokenThroughput(config.peak_tflops), ContinuousLogSteps(), TQDMProgressBar(refresh_rate=1)],
         default_root_dir=str(run_dir),
         enable_model_summary=False,
         use_distributed_sampler=False,
