@@ -53,6 +53,8 @@ BLOCK_NAMES = {"norm": "norm_mlstm", "q": "mlstm_layer.q", "k": "mlstm_layer.k",
                "o": "mlstm_layer.ogate_preact", "igate": "mlstm_layer.igate_preact",
                "fgate": "mlstm_layer.fgate_preact", "head_norm": "mlstm_layer.multihead_norm",
                "out": "mlstm_layer.out_proj", "ffn_norm": "norm_ffn", "ffn.down": "ffn.proj_down"}
+# our tensors that weight_mode "fused" stores inside qkv_opreact and ifgate_preact
+FUSED_IN_ONE = ("q", "k", "v", "o", "igate", "fgate")
 
 
 def config_from_hf(hf: dict) -> XLSTMLargeConfig:
@@ -140,16 +142,15 @@ def weights_to_hf(state: dict[str, torch.Tensor], config: XLSTMLargeConfig,
         hf["lm_head.weight"] = state["head.weight"]
     for n in range(config.num_blocks):
         block, theirs = f"blocks.{n}.", f"backbone.blocks.{n}."
-        up_gate, up = state[f"{block}ffn.up.weight"].chunk(2)
         if weight_mode == "fused":
             hf[f"{theirs}mlstm_layer.qkv_opreact.weight"] = torch.cat([state[f"{block}{p}.weight"] for p in "qkvo"])
             for kind in ("weight", "bias"):
                 hf[f"{theirs}mlstm_layer.ifgate_preact.{kind}"] = torch.cat(
                     [state[f"{block}igate.{kind}"], state[f"{block}fgate.{kind}"]])
             hf[f"{theirs}ffn.proj_up_gate_z.weight"] = state[f"{block}ffn.up.weight"]
-            names = {name: their for name, their in BLOCK_NAMES.items() if name not in ("q", "k", "v", "o", "igate",
-                                                                                          "fgate")}
+            names = {name: their for name, their in BLOCK_NAMES.items() if name not in FUSED_IN_ONE}
         else:
+            up_gate, up = state[f"{block}ffn.up.weight"].chunk(2)
             hf[f"{theirs}ffn.proj_up_gate.weight"], hf[f"{theirs}ffn.proj_up.weight"] = up_gate, up
             names = BLOCK_NAMES
         for name, their_name in names.items():
