@@ -1,22 +1,26 @@
 """A checkpoint and its tokenizer, ready to score or generate (xlstm-eval, xlstm-generate): the model in eval mode on
-the device asked for.
+the device asked for; and the model folder a training run starts from (`train.py init_from=`).
 
 Reads an export folder (`xlstm_lm.models.io`) or a Lightning .ckpt (`xlstm_lm.training.checkpointing`); the
 tokenizer comes from the checkpoint unless a tokenizer.json is given, and must fit the model's vocabulary.
+A run starts from our export or from a Hugging Face xLSTM folder (`xlstm_lm.interop.huggingface`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from tokenizers import Tokenizer
 
 from xlstm_lm.data.tokenizer import load_tokenizer, tokenizer_from_json
-from xlstm_lm.models import LanguageModel
-from xlstm_lm.models.io import TOKENIZER_FILE, load_model
+from xlstm_lm.interop.huggingface import read_hf_config, read_hf_weights, weights_from_hf
+from xlstm_lm.models import LanguageModel, model_config
+from xlstm_lm.models.io import CONFIG_FILE, TOKENIZER_FILE, load_model
 from xlstm_lm.training.checkpointing import load_model_from_checkpoint
 
 log = logging.getLogger(__name__)
@@ -75,3 +79,52 @@ def load_checkpoint(path: str, tokenizer_path: Optional[str] = None,
         )
     return model.eval(), tokenizer
 
+
+
+@dataclass(frozen=True)
+class PretrainedFolder:
+    """A model folder a training run starts from: our export or a Hugging Face xLSTM folder (NX-AI's layout).
+    The config is read at once (cheap, checked before any data work); the weights only when they are used."""
+
+    path: Path
+    config: Any  # the model config dataclass, in our fields
+    hugging_face: bool
+
+    @property
+    def kind(self) -> str:
+        return "Hugging Face xLSTM folder" if self.hugging_face else "export"
+
+    @property
+    def tokenizer_file(self) -> Optional[Path]:
+        """The folder's tokenizer.json, None when it has none."""
+        path = self.path / TOKENIZER_FILE
+        return path if path.is_file() else None
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The folder's tensors under our parameter names (not yet checked against a model)."""
+        weights = read_hf_weights(self.path)  # model.safetensors or its shards: both formats store them so
+        return weights_from_hf(weights, self.config) if self.hugging_face else weights
+
+
+def read_pretrained_folder(path: str) -> PretrainedFolder:
+    """The folder `path` as a starting point for training.
+
+    Raises:
+        FileNotFoundError: `path` is not a folder with config.json.
+        ValueError: its config.json is neither ours nor a Hugging Face xLSTM one, or has settings we cannot express.
+    """
+    folder = Path(path)
+    config_file = folder / CONFIG_FILE
+    if not config_file.is_file():
+        raise FileNotFoundError(f"init_from={path}: {config_file} not found; give an export folder (<run>/export) "
+                                "or a Hugging Face xLSTM folder (config.json + model.safetensors)")
+    try:
+        fields = json.loads(config_file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"init_from={path}: {config_file} is not JSON ({error})") from error
+    if "model_type" in fields:  # Hugging Face configs name their model type; ours name the architecture
+        return PretrainedFolder(folder, read_hf_config(folder), hugging_face=True)
+    if "architecture" not in fields:
+        raise ValueError(f"init_from={path}: {config_file} is neither an xlstm-lm export's config (no 'architecture') "
+                         "nor a Hugging Face one (no 'model_type')")
+    return PretrainedFolder(folder, model_config(fields), hugging_face=False)

@@ -36,6 +36,7 @@ class TrainConfig:
     seed: int = 1337
     reset_at_doc_starts: bool = True  # reset recurrent memories at document boundaries
     ckpt_path: Optional[str] = "auto"  # a checkpoint to resume from; auto: the run directory's newest, if any
+    init_from: Optional[str] = None  # a model folder (export or Hugging Face xLSTM) whose weights a new run starts from
     run_dir: Optional[str] = None  # the run directory (train.yaml: hydra.run.dir follows it; timestamped by default)
 
 

@@ -2,6 +2,7 @@
 
     python train.py model=xlstm_7_1 size=tiny trainer.max_steps=300
     python train.py run_dir=runs/my_run ...   # a stable directory: the same command again resumes the run
+    python train.py model=xlstm_large size=7b init_from=hf/xLSTM-7b   # continued pretraining from a model folder
 
 `train(cfg, run_dir)` does the work and returns the final metrics (tests call it); `main` is the thin
 Hydra entry point. Seeds and logging are set here, never in library code.
@@ -10,6 +11,7 @@ Hydra entry point. Seeds and logging are set here, never in library code.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -22,11 +24,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.loading import PretrainedFolder, read_pretrained_folder
 from xlstm_lm.cli.schemas import TrainConfig, register_configs, to_config
 from xlstm_lm.data import TokenDataModule
+from xlstm_lm.data.datamodule import changed_settings
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
-from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
+from xlstm_lm.models.io import TOKENIZER_FILE, check_state_dict_matches, save_pretrained
 from xlstm_lm.training.callbacks import TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
                                              model_weights, run_checkpoints)
@@ -35,6 +39,8 @@ from xlstm_lm.training.trainer import build_trainer
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).parents[1] / "configs")  # the repository's configs/ (linked), or the installed copy
+# Model settings that choose how a model computes, not what it computes: a run keeps its own over init_from's.
+EXECUTION_SETTINGS = ("backend", "chunk_size")
 
 
 def resolve_vocab_size(model, tokenizer_vocab: int):
@@ -97,16 +103,56 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     config: TrainConfig = to_config(cfg)
     run_dir = Path(run_dir)
     check_hardware(config)
+    config, start = starting_point(config)
     L.seed_everything(config.seed, workers=True)
     datamodule = prepare_data(config)
     module = build_module(config, datamodule)
     ckpt_path = checkpoint_to_resume(config.ckpt_path, run_dir, module, datamodule)
+    load_starting_weights(module, start, ckpt_path)
     trainer = build_trainer(config.trainer, config.logger, run_dir)
     fit(trainer, module, datamodule, ckpt_path)
     checkpoint_last_step(trainer, config, run_dir)
     metrics = final_metrics(trainer, module, datamodule)
     export(trainer, config, module, datamodule, run_dir, metrics)
     return metrics
+
+
+def starting_point(config: TrainConfig) -> tuple[TrainConfig, PretrainedFolder | None]:
+    """init_from: the model folder the run starts from, read and checked before any data work. The composed model
+    config must be the folder's (its vocabulary is taken when the run sets none; backend and chunk size stay the
+    run's), and the run tokenizes with the folder's tokenizer, whose ids the weights were trained on."""
+    if config.init_from is None:
+        return config, None
+    start = read_pretrained_folder(config.init_from)
+    model = config.model
+    if model.vocab_size is None:
+        model = dataclasses.replace(model, vocab_size=start.config.vocab_size)
+    theirs, ours = dataclasses.asdict(start.config), dataclasses.asdict(model)
+    if theirs["architecture"] != ours["architecture"]:
+        raise ValueError(f"init_from={config.init_from} holds a {theirs['architecture']!r} model ({start.kind}) but "
+                         f"the composed model is {ours['architecture']!r}: compose the folder's architecture (a "
+                         "Hugging Face xLSTM folder is model=xlstm_large)")
+    keys = sorted(set(theirs) - set(EXECUTION_SETTINGS))
+    if diffs := changed_settings(theirs, ours, keys, prefix="model.", saved_in="folder"):
+        overrides = " ".join(f"model.{key}={_override_value(theirs[key])}" for key in keys
+                             if theirs[key] != ours.get(key))
+        raise ValueError(f"init_from={config.init_from} holds another model than the composed one "
+                         f"({', '.join(diffs)}): compose the folder's model, e.g. with {overrides}")
+    tokenizer = config.tokenizer
+    if start.tokenizer_file is None:
+        log.warning("init_from=%s has no %s: the run tokenizes with the composed tokenizer, which must be the one the "
+                    "weights were trained with", config.init_from, TOKENIZER_FILE)
+    else:
+        if tokenizer.path is not None or tokenizer.pretrained is not None:
+            log.info("init_from: the run tokenizes with the folder's %s, not tokenizer.path/pretrained",
+                     TOKENIZER_FILE)
+        tokenizer = dataclasses.replace(tokenizer, path=str(start.tokenizer_file.resolve()), pretrained=None)
+    return dataclasses.replace(config, model=model, tokenizer=tokenizer), start
+
+
+def _override_value(value) -> str:
+    """A config value as a Hydra override writes it."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def prepare_data(config: TrainConfig) -> TokenDataModule:
@@ -140,6 +186,20 @@ def checkpoint_to_resume(ckpt_path: str | None, run_dir: Path, module: LanguageM
     if ckpt_path:
         check_resume_compatible(ckpt_path, module, datamodule)
     return ckpt_path
+
+
+def load_starting_weights(module: LanguageModelModule, start: PretrainedFolder | None, ckpt_path: str | None) -> None:
+    """A new run with init_from starts from the folder's weights; a resumed one continues from its checkpoint,
+    which already grew from them."""
+    if start is None:
+        return
+    if ckpt_path:
+        log.info("init_from=%s is not read again: the run resumes from %s", start.path, ckpt_path)
+        return
+    weights = start.weights()
+    check_state_dict_matches(module.model, weights, source=str(start.path))
+    module.model.load_state_dict(weights, strict=not module.model.config.tie_embeddings)  # tied: stored once
+    log.info("the model starts from the weights of %s (%s)", start.path, start.kind)
 
 
 def fit(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule, ckpt_path: str | None) -> None:

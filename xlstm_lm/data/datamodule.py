@@ -221,11 +221,12 @@ class TokenDataModule(L.LightningDataModule):
 
 
 def changed_settings(saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str],
-                     prefix: str = "") -> list[str]:
-    """`<prefix><key>: checkpoint <saved value> vs now <current value>` for each of `keys` whose value differs: the
-    items of every "this checkpoint does not fit this run" error, the data order's here and the model's and
-    optimizer's in `xlstm_lm.training.checkpointing`. Each caller says which keys count."""
-    return [f"{prefix}{key}: checkpoint {saved.get(key)!r} vs now {current.get(key)!r}"
+                     prefix: str = "", saved_in: str = "checkpoint") -> list[str]:
+    """`<prefix><key>: <saved_in> <saved value> vs now <current value>` for each of `keys` whose value differs: the
+    items of every "this checkpoint (or model folder) does not fit this run" error, the data order's here, the
+    model's and optimizer's in `xlstm_lm.training.checkpointing`, init_from's in `xlstm_lm.cli.train`. Each caller
+    says which keys count."""
+    return [f"{prefix}{key}: {saved_in} {saved.get(key)!r} vs now {current.get(key)!r}"
             for key in keys if saved.get(key) != current.get(key)]
 
 

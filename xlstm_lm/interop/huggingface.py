@@ -186,6 +186,18 @@ def read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
+def read_hf_config(folder: Path) -> XLSTMLargeConfig:
+    """Our config for the Hugging Face xLSTM folder `folder` (its config.json).
+
+    Raises:
+        FileNotFoundError: no config.json.
+        ValueError: another model type or settings our model cannot express (`config_from_hf`).
+    """
+    if not (folder / CONFIG_FILE).is_file():
+        raise FileNotFoundError(f"{folder / CONFIG_FILE} not found: give a Hugging Face xLSTM folder")
+    return config_from_hf(json.loads((folder / CONFIG_FILE).read_text()))
+
+
 def import_folder(source: str | Path, destination: str | Path) -> Path:
     """Our export (config.json, model.safetensors, tokenizer.json when the source has one) from a Hugging Face
     xLSTM folder. Everything is checked before anything is written.
@@ -195,9 +207,7 @@ def import_folder(source: str | Path, destination: str | Path) -> Path:
             missing, unexpected or of another shape than config.json says; a destination that is not empty.
     """
     source, destination = Path(source), Path(destination)
-    if not (source / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{source / CONFIG_FILE} not found: give a Hugging Face xLSTM folder")
-    config = config_from_hf(json.loads((source / CONFIG_FILE).read_text()))
+    config = read_hf_config(source)
     model = build_model(config)
     weights = weights_from_hf(read_hf_weights(source), config)
     check_state_dict_matches(model, weights, source=str(source))
