@@ -142,6 +142,20 @@ def test_generate_until_is_our_greedy_generation_cut_at_the_stop_string(exports,
     assert len(steps) < 12 + 29  # the first request stopped once the stop string was generated
 
 
+def test_generate_until_batches_requests_and_returns_what_each_gets_alone(exports):
+    contexts = ["def main(", "import", "class A:\n    def __init__(self", "x", "for i in range(10):\n"]
+    arguments = [(context, {"until": ["\n\n"], "max_gen_toks": 6}) for context in contexts]
+    arguments += [(context, {"until": ["never"], "max_gen_toks": 4}) for context in contexts[:2]]
+    alone = harness_model(exports["xlstm"], dtype="float64").generate_until(requests("generate_until", arguments),
+                                                                          disable_tqdm=True)
+    lm = harness_model(exports["xlstm"], dtype="float64", batch_size=3)
+    rows = []
+    decode_step = lm.model.decode_step
+    lm.model.decode_step = lambda ids, state: rows.append(ids.shape[0]) or decode_step(ids, state)
+    assert lm.generate_until(requests("generate_until", arguments), disable_tqdm=True) == alone
+    assert max(rows) == 3  # one decode step served three requests
+
+
 def test_tasks_from_local_files_run_through_simple_evaluate(exports, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from tests.evaluation.tiny_export import tiny_model
-from xlstm_lm.evaluation.generation import GenerationConfig, generate, sample_next
+from xlstm_lm.evaluation.generation import GenerationConfig, generate, generate_many, sample_next
 from xlstm_lm.models import LanguageModel
 
 PROMPT = [0, 17, 42, 99, 5, 230]
@@ -23,6 +23,22 @@ def test_greedy_steps_equal_one_pass_over_the_generated_text(kind, prefill_lengt
         one_pass = model(tokens[:, :-1])[0, len(PROMPT) - 1:]  # (12, V): the logits each new token follows
     torch.testing.assert_close(generation.logits, one_pass, atol=1e-5, rtol=1e-5)
     assert generation.token_ids == one_pass.argmax(dim=-1).tolist()
+
+
+@pytest.mark.parametrize("kind", ["xlstm", "lstm", "llama"])
+def test_many_prompts_continue_as_each_alone(kind):
+    # rows of different lengths, stopped at different steps (a stop function, the token budget), sampled: each
+    # row gets the tokens and logits it gets alone; in float64 so that batched sums cannot flip a choice
+    model = tiny_model(kind).double()
+    prompts = [PROMPT, PROMPT[:2], [0, 300, 7, 7, 8, 9, 10, 11, 12, 3]]
+    cfg = GenerationConfig(max_new_tokens=10, temperature=1.0, top_k=None, top_p=0.9, seed=5, stop_at_eos=False)
+    stops = [None, lambda tokens: len(tokens) == 3, lambda tokens: len(tokens) == 7]
+    together = generate_many(model, prompts, cfg, vocab_size=400, return_logits=True, stops=stops)
+    for prompt, stop, row in zip(prompts, stops, together):
+        alone = generate(model, prompt, cfg, vocab_size=400, return_logits=True, stop=stop)
+        assert row.token_ids == alone.token_ids
+        torch.testing.assert_close(row.logits, alone.logits, atol=1e-12, rtol=1e-12)
+    assert [len(row.token_ids) for row in together] == [10, 3, 7]
 
 
 def test_sampling_is_reproducible_with_the_seed():

@@ -17,8 +17,10 @@ Every text follows an end-of-document token, as every document does in training.
   `max_length` tokens with the state carried: every token sees the whole document before it, and memory
   does not grow with the document. The Transformer, whose cache does grow, uses the harness's rolling windows
   of `max_length` tokens instead (each token scored once, a window attends to at most `max_length` tokens).
-- `generate_until`: our state-carrying generator (`generation.generate`), one request at a time, stopped at
-  the first stop string (cut off the returned text), the end-of-document token or `max_gen_toks`.
+- `generate_until`: our state-carrying generator, each request stopped at the first stop string (cut off the
+  returned text), the end-of-document token or `max_gen_toks`. Requests with the same generation arguments
+  run `batch_size` at a time (`generation.generate_many`: each prompt is read alone, then one decode step
+  serves all unfinished rows of a recurrent model; every row gets exactly what it gets alone).
 
 `max_length` is thus a memory bound for recurrent models (results do not depend on it; nothing is truncated)
 and the context of the Transformer (longer contexts keep their last tokens, as the harness's HF models do).
@@ -26,6 +28,7 @@ and the context of the Transformer (longer contexts keep their last tokens, as t
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Optional
 
@@ -37,7 +40,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from xlstm_lm.data.tokenizer import eos_id
-from xlstm_lm.evaluation.generation import GenerationConfig, generate
+from xlstm_lm.evaluation.generation import GenerationConfig, generate_many
 from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.evaluation.perplexity import forward_pieces, token_nll
 
@@ -119,27 +122,43 @@ class XLSTMHarnessLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """The continuation of each context, cut before the first of its stop strings."""
-        texts = []
-        for request in tqdm(requests, desc="generate_until", disable=disable_tqdm):
-            context, gen_kwargs = request.args
-            until, cfg = self._generation_config(gen_kwargs)
-            prompt = self.tok_encode(context)
-            if not self.recurrent:  # the prompt and the new tokens fit the context
-                prompt = prompt[-max(self.max_length - cfg.max_new_tokens, 1):]
-
-            def reached_stop(tokens: list[int]) -> bool:
-                text = self.tokenizer.decode(tokens)
-                return any(stop in text for stop in until)
-
-            generation = generate(self.model, prompt, cfg, eos_id=self.eot_token_id, vocab_size=self.vocab_size,
-                                  stop=reached_stop if until else None)
-            text = self.tokenizer.decode(generation.token_ids)
-            for stop in until:
-                text = text.split(stop)[0]
-            self.cache_hook.add_partial("generate_until", request.args, text)
-            texts.append(text)
+        """The continuation of each context, cut before the first of its stop strings; requests with the same
+        generation arguments continue `batch_size` at a time (`generation.generate_many`)."""
+        texts: list[Optional[str]] = [None] * len(requests)
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(index)
+        progress = tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm)
+        for indices in groups.values():
+            until, cfg = self._generation_config(requests[indices[0]].args[1])
+            prompts = {index: self._generation_prompt(requests[index].args[0], cfg) for index in indices}
+            indices.sort(key=lambda index: len(prompts[index]))  # similar lengths: rows finish close together
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start:start + self.batch_size]
+                generations = generate_many(self.model, [prompts[index] for index in batch], cfg,
+                                            eos_id=self.eot_token_id, vocab_size=self.vocab_size,
+                                            stops=[self._reached(until)] * len(batch) if until else None)
+                for index, generation in zip(batch, generations):
+                    text = self.tokenizer.decode(generation.token_ids)
+                    for stop in until:
+                        text = text.split(stop)[0]
+                    self.cache_hook.add_partial("generate_until", requests[index].args, text)
+                    texts[index] = text
+                progress.update(len(batch))
+        progress.close()
         return texts
+
+    def _generation_prompt(self, context: str, cfg: GenerationConfig) -> list[int]:
+        """The context's ids; for the Transformer its last ones, so that they and the new tokens fit the context."""
+        prompt = self.tok_encode(context)
+        return prompt if self.recurrent else prompt[-max(self.max_length - cfg.max_new_tokens, 1):]
+
+    def _reached(self, until: list[str]):
+        """Whether new tokens already spell one of the stop strings."""
+        def reached_stop(tokens: list[int]) -> bool:
+            text = self.tokenizer.decode(tokens)
+            return any(stop in text for stop in until)
+        return reached_stop
 
     def _generation_config(self, gen_kwargs: dict) -> tuple[list[str], GenerationConfig]:
         """A task's generation arguments as stop strings and our GenerationConfig (greedy unless do_sample)."""

@@ -1,5 +1,8 @@
 """Text generation from a carried state: prefill the prompt once, then one token per forward (DESIGN.md §12).
 
+Several prompts continue together (`generate_many`): each is read alone, then one decode step serves every
+unfinished row of a recurrent model, whose states stack whatever the prompts' lengths.
+
 The prompt runs in one forward pass with `return_state=True`; every new token is then fed alone with the
 state of the previous step (`decode_step`: the cells' step functions), so a recurrent model spends constant time and memory per token and the
 Transformer extends its KV cache (the same interface). Because the state carries the whole history, the
@@ -17,6 +20,7 @@ from collections.abc import Callable
 from typing import Optional
 
 import torch
+from torch.utils._pytree import tree_map
 
 from xlstm_lm.models import LanguageModel
 
@@ -96,7 +100,6 @@ def sample_next(logits: torch.Tensor, cfg: GenerationConfig,
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(-1)
 
 
-@torch.inference_mode()
 def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig, eos_id: Optional[int] = None,
              vocab_size: Optional[int] = None, return_logits: bool = False,
              stop: Optional[Callable[[list[int]], bool]] = None) -> Generation:
@@ -114,25 +117,76 @@ def generate(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig,
     Returns:
         The new tokens, and their logits when asked.
     """
-    if not prompt_ids:
+    return generate_many(model, [prompt_ids], cfg, eos_id, vocab_size, return_logits, [stop])[0]
+
+
+@torch.inference_mode()
+def generate_many(model: LanguageModel, prompts: list[list[int]], cfg: GenerationConfig, eos_id: Optional[int] = None,
+                  vocab_size: Optional[int] = None, return_logits: bool = False,
+                  stops: Optional[list[Optional[Callable[[list[int]], bool]]]] = None) -> list[Generation]:
+    """Continue several prompts, each exactly as `generate` continues it alone (its own sampling generator
+    seeded from `cfg.seed`), with one decode step for all unfinished rows of a recurrent model: its states have
+    one size whatever the prompt's length, so they stack. Each prompt is read alone (lengths differ); a
+    finished row leaves the batch. The Transformer's KV caches differ in length: its prompts run one by one.
+
+    Args: as `generate`, with a list of prompts and one stop function (or None) per prompt.
+    """
+    if any(not prompt for prompt in prompts):
         raise ValueError("the prompt needs at least one token (start it with the end-of-document token)")
+    stops = stops if stops is not None else [None] * len(prompts)
+    if not model.is_recurrent and len(prompts) > 1:
+        return [generate_many(model, [prompt], cfg, eos_id, vocab_size, return_logits, [stop])[0]
+                for prompt, stop in zip(prompts, stops)]
     device = next(model.parameters()).device
-    generator = torch.Generator(device).manual_seed(cfg.seed)
+    prefilled = [_prefill(model, prompt, cfg, device) for prompt in prompts]
+    logits = torch.cat([row_logits for row_logits, _ in prefilled])  # (B, V): each row's next-token logits
+    state = _stack_states([row_state for _, row_state in prefilled], model.state_batch_dim)
+    generators = [torch.Generator(device).manual_seed(cfg.seed) for _ in prompts]
+    tokens = [[] for _ in prompts]
+    step_logits = [[] for _ in prompts]
+    active = list(range(len(prompts)))  # the prompt of each row of the batch
+    for step in range(cfg.max_new_tokens):
+        if return_logits:
+            for row, index in enumerate(active):
+                step_logits[index].append(logits[row].clone())
+        if vocab_size is not None:
+            logits = logits.clone()
+            logits[:, vocab_size:] = float("-inf")
+        chosen = [int(sample_next(logits[row:row + 1], cfg, generators[index])) for row, index in enumerate(active)]
+        unfinished = []
+        for row, (index, token) in enumerate(zip(active, chosen)):
+            tokens[index].append(token)
+            stop = stops[index]
+            if not ((cfg.stop_at_eos and token == eos_id) or (stop is not None and stop(tokens[index]))):
+                unfinished.append(row)
+        if step == cfg.max_new_tokens - 1 or not unfinished:
+            break
+        if len(unfinished) < len(active):
+            state = _select_rows(state, unfinished, model.state_batch_dim)
+            active, chosen = [active[row] for row in unfinished], [chosen[row] for row in unfinished]
+        logits, state = model.decode_step(torch.tensor(chosen, device=device).view(-1, 1), state)
+        logits = logits[:, -1]
+    return [Generation(row_tokens, torch.stack(row_logits) if return_logits else None)
+            for row_tokens, row_logits in zip(tokens, step_logits)]
+
+
+def _prefill(model: LanguageModel, prompt_ids: list[int], cfg: GenerationConfig, device: torch.device):
+    """The prompt read in pieces of `cfg.prefill_length`: its next-token logits (1, V) and the state after it."""
     prompt, state = torch.tensor([prompt_ids], device=device), None
     for start in range(0, prompt.shape[1], cfg.prefill_length):
         logits, state = model(prompt[:, start:start + cfg.prefill_length], state=state, return_state=True)
-    tokens, step_logits = [], []
-    for step in range(cfg.max_new_tokens):
-        next_logits = logits[:, -1]  # (1, V)
-        if return_logits:
-            step_logits.append(next_logits[0].clone())
-        if vocab_size is not None:
-            next_logits = next_logits.clone()
-            next_logits[:, vocab_size:] = float("-inf")
-        token = sample_next(next_logits, cfg, generator)  # (1,)
-        tokens.append(int(token))
-        if ((cfg.stop_at_eos and tokens[-1] == eos_id) or step == cfg.max_new_tokens - 1
-                or (stop is not None and stop(tokens))):
-            break
-        logits, state = model.decode_step(token.view(1, 1), state)
-    return Generation(tokens, torch.stack(step_logits) if return_logits else None)
+    return logits[:, -1], state
+
+
+def _stack_states(states: list, batch_dim: int):
+    """One batch's state from the states of single rows (any nesting of lists and tuples of tensors)."""
+    if len(states) == 1:
+        return states[0]
+    return tree_map(lambda *rows: torch.cat(rows, dim=batch_dim) if torch.is_tensor(rows[0]) else rows[0],
+                    states[0], *states[1:])
+
+
+def _select_rows(state, rows: list[int], batch_dim: int):
+    """The state of some rows of a batch."""
+    return tree_map(lambda tensor: tensor[(slice(None),) * batch_dim + (rows,)] if torch.is_tensor(tensor) else tensor,
+                    state)

@@ -28,6 +28,7 @@ class LanguageModel(nn.Module):
 
     is_recurrent: bool = True  # constant-size state; False for the Transformer's growing KV cache
     supports_doc_starts: bool = True  # can reset (or mask) at document starts inside a window
+    state_batch_dim: int = 0  # the batch dimension of every state tensor (rows of a batch are stacked along it)
 
     def decode_step(self, input_ids: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         """One new token per row, (B, 1), continuing `state`: (logits (B, 1, V), new state). What generation runs

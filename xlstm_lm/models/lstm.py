@@ -79,6 +79,7 @@ class LSTMLM(LanguageModel):
     """
 
     supports_doc_starts = False
+    state_batch_dim = 1  # torch.nn.LSTM's (layers, B, D)
 
     def __init__(self, config: LSTMConfig):
         super().__init__()
