@@ -190,7 +190,7 @@ def tail_split(document: Document, val_fraction: float) -> tuple[Optional[Docume
     """Cut a document into a training head and a validation tail of about `val_fraction` of its characters.
 
     The tail starts at the first line start at or after the cut, so lines stay whole where the text has lines.
-    The pieces are named `path[:cut]` and `path[cut:]` (character offsets) and never overlap.
+    The pieces are named `path[0:cut]` and `path[cut:]` (character offsets, sorting head first); they never overlap.
 
     Returns:
         (head, tail); a piece that would be empty is None (the whole document is the other piece).
@@ -205,7 +205,7 @@ def tail_split(document: Document, val_fraction: float) -> tuple[Optional[Docume
     if cut >= len(text):
         return document, None
     head, tail = text[:cut], text[cut:]
-    return (Document(f"{document.path}[:{cut}]", head, len(head.encode("utf-8"))),
+    return (Document(f"{document.path}[0:{cut}]", head, len(head.encode("utf-8"))),
             Document(f"{document.path}[{cut}:]", tail, len(tail.encode("utf-8"))))
 
 
