@@ -215,8 +215,8 @@ def _split_one(document: Document, val_fraction: float, where: str) -> tuple[tup
     if head is None or tail is None:
         raise ValueError(
             f"Only one non-empty file ({document.path}, {len(document.text)} characters) matches {where}, too short "
-            f"to hold out its last {val_fraction:.0%} (data.val_fraction): training and validation need at least "
-            "one document each: add files or text, or change data.val_fraction"
+            f"to hold out its last {val_fraction:.0%} for validation (data.val_fraction={val_fraction}): training and "
+            "validation need at least one document each; add files or text, or change data.val_fraction"
         )
     logger.warning("One file matches %s: holding out its last %d of %d characters for validation "
                    "(data.val_fraction=%s)", where, len(tail.text), len(document.text), val_fraction)
