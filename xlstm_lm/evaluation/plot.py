@@ -57,13 +57,13 @@ def results_figure(results: Sequence[tuple[str, Sequence[ContextResult]]]) -> Fi
         line, = by_context.plot([row.context_length for row in scored], [row.perplexity for row in scored],
                                 marker="o", label=label)
         contexts.update(row.context_length for row in scored)
-        perplexities += [row.perplexity for row in scored]
+        perplexities += [row.perplexity for row in scored if math.isfinite(row.perplexity)]  # a NaN is not drawn
         longest = max(scored, key=lambda row: row.context_length)
         buckets = longest.loss_by_position
         by_position.plot([bucket.first for bucket in buckets], [bucket.loss for bucket in buckets], marker=".",
                          color=line.get_color(), label=f"{label} (context {longest.context_length})")
-        losses += [bucket.loss for bucket in buckets]
-    by_context.set(xscale="log", yscale="log", xlabel="context length (tokens)", ylabel="perplexity (log scale)",
+        losses += [bucket.loss for bucket in buckets if math.isfinite(bucket.loss)]
+    by_context.set(xscale="log", xlabel="context length (tokens)", ylabel="perplexity",
                    title="Perplexity vs context length")
     by_position.set(xscale="log", xlabel="position in the window (bucket start, tokens)",
                     ylabel="mean loss (nats)", title="Loss by position")
@@ -94,6 +94,7 @@ def _at_least(low: float, high: float, span: float) -> tuple[float, float]:
 def _perplexity_axis(axes: Axes, low: float, high: float) -> None:
     """Log limits spanning at least MIN_PERPLEXITY_RATIO; round-number ticks labelled in plain digits."""
     log_low, log_high = _at_least(math.log(low), math.log(high), math.log(MIN_PERPLEXITY_RATIO))
+    axes.set(yscale="log", ylabel="perplexity (log scale)")
     axes.set_ylim(math.exp(log_low), math.exp(log_high))
     if log_high - log_low > math.log(10):
         axes.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
