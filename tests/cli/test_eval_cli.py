@@ -10,8 +10,9 @@ from hydra import compose, initialize_config_dir
 
 from tests.conftest import CONFIG_DIR
 from tests.evaluation.tiny_export import MODEL_VOCAB, corpus_texts, tiny_export  # noqa: F401 (a fixture)
-from xlstm_lm.cli.eval import evaluate, held_out_mismatch
+from xlstm_lm.cli.eval import evaluate, held_out_mismatch, held_out_note
 from xlstm_lm.cli.schemas import register_eval_configs
+from xlstm_lm.data.corpus import default_root
 from xlstm_lm.data.config import TokenizerConfig
 from xlstm_lm.data.tokenizer import train_tokenizer
 from xlstm_lm.evaluation.documents import EvalDataConfig
@@ -119,3 +120,20 @@ def test_a_held_out_split_other_than_trainings_is_detected(tmp_path):
     assert held_out_mismatch(str(export), EvalDataConfig(val_fraction=0.01)) is None
     assert held_out_mismatch(str(export), EvalDataConfig(files=["book.txt"])) is None  # not a split
     assert held_out_mismatch(str(tmp_path / "elsewhere"), EvalDataConfig()) is None  # no training config
+
+
+def test_the_held_out_note_says_what_was_compared(tmp_path):
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    (export / "train_config.yaml").write_text(
+        "data:\n  kind: folder\n  root: null\n  glob: '**/*.py'\n  include_tests: false\n  val_fraction: 0.01\n")
+    may_overlap, message = held_out_note(str(export), EvalDataConfig())  # the same folder, split another way
+    assert may_overlap and "may include documents it trained on (compared the corpus settings of its training " \
+        "config with these (data.val_fraction 0.01 in training vs 0.05 here), not the texts)" in message
+    books = tmp_path / "books"
+    may_overlap, message = held_out_note(str(export), EvalDataConfig(root=str(books), val_fraction=0.01))
+    assert not may_overlap
+    assert message == (f"{export}: scoring the 'val' split of {books}, a folder apart from the one it was trained on "
+                       f"({default_root()}), so it holds none of the files it was trained on (compared the corpus "
+                       f"settings of its training config with these (data.root None in training vs {str(books)!r} "
+                       "here), not the texts)")

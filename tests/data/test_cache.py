@@ -11,6 +11,7 @@ import pytest
 from xlstm_lm.data import DataConfig, SourceConfig, TokenizerConfig, list_corpus, load, locate, prepare, token_dtype
 from xlstm_lm.data import verify
 from xlstm_lm.data.cache import build
+from xlstm_lm.data.cache.split import check_splits
 import xlstm_lm.data.tokenizer as tokenizer_module
 
 
@@ -275,11 +276,46 @@ def test_files_source_prepares_disjoint_splits_with_counts(tmp_path: Path) -> No
     assert [Path(file[0]).name for file in source["files"]] == ["a.jsonl", "b.jsonl", "bad.txt"]
 
 
-def test_empty_validation_split_is_an_error(tmp_path: Path) -> None:
-    data = files_config(tmp_path, [str(write_jsonl(tmp_path / "a.jsonl", ["only one document"]))])
-    with pytest.raises(ValueError, match="The val split is empty"):
+def test_a_source_too_short_to_split_fails_before_the_tokenizer(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_tokenizer(*args):
+        raise AssertionError("the split must be checked before the tokenizer is built")
+
+    monkeypatch.setattr(build, "build_tokenizer", no_tokenizer)
+    data = files_config(tmp_path, [str(write_jsonl(tmp_path / "a.jsonl", ["x"]))])
+    with pytest.raises(ValueError, match=r"The val split of the source is empty: its text \(1 documents, 1 bytes\) is "
+                                         r"too short .* \(data.val_fraction=0.25\): raise data.val_fraction"):
         prepare(data, TokenizerConfig(vocab_size=300))
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache").exists()
+
+
+# Three "novels" whose text hashes are 0.540, 0.654 and 0.666: at val_fraction 0.05 none goes to validation, at
+# 0.7 none to training, at 0.6 the split of whole documents works.
+NOVELS = {name: "".join(f"{name} line {index}: " + "word " * (index % 7) + "\n" for index in range(40))
+          for name in ("first", "second", "third")}
+
+
+def test_too_few_documents_to_split_hold_out_the_tail_of_each(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for name, text in NOVELS.items():
+        (tmp_path / "novels" / f"{name}.txt").parent.mkdir(exist_ok=True)
+        (tmp_path / "novels" / f"{name}.txt").write_text(text, encoding="utf-8")
+    data = dataclasses.replace(files_config(tmp_path, [str(tmp_path / "novels")]), val_fraction=0.05)
+    prepared = load(prepare(data, TokenizerConfig(vocab_size=300)))
+    decoded = {split: [prepared.tokenizer.decode(ids) for ids in documents_of(prepared, split)]
+               for split in ("train", "val")}
+    # 5% of each text starts inside line 38; the tail is the last line, 35 or 36 characters.
+    last_lines = [text.splitlines(keepends=True)[-1] for text in NOVELS.values()]
+    assert decoded["val"] == last_lines == [f"{name} line 39: word word word word \n" for name in NOVELS]
+    assert decoded["train"] == [text.removesuffix(line) for text, line in zip(NOVELS.values(), last_lines)]
+    train_lines = {line for text in decoded["train"] for line in text.splitlines()}
+    assert not train_lines & {line for text in decoded["val"] for line in text.splitlines()}
+    assert ("data.val_fraction=0.05 puts none of the 3 documents of the source in the val split (a split of whole "
+            "documents by a hash of their text): holding out the last 5% of each document") in caplog.text
+    (source,) = prepared.manifest["sources"]
+    assert (source["documents"], source["splits"]["val"]["documents"]) == (3, 3)
+    for val_fraction, tails in ((0.7, True), (0.6, False)):  # no training document; a split of whole documents
+        (checked,) = check_splits(build._open_sources(dataclasses.replace(data, val_fraction=val_fraction)))
+        assert checked.tails is tails
 
 
 def mixture(tmp_path: Path, weights: tuple[float, float], cache_name: str = "cache") -> DataConfig:

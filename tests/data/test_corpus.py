@@ -64,11 +64,16 @@ def test_hash_fraction_is_stable_across_processes() -> None:
     assert hash_fraction("a/b/c.txt") == pytest.approx(0.3529208446643324, abs=1e-15)
 
 
-@pytest.mark.parametrize("val_fraction, lonely_split", [(1e-12, "val"), (1 - 1e-12, "train")])
-def test_both_splits_are_never_empty(configs: tuple, val_fraction: float, lonely_split: str) -> None:
+# The documents with the lowest and the highest path hash of the tiny corpus (0.0317 and 0.9754).
+@pytest.mark.parametrize("val_fraction, lonely_split, moved",
+                         [(1e-12, "val", "a/b/doc01.txt"), (1 - 1e-12, "train", "a/b/doc21.txt")])
+def test_both_splits_are_never_empty(configs: tuple, val_fraction: float, lonely_split: str, moved: str,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The fallback moves the document whose hash is nearest the threshold, and says so."""
     corpus = list_corpus(dataclasses.replace(configs[0], val_fraction=val_fraction))
-    assert len(corpus.splits[lonely_split]) == 1
+    assert [document.path for document in corpus.splits[lonely_split]] == [moved]
     assert len(corpus.train) + len(corpus.val) == NUM_PLAIN_DOCUMENTS + 2
+    assert f"leaves the {lonely_split} split of {NUM_PLAIN_DOCUMENTS + 2} documents empty: moved {moved}" in caplog.text
 
 
 def test_fingerprint_is_deterministic_and_tracks_contents(configs: tuple, corpus_dir: Path) -> None:
@@ -110,6 +115,19 @@ def test_single_document_cannot_be_split(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("only one\n", encoding="utf-8")
     with pytest.raises(ValueError, match="at least one document each"):
         list_corpus(DataConfig(root=str(tmp_path), glob="*.txt"))
+
+
+def test_a_single_file_holds_out_its_last_lines(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    text = "".join(f"line {index}\n" for index in range(100))  # 790 characters
+    (tmp_path / "thesis.txt").write_text(text, encoding="utf-8")
+    corpus = list_corpus(DataConfig(root=str(tmp_path), glob="*.txt", val_fraction=0.1))
+    (head,), (tail,) = corpus.train, corpus.val
+    # 10% of 790 characters starts inside "line 90\n"; the tail starts at the next line.
+    assert tail.text == "".join(f"line {index}\n" for index in range(91, 100))
+    assert head.text + tail.text == text and not set(head.text.splitlines()) & set(tail.text.splitlines())
+    assert (head.path, tail.path, tail.num_bytes) == ("thesis.txt[0:718]", "thesis.txt[718:]", 72)
+    assert sorted([tail.path, head.path]) == [head.path, tail.path]  # in path order (evaluation), head first
+    assert "holding out its last 72 of 790 characters for validation (data.val_fraction=0.1)" in caplog.text
 
 
 def test_standard_library_corpus_listing() -> None:

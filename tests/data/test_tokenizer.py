@@ -89,6 +89,14 @@ def test_build_reads_training_texts_only_when_it_trains(cached_tokenizer: Tokeni
     assert eos_id(trained) == 0
 
 
+def test_a_smaller_vocabulary_than_asked_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    tokenizer = train_tokenizer(["abc abc abd"] * 10, TokenizerConfig(vocab_size=8192))
+    size = tokenizer.get_vocab_size()
+    assert size < 300
+    assert (f"The tokenizer has {size} tokens, not the 8192 of tokenizer.vocab_size: the BPE ran out of merges, as no "
+            "more pairs occur at least tokenizer.min_frequency=2 times in its 10 training documents") in caplog.text
+
+
 def test_pretrained_without_network_fails_at_once_naming_tokenizer_path(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)

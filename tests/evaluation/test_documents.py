@@ -1,5 +1,7 @@
 """The documents an evaluation scores: given files, or the training split of a folder."""
 
+import logging
+
 import pytest
 
 from tests.conftest import SMALL_CORPUS
@@ -40,6 +42,22 @@ def test_all_and_max_bytes_take_documents_in_path_order():
     first_two = everything[0].num_bytes + 1
     cut = load_documents(EvalDataConfig(root=SMALL_CORPUS, split="all", max_bytes=first_two))
     assert [d.path for d in cut] == [d.path for d in everything[:2]]
+
+
+def test_max_bytes_scores_the_start_of_one_long_file(tmp_path, caplog):
+    book = tmp_path / "book.txt"
+    book.write_bytes("chapter one: café\n".encode("utf-8") * 100)  # 19 bytes a line, é is two
+    (tmp_path / "sequel.txt").write_bytes(book.read_bytes())
+    files = [str(book), str(tmp_path / "sequel.txt")]
+    with caplog.at_level(logging.INFO):
+        (cut,) = load_documents(EvalDataConfig(files=files, max_bytes=19 * 3 + 17))  # ends inside é: it is dropped
+    assert (cut.path, cut.text, cut.num_bytes) == (str(book), "chapter one: café\n" * 3 + "chapter one: caf", 73)
+    assert f"data.max_bytes=74: scoring the first 73 of the 1900 bytes of {book}" in caplog.text
+    whole, head = load_documents(EvalDataConfig(files=files, max_bytes=1900 + 19))
+    assert (whole.num_bytes, head.text) == (1900, "chapter one: café\n")
+    (tmp_path / "accent.txt").write_text("é", encoding="utf-8")
+    with pytest.raises(ValueError, match="data.max_bytes=1 is shorter than the first character"):
+        load_documents(EvalDataConfig(files=[str(tmp_path / "accent.txt")], max_bytes=1))
 
 
 @pytest.mark.parametrize("fields,message", [(dict(split="test"), "data.split"),

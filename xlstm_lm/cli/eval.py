@@ -27,6 +27,7 @@ from xlstm_lm.cli.errors import exit_on_user_error
 from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
+from xlstm_lm.data.corpus import default_root
 from xlstm_lm.evaluation.documents import EvalDataConfig, load_documents
 from xlstm_lm.evaluation.perplexity import (ContextResult, PeakMemory, encode_documents, evaluate_context,
                                             join_documents)
@@ -54,10 +55,9 @@ def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any
     device = resolve_device(config.device)
     results: list[tuple[str, list[ContextResult]]] = []
     for path in config.checkpoints:
-        mismatch = held_out_mismatch(path, config.data)
-        if mismatch:
-            log.warning("%s: %s, so the 'val' documents scored here may include ones it trained on: give data.root, "
-                        "data.glob, data.include_tests and data.val_fraction as in training", path, mismatch)
+        held_out = held_out_note(path, config.data)
+        if held_out:
+            log.log(logging.WARNING if held_out[0] else logging.INFO, "%s", held_out[1])
         model, tokenizer = load_checkpoint(path, config.tokenizer_path, device)
         encoded = encode_documents(documents, tokenizer)
         if config.data.concatenate:
@@ -89,6 +89,45 @@ def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any
 def held_out_mismatch(checkpoint: str, data: EvalDataConfig) -> str | None:
     """How the folder split `data` scores differs from the split `checkpoint` was trained with, or None when it
     does not (or when that cannot be told: other data kinds, no training config beside the checkpoint).
+    """
+    trained = _trained_folder(checkpoint, data)
+    if trained is None:
+        return None
+
+    def same(key: str) -> bool:
+        if key == "root":
+            return _folder(trained.get(key)) == _folder(data.root)
+        return trained.get(key) == getattr(data, key)
+
+    changed = [f"data.{key} {trained.get(key)!r} in training vs {getattr(data, key)!r} here"
+               for key in ("root", "glob", "include_tests", "val_fraction") if not same(key)]
+    return "; ".join(changed) or None
+
+
+def held_out_note(checkpoint: str, data: EvalDataConfig) -> tuple[bool, str] | None:
+    """What to tell when the 'val' split scored here is not the one `checkpoint` held out, or None.
+
+    Only the folder settings of the training config are compared, not the texts. A folder apart from the
+    training folder (neither inside the other) holds none of its training files: that is told, not warned.
+
+    Returns:
+        (whether the scored documents may include ones it trained on, the message).
+    """
+    mismatch = held_out_mismatch(checkpoint, data)
+    if mismatch is None:
+        return None
+    trained, here = _folder(_trained_folder(checkpoint, data).get("root")), _folder(data.root)
+    compared = f"compared the corpus settings of its training config with these ({mismatch}), not the texts"
+    if not (trained.is_relative_to(here) or here.is_relative_to(trained)):
+        return False, (f"{checkpoint}: scoring the 'val' split of {here}, a folder apart from the one it was trained "
+                       f"on ({trained}), so it holds none of the files it was trained on ({compared})")
+    return True, (f"{checkpoint}: the 'val' split scored here is not the one it held out in training, so it may "
+                  f"include documents it trained on ({compared}): give data.root, data.glob, data.include_tests and "
+                  "data.val_fraction as in training")
+
+
+def _trained_folder(checkpoint: str, data: EvalDataConfig) -> dict[str, Any] | None:
+    """The training data config of a checkpoint trained on a folder, when `data` scores a folder's 'val' split.
 
     Note: the training config is export/train_config.yaml, beside an export or in the run of a .ckpt.
     """
@@ -99,18 +138,12 @@ def held_out_mismatch(checkpoint: str, data: EvalDataConfig) -> str | None:
     if not config_file.is_file():
         return None
     trained = OmegaConf.to_container(OmegaConf.load(config_file)).get("data", {})
-    if trained.get("kind", "folder") != "folder":
-        return None
+    return trained if trained.get("kind", "folder") == "folder" else None
 
-    def same(key: str) -> bool:
-        value, here = trained.get(key), getattr(data, key)
-        if key == "root" and value is not None and here is not None:
-            return Path(value).expanduser().resolve() == Path(here).expanduser().resolve()
-        return value == here
 
-    changed = [f"data.{key} {trained.get(key)!r} in training vs {getattr(data, key)!r} here"
-               for key in ("root", "glob", "include_tests", "val_fraction") if not same(key)]
-    return "; ".join(changed) or None
+def _folder(root: str | None) -> Path:
+    """The folder a data.root names (None: the standard library)."""
+    return default_root() if root is None else Path(root).expanduser().resolve()
 
 
 def checkpoint_label(path: str) -> str:

@@ -84,7 +84,8 @@ class SplitConfig:
     """The train/validation split; shared with the evaluation, which must score the split training held out.
 
     Attributes:
-        val_fraction: share of documents in the validation split, chosen by a hash of each document's identity.
+        val_fraction: share of documents in the validation split, chosen by a hash of each document's identity;
+            a source with too few documents for that holds out this share of each document's tail instead.
     """
 
     val_fraction: float = 0.05

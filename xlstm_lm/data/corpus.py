@@ -7,7 +7,9 @@ become U+FFFD, or the file is skipped, by `data.invalid_utf8`; either way it is 
 skipped and counted. Folders of installed packages (site-packages, dist-packages) are
 never read; test folders only when asked. A document goes to the validation split when a SHA-1 hash of its
 relative path, read as a fraction in [0, 1), falls below `val_fraction`, so the split of a file never depends
-on which other files exist.
+on which other files exist. When that leaves a split empty, the document nearest the threshold moves; a folder
+of one file holds out its tail instead (`tail_split`), which other sources also use when they have too few
+documents for a split by hash.
 """
 
 import hashlib
@@ -130,7 +132,7 @@ def list_corpus(cfg: DataConfig) -> Corpus:
     Raises:
         FileNotFoundError: the root does not exist.
         NotADirectoryError: the root is a file.
-        ValueError: fewer than two non-empty files match the glob.
+        ValueError: no non-empty file matches the glob, or only one that is too short to hold out a tail.
     """
     root = _resolve_root(cfg.root)
     excluded = INSTALLED_PACKAGE_FOLDERS if cfg.include_tests else INSTALLED_PACKAGE_FOLDERS | TEST_FOLDERS
@@ -153,12 +155,10 @@ def list_corpus(cfg: DataConfig) -> Corpus:
             documents.append(Document(relative_path, text, len(data)))
     if not documents:
         raise ValueError(f"All {len(paths)} files matching {where} are empty or skipped as invalid UTF-8")
-    if len(documents) < 2:
-        raise ValueError(
-            f"Only one non-empty file ({documents[0].path}) matches {where}: "
-            "training and validation need at least one document each"
-        )
-    train, val = _split(documents, cfg.val_fraction)
+    if len(documents) == 1:
+        train, val = _split_one(documents[0], cfg.val_fraction, where)
+    else:
+        train, val = _split(documents, cfg.val_fraction)
     corpus = Corpus(root, cfg.glob, cfg.include_tests, cfg.val_fraction, train, val, fingerprint.hexdigest(),
                     empty, invalid)
     logger.info(
@@ -186,14 +186,53 @@ def _resolve_root(root: Optional[str]) -> Path:
     return folder
 
 
+def tail_split(document: Document, val_fraction: float) -> tuple[Optional[Document], Optional[Document]]:
+    """Cut a document into a training head and a validation tail of about `val_fraction` of its characters.
+
+    The tail starts at the first line start at or after the cut, so lines stay whole where the text has lines.
+    The pieces are named `path[0:cut]` and `path[cut:]` (character offsets, sorting head first); they never overlap.
+
+    Returns:
+        (head, tail); a piece that would be empty is None (the whole document is the other piece).
+    """
+    text = document.text
+    cut = round(len(text) * (1 - val_fraction))
+    line_start = text.find("\n", max(cut - 1, 0)) + 1
+    if 0 < cut <= line_start < len(text):
+        cut = line_start
+    if cut <= 0:
+        return None, document
+    if cut >= len(text):
+        return document, None
+    head, tail = text[:cut], text[cut:]
+    return (Document(f"{document.path}[0:{cut}]", head, len(head.encode("utf-8"))),
+            Document(f"{document.path}[{cut}:]", tail, len(tail.encode("utf-8"))))
+
+
+def _split_one(document: Document, val_fraction: float, where: str) -> tuple[tuple[Document], tuple[Document]]:
+    """The split of a folder of one file: its head trains, its tail validates."""
+    head, tail = tail_split(document, val_fraction)
+    if head is None or tail is None:
+        raise ValueError(
+            f"Only one non-empty file ({document.path}, {len(document.text)} characters) matches {where}, too short "
+            f"to hold out its last {val_fraction:.0%} for validation (data.val_fraction={val_fraction}): training and "
+            "validation need at least one document each; add files or text, or change data.val_fraction"
+        )
+    logger.warning("One file matches %s: holding out its last %d of %d characters for validation "
+                   "(data.val_fraction=%s)", where, len(tail.text), len(document.text), val_fraction)
+    return (head,), (tail,)
+
+
 def _split(documents: list[Document], val_fraction: float) -> tuple[tuple[Document, ...], tuple[Document, ...]]:
     """Split by hash of the path; if a split comes out empty, move the document nearest the threshold."""
     fractions = [hash_fraction(document.path) for document in documents]
     in_val = [fraction < val_fraction for fraction in fractions]
-    if not any(in_val):
-        in_val[fractions.index(min(fractions))] = True
-    elif all(in_val):
-        in_val[fractions.index(max(fractions))] = False
+    if not any(in_val) or all(in_val):
+        moved = fractions.index(min(fractions)) if not any(in_val) else fractions.index(max(fractions))
+        in_val[moved] = not in_val[moved]
+        logger.warning("data.val_fraction=%s leaves the %s split of %d documents empty: moved %s there (the document "
+                       "whose path hash is nearest the threshold)", val_fraction, "val" if in_val[moved] else "train",
+                       len(documents), documents[moved].path)
     train = tuple(document for document, is_val in zip(documents, in_val) if not is_val)
     val = tuple(document for document, is_val in zip(documents, in_val) if is_val)
     return train, val

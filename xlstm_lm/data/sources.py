@@ -3,7 +3,8 @@
 `open_source` turns a `SourceConfig` into a `Source`: a fingerprint that changes whenever its documents may
 change, and `documents()`, which yields every document with its split. Documents of a folder are split by a
 hash of their relative path (`corpus.list_corpus`); every other document by a hash of its text, so the same
-text never lands in both splits, whichever file or row it comes from.
+text never lands in both splits, whichever file or row it comes from. A source with too few documents for
+that holds out the tail of each document instead (`tails`, set by `cache.split.check_splits`).
 
 Local files (the files kind) are read in the order given; a folder stands for every file under it (sorted)
 and a pattern with *, ? or [ for the files it matches (sorted, "**" spans folders; `files.expand_files`). The
@@ -36,7 +37,7 @@ import pyarrow.parquet as pq
 import zstandard
 
 from xlstm_lm.data.config import DataConfig, SourceConfig
-from xlstm_lm.data.corpus import Corpus, Document, decode_utf8, hash_fraction, list_corpus
+from xlstm_lm.data.corpus import Corpus, Document, decode_utf8, hash_fraction, list_corpus, tail_split
 from xlstm_lm.data.files import expand_files
 
 JSON_LINES_SUFFIXES = frozenset({".jsonl", ".json", ".ndjson"})
@@ -76,6 +77,8 @@ class Source:
         fingerprint: JSON-ready record that changes whenever the documents may change.
         files: the local files it reads (files kind, or the data_files of an hf source).
         corpus: the listed corpus of a folder source.
+        tails: split each document into a training head and a validation tail (`corpus.tail_split`) instead of
+            by its hash; for sources with too few documents to split whole.
     """
 
     config: SourceConfig
@@ -84,12 +87,14 @@ class Source:
     fingerprint: dict[str, Any]
     files: list[Path]
     corpus: Optional[Corpus] = None
+    tails: bool = False
 
     def documents(self, counts: SourceCounts) -> Iterator[tuple[Document, str, float]]:
         """Every document of the source with its split ("train" or "val") and its identity hash, in order.
 
         The hash (`hash_fraction` of the relative path in a folder, of the text otherwise) decides the split:
-        validation below `val_fraction` (a folder moves one document when a split would be empty).
+        validation below `val_fraction` (a folder moves one document when a split would be empty). With
+        `tails`, each document's head and tail follow each other, both with the document's hash.
 
         Args:
             counts: updated as documents are read (kept, empty, invalid UTF-8).
@@ -109,7 +114,11 @@ class Source:
             counts.documents += 1
             counts.bytes += document.num_bytes
             fraction = hash_fraction(document.text)
-            yield document, "val" if fraction < self.val_fraction else "train", fraction
+            if self.tails:
+                pieces = zip(tail_split(document, self.val_fraction), ("train", "val"))
+                yield from ((piece, split, fraction) for piece, split in pieces if piece is not None)
+            else:
+                yield document, "val" if fraction < self.val_fraction else "train", fraction
 
     def _file_documents(self, counts: SourceCounts) -> Iterator[Document]:
         for file in self.files:

@@ -45,6 +45,13 @@ def train_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
     logger.info("Training a byte-level BPE tokenizer (vocab_size=%d) on %d documents", cfg.vocab_size, len(texts))
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
     tokenizer.encode_special_tokens = True
+    if tokenizer.get_vocab_size() < cfg.vocab_size:
+        logger.warning(
+            "The tokenizer has %d tokens, not the %d of tokenizer.vocab_size: the BPE ran out of merges, as no more "
+            "pairs occur at least tokenizer.min_frequency=%d times in its %d training documents (%.2f M characters). "
+            "The model's vocabulary follows the tokenizer; more training text gives more tokens",
+            tokenizer.get_vocab_size(), cfg.vocab_size, cfg.min_frequency, len(texts), sum(map(len, texts)) / 1e6,
+        )
     return tokenizer
 
 

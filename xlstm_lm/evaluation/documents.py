@@ -31,8 +31,9 @@ class EvalDataConfig(SplitConfig, DocumentsConfig):
 
     Attributes:
         split: which documents of root to score: "val" (held out in training), "train" or "all".
-        max_bytes: stop adding documents (in path order) once their UTF-8 size reaches this; None = all.
-            The same text is then scored for every checkpoint and context length.
+        max_bytes: score only the first this many UTF-8 bytes of the documents (in their order), cutting the last
+            one at a character boundary, so the start of one long file can be scored; None = all. The same text
+            is then scored for every checkpoint and context length, whatever its tokenizer.
         concatenate: score the documents as one token stream (end-of-document tokens between them, no memory
             reset), so windows can be longer than any document.
     """
@@ -82,11 +83,19 @@ def load_documents(cfg: EvalDataConfig) -> list[Document]:
 
 
 def _first_bytes(documents: list[Document], max_bytes: int) -> list[Document]:
-    """The leading documents whose sizes sum to at least `max_bytes` (at least one document)."""
-    chosen, total = [], 0
+    """The first `max_bytes` UTF-8 bytes of the documents: the leading ones, the last cut to fit (path kept)."""
+    chosen, left = [], max_bytes
     for document in documents:
-        if total >= max_bytes:
+        data = document.text.encode("utf-8")
+        if len(data) > left:
+            head = data[:left].decode("utf-8", errors="ignore")  # drops a character cut in two
+            if head:
+                chosen.append(Document(document.path, head, len(head.encode("utf-8"))))
+                logger.info("data.max_bytes=%d: scoring the first %d of the %d bytes of %s", max_bytes,
+                            chosen[-1].num_bytes, len(data), document.path)
             break
         chosen.append(document)
-        total += document.num_bytes
+        left -= len(data)
+    if not chosen:
+        raise ValueError(f"data.max_bytes={max_bytes} is shorter than the first character: nothing to score")
     return chosen

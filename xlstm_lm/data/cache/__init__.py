@@ -9,6 +9,7 @@ fixed-size shards with a document index (`shards.ShardWriter`). The cache folder
 One module per step:
 
     key.py               the folder's name: a fingerprint of everything that decides the shards
+    split.py             the check that every source gives both splits documents, before any tokenizing
     tokenizer_sample.py  the documents the tokenizer is trained on
     tokenizing.py        tokenizing a source into split shards, in a pool of processes
     mixture.py           the weights of a mixture and the subsampling that meets them

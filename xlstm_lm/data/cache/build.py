@@ -1,7 +1,8 @@
 """`locate` and `prepare`: the cache folder of a set of configs, and building it atomically (DESIGN.md §10).
 
-`prepare` writes the tokenizer, every source's shards (a mixture's into staging folders first, then mixed)
-and the manifest into a temporary folder, which is renamed into place when complete.
+`prepare` checks that every source gives both splits documents (`split.check_splits`), then writes the
+tokenizer, every source's shards (a mixture's into staging folders first, then mixed) and the manifest into a
+temporary folder, which is renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from xlstm_lm.data.cache.key import cache_path
 from xlstm_lm.data.cache.mixture import mix, source_weights
 from xlstm_lm.data.cache.prepared import (FORMAT_VERSION, MANIFEST_FILE, SPLITS, TOKENIZER_FILE, describe,
                                           file_sha256, token_dtype)
+from xlstm_lm.data.cache.split import check_splits
 from xlstm_lm.data.cache.tokenizer_sample import tokenizer_sample
 from xlstm_lm.data.cache.tokenizing import encoder, num_proc, tokenize_source
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
@@ -62,6 +64,7 @@ def prepare(cfg_data: DataConfig, cfg_tok: TokenizerConfig) -> Path:
     if path.is_dir():
         logger.info("Reusing prepared data at %s", path)
         return path
+    sources = check_splits(sources)
     work_dir = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
     try:
         work_dir.mkdir(parents=True)
@@ -106,13 +109,6 @@ def _build(
     else:
         splits = {split: {**entry, "bytes": records[0]["splits"][split]["bytes"]}
                   for split, entry in staged[0][1].items()}
-    for split, entry in splits.items():
-        if entry["documents"] == 0:
-            raise ValueError(
-                f"The {split} split is empty ({sum(r['documents'] for r in records)} documents read): add documents "
-                "or change data.val_fraction. Documents are split whole: a plain-text file is one document, so "
-                "give several files, or a .jsonl with one document per line"
-            )
     manifest = {
         "format_version": FORMAT_VERSION,
         "cache_fingerprint": fingerprint,

@@ -51,11 +51,7 @@ def mix(
     """
     splits = {}
     for split in SPLITS:
-        totals = [entries[split]["tokens"] for _, entries, _ in staged]
-        empty = [index for index, total in enumerate(totals) if total == 0]
-        if empty:
-            raise ValueError(f"Mixture source {empty[0]} has no documents in the {split} split, so its weight cannot be "
-                             "met: give it more documents or drop it")
+        totals = [entries[split]["tokens"] for _, entries, _ in staged]  # none is 0: `split.check_splits`
         scale = min(total / weight for total, weight in zip(totals, weights))
         writer = ShardWriter(work_dir, split, dtype, shard_tokens)
         split_bytes = 0
