@@ -98,8 +98,8 @@ def held_out_mismatch(checkpoint: str, data: EvalDataConfig) -> str | None:
     """
     if data.files or data.split != "val":
         return None
-    trained = trained_config(checkpoint).get("data", {})
-    if trained.get("kind", "folder") != "folder":
+    trained = trained_config(checkpoint).get("data")
+    if trained is None or trained.get("kind", "folder") != "folder":
         return None
 
     def same(key: str) -> bool:
