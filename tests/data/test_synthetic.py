@@ -72,7 +72,7 @@ def test_datamodule_resumes_at_its_position_and_refuses_other_settings():
     resumed = TaskDataModule(ParityConfig(batch_size=4), seed=3)
     resumed.load_state_dict({**module.state_dict(), "position": 2})
     assert np.array_equal(next(iter(resumed.train_dataloader()))["input_ids"], first[2]["input_ids"])
-    with pytest.raises(ValueError, match="other task batches"):
+    with pytest.raises(ValueError, match="training data order does not fit this run"):
         TaskDataModule(ParityConfig(batch_size=8), seed=3).load_state_dict(module.state_dict())
     assert module.tokenizer.decode([0, 1, 2]) == "0 1 ="
 

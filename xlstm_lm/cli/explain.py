@@ -70,19 +70,22 @@ def lstm_walk(xs: Sequence[float], h0: Sequence[float], c0: Sequence[float]) -> 
     return steps
 
 
+def print_step_header(t: int, step: dict[str, torch.Tensor], order: Sequence[str]) -> None:
+    """The step's input and its gate pre-activations (`step["pre"]`, gate rows in `order`), in the walk's order."""
+    pre = dict(zip(order, step["pre"]))
+    print(f"\nstep {t}: x{t} = {float(step['x']):g}")
+    print("  pre-activations  " + "  ".join(f"{gate} {rounded(pre[gate])}" for gate in LSTM_ORDER))
+
+
 def print_lstm(steps: list[dict[str, torch.Tensor]], h0, c0) -> None:
     print("Classic LSTM: c_t = σ(f̃)·c_{t-1} + σ(ĩ)·tanh(z̃),  h_t = σ(õ)·tanh(c_t)")
     print(f"h0 = {rounded(h0)}, c0 = {rounded(c0)}")
     for t, step in enumerate(steps, 1):
-        pre = dict(zip(LSTM_ORDER, step["pre"]))
-        print(f"\nstep {t}: x{t} = {float(step['x']):g}")
-        print("  pre-activations  " + "  ".join(f"{gate} {rounded(pre[gate])}" for gate in LSTM_ORDER))
-        print(f"  forget gate     σ(f̃)    = {both(step['forget'])}")
-        print(f"  input gate      σ(ĩ)    = {both(step['input'])}")
-        print(f"  output gate     σ(õ)    = {both(step['output'])}")
-        print(f"  candidate       tanh(z̃) = {both(step['candidate'])}")
-        print(f"  c{t} = σ(f̃)·c{t - 1} + σ(ĩ)·tanh(z̃) = {both(step['c'])}")
-        print(f"  h{t} = σ(õ)·tanh(c{t})          = {both(step['h'])}")
+        print_step_header(t, step, LSTM_ORDER)
+        rows = [("forget gate     σ(f̃)   ", "forget"), ("input gate      σ(ĩ)   ", "input"),
+                ("output gate     σ(õ)   ", "output"), ("candidate       tanh(z̃)", "candidate"),
+                (f"c{t} = σ(f̃)·c{t - 1} + σ(ĩ)·tanh(z̃)", "c"), (f"h{t} = σ(õ)·tanh(c{t})         ", "h")]
+        print("\n".join(f"  {label} = {both(step[key])}" for label, key in rows))
 
 
 def slstm_walk(xs: Sequence[float], h0: Sequence[float], c0: Sequence[float]) -> list[dict[str, torch.Tensor]]:
@@ -120,9 +123,7 @@ def print_slstm(steps: list[dict[str, torch.Tensor]], h0, c0) -> None:
     print("  c_t = f·c_{t-1} + i·tanh(z̃),  n_t = f·n_{t-1} + i,  y_t = σ(õ)·c_t/n_t")
     print(f"y0 = {rounded(h0)}, c0 = {rounded(c0)}, n0 = [1, 1], m0 = [0, 0]")
     for t, step in enumerate(steps, 1):
-        pre = dict(zip(SLSTM_ORDER, step["pre"]))
-        print(f"\nstep {t}: x{t} = {float(step['x']):g}")
-        print("  pre-activations  " + "  ".join(f"{gate} {rounded(pre[gate])}" for gate in LSTM_ORDER))
+        print_step_header(t, step, SLSTM_ORDER)
         print(f"  stabilizer      m{t}    = {both(step['m'])}")
         print(f"  input gate      i      = {both(step['i'])}   (exp(ĩ - m{t}): at most 1)")
         print(f"  forget gate     f      = {both(step['f'])}")

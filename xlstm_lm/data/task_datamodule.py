@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xlstm_lm.data.datamodule import changed_settings
+from xlstm_lm.data.datamodule import TokenDataModule
 from xlstm_lm.data.synthetic import TaskConfig, make_batch, vocabulary
 from xlstm_lm.data.tokenizer import EOS_TOKEN, vocabulary_tokenizer
 
@@ -43,6 +43,11 @@ class TaskDataModule(L.LightningDataModule):
         data: the task.
         seed: fixes every batch.
     """
+
+    # resuming checks this module's own order identity exactly as the document data does
+    load_state_dict = TokenDataModule.load_state_dict
+    check_resumable = TokenDataModule.check_resumable
+    _rank_and_world_size = TokenDataModule._rank_and_world_size
 
     def __init__(self, data: TaskConfig, seed: int = 0) -> None:
         super().__init__()
@@ -84,24 +89,7 @@ class TaskDataModule(L.LightningDataModule):
             position += steps * self.trainer.accumulate_grad_batches * self._rank_and_world_size()[1]
         return {"position": position, **self._order_identity()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.check_resumable(state)
-        self._resume_position = int(state["position"])
-
-    def check_resumable(self, state: dict[str, Any]) -> None:
-        """Raise ValueError unless the checkpoint's batches are this run's (same task settings and seed)."""
-        current = self._order_identity()
-        changed = changed_settings(state, current, keys=current)
-        if changed:
-            raise ValueError(f"The checkpoint was trained on other task batches ({'; '.join(changed)}): resume with "
-                             "the same data= settings and seed, or start a new run from its weights")
-
     def _order_identity(self) -> dict[str, Any]:
         task = {key: value for key, value in asdict(self.data_config).items() if key not in ("val_batches", "test_lengths")}
         return {"seed": self.seed, "task": task}
-
-    def _rank_and_world_size(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
 

@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from xlstm_lm.data.synthetic import TaskConfig, make_batch  # noqa: E402
 from xlstm_lm.models import LanguageModel  # noqa: E402
+from xlstm_lm.evaluation.plot import save_figure  # noqa: E402
 from xlstm_lm.models.head_loss import answer_hits  # noqa: E402
 
 
@@ -98,10 +99,4 @@ def plot_accuracy(results: Sequence[tuple[str, Sequence[AccuracyRow]]], path: st
         axes.axvspan(*training_lengths, color="grey", alpha=0.15, label="training lengths")
     axes.set(xscale="log", ylim=(-0.02, 1.02), xlabel="test length", ylabel="sequence accuracy",
              title="Accuracy vs test length")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize="small")
-    figure.tight_layout()
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

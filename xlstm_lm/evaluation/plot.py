@@ -42,7 +42,12 @@ def plot_results(results: Sequence[tuple[str, Sequence[ContextResult]]], path: s
                    title="Perplexity vs context length")
     by_position.set(xscale="log", xlabel="position in the window (bucket start, tokens)",
                     ylabel="mean loss (nats)", title="Loss by position")
-    for axes in (by_context, by_position):
+    return save_figure(figure, path)
+
+
+def save_figure(figure: plt.Figure, path: str | Path) -> Path:
+    """Grid and legend (where lines are labelled) on every axes, then write the PNG and free the figure."""
+    for axes in figure.axes:
         axes.grid(True, which="both", alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")
