@@ -3,8 +3,11 @@ scores accuracy against test length (table, JSON and plot)."""
 
 import json
 
+import pytest
+
 from tests.conftest import compose_train
 from xlstm_lm.cli.eval import evaluate
+from xlstm_lm.cli.prepare import prepare_data
 from xlstm_lm.cli.schemas import EvalConfig
 from xlstm_lm.cli.train import train
 from xlstm_lm.evaluation.accuracy import TaskEvalConfig
@@ -30,3 +33,10 @@ def test_parity_trains_and_evaluates_accuracy_by_length(tmp_path, capsys):
     assert (tmp_path / "eval" / "eval.png").stat().st_size > 0
     table = capsys.readouterr().out
     assert "token acc" in table and "seq acc" in table and f"{rows[1]['sequence_accuracy']:.4f}" in table
+
+
+def test_a_task_has_nothing_to_prepare_and_no_other_tokenizer(tmp_path):
+    with pytest.raises(ValueError, match="data=parity is generated on the fly"):
+        prepare_data(compose_train(["data=parity"]))
+    with pytest.raises(ValueError, match="own fixed vocabulary"):
+        train(compose_train(["data=mqar", "tokenizer=gpt2"]), tmp_path)
