@@ -114,3 +114,25 @@ def test_models_labels_path_equals_their_logits(model_config):
         torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
     loss_sum, state = model(ids[:, :-1], labels=ids[:, 1:], reduction="sum", return_state=True)
     torch.testing.assert_close(loss_sum, expected * ids[:, 1:].numel())
+
+
+def test_ignored_labels_are_not_scored_and_answer_hits_count_answers():
+    # the synthetic tasks' answer-only loss: labels at IGNORE_INDEX neither count in the mean nor get a gradient
+    torch.manual_seed(0)
+    model = build_model(dict(architecture="llama", embedding_dim=16, num_blocks=2, num_heads=2, vocab_size=64))
+    ids = torch.randint(0, 64, (2, 9))
+    labels = torch.full((2, 9), head_loss.IGNORE_INDEX)
+    labels[:, -1], labels[0, 3] = ids[:, 0], 5
+    logits = model(ids)
+    expected = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=head_loss.IGNORE_INDEX)
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()))
+    loss = model(ids, labels=labels)
+    torch.testing.assert_close(loss, expected)
+    for grad, reference in zip(torch.autograd.grad(loss, list(model.parameters())), expected_grads):
+        torch.testing.assert_close(grad, reference, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(model(ids, labels=labels, reduction="sum"), expected * 3)
+
+    logits = torch.zeros(2, 3, 4)
+    logits[0, 1, 2] = logits[0, 2, 1] = logits[1, 2, 3] = 1.0  # greedy answers 2 and 1 in row 0, 3 in row 1
+    answers = torch.tensor([[-100, 2, 0], [-100, -100, 3]])  # row 0: one of two right; row 1: right
+    assert [int(count) for count in head_loss.answer_hits(logits, answers)] == [2, 3, 1]

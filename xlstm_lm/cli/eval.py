@@ -4,9 +4,10 @@
     xlstm-eval ckpt=[run_a/export,run_b/checkpoints/last.ckpt] data.files=[book.txt]
 
 Prints a table and writes eval.json and eval.png into the run directory
-(outputs/eval/<date>/<time>/). `evaluate(cfg, run_dir)` does the work and returns the report (tests call
-it); `main` is the thin Hydra entry point. The standard benchmarks (lambada_openai, hellaswag, wikitext, ...)
-run through lm-evaluation-harness where the Hugging Face hub is reachable:
+(outputs/eval/<date>/<time>/); a run trained on a synthetic task (data=parity, mqar, ...) is scored by answer
+accuracy against test length instead (`task.lengths=[40,256] task.batches=8`). `evaluate(cfg, run_dir)` does the
+work and returns the report (tests call it); `main` is the thin Hydra entry point. The standard benchmarks
+(lambada_openai, hellaswag, wikitext, ...) run through lm-evaluation-harness where the Hugging Face hub is reachable:
 
     xlstm-lm-eval --model xlstm_lm --model_args pretrained=<export> --tasks lambada_openai --batch_size 8
 """
@@ -28,6 +29,8 @@ from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.data.corpus import default_root
+from xlstm_lm.data.synthetic import is_task, task_config
+from xlstm_lm.evaluation.accuracy import format_accuracy_table, plot_accuracy, score_task
 from xlstm_lm.evaluation.documents import EvalDataConfig, load_documents
 from xlstm_lm.evaluation.perplexity import (ContextResult, PeakMemory, encode_documents, evaluate_context,
                                             join_documents)
@@ -51,6 +54,9 @@ def evaluate(cfg: DictConfig | EvalConfig, run_dir: str | Path) -> dict[str, Any
     for path in config.checkpoints:  # fail before any work on a later checkpoint
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist: give an export folder or a .ckpt file")
+    trained = [trained_config(path) for path in config.checkpoints]
+    if any(is_task(run.get("data", {})) for run in trained):
+        return evaluate_task(config, trained, Path(run_dir))
     documents = load_documents(config.data)
     device = resolve_device(config.device)
     results: list[tuple[str, list[ContextResult]]] = []
@@ -127,23 +133,52 @@ def held_out_note(checkpoint: str, data: EvalDataConfig) -> tuple[bool, str] | N
 
 
 def _trained_folder(checkpoint: str, data: EvalDataConfig) -> dict[str, Any] | None:
-    """The training data config of a checkpoint trained on a folder, when `data` scores a folder's 'val' split.
-
-    Note: the training config is export/train_config.yaml, beside an export or in the run of a .ckpt.
-    """
+    """The training data config of a checkpoint trained on a folder, when `data` scores a folder's 'val' split."""
     if data.files or data.split != "val":
         return None
-    path = Path(checkpoint)
-    config_file = (path if path.is_dir() else path.parent.parent / "export") / "train_config.yaml"
-    if not config_file.is_file():
-        return None
-    trained = OmegaConf.to_container(OmegaConf.load(config_file)).get("data", {})
-    return trained if trained.get("kind", "folder") == "folder" else None
+    trained = trained_config(checkpoint).get("data")
+    return trained if trained is not None and trained.get("kind", "folder") == "folder" else None
 
 
 def _folder(root: str | None) -> Path:
     """The folder a data.root names (None: the standard library)."""
     return default_root() if root is None else Path(root).expanduser().resolve()
+
+
+def trained_config(checkpoint: str) -> dict[str, Any]:
+    """The training config of a checkpoint ({} when there is none to read).
+
+    Note: the training config is export/train_config.yaml, beside an export or in the run of a .ckpt.
+    """
+    path = Path(checkpoint)
+    config_file = (path if path.is_dir() else path.parent.parent / "export") / "train_config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(config_file)) if config_file.is_file() else {}
+
+
+def evaluate_task(config: EvalConfig, trained: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+    """Answer accuracy against test length of checkpoints trained on one synthetic task (`trained`: their
+    training configs); writes eval.json and eval.png into `run_dir` and prints the table."""
+    tasks = sorted({str(run.get("data", {}).get("task", "documents")) for run in trained})
+    if len(tasks) > 1:
+        raise ValueError(f"ckpt: compare checkpoints of one synthetic task, or language models, not a mix ({tasks})")
+    device = resolve_device(config.device)
+    results = []
+    for path, run in zip(config.checkpoints, trained):
+        task = task_config(run["data"])
+        model, _ = load_checkpoint(path, config.tokenizer_path, device)
+        lengths = sorted(set(config.task.lengths or task.test_lengths))
+        results.append((path, task, score_task(model, task, run["seed"], lengths, config.task.batches, device)))
+        del model
+    report = {"device": str(device), "task": asdict(results[0][1]),
+              "results": [{"checkpoint": path, **asdict(row)} for path, _, rows in results for row in rows]}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / JSON_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    labelled = [(checkpoint_label(path), rows) for path, _, rows in results]
+    first = results[0][1]
+    plot_accuracy(labelled, run_dir / PLOT_FILE, (first.min_length, first.max_length))
+    print(format_accuracy_table(labelled))
+    print(f"wrote {run_dir / JSON_FILE} and {run_dir / PLOT_FILE}")
+    return report
 
 
 def checkpoint_label(path: str) -> str:

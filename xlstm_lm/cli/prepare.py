@@ -19,6 +19,7 @@ from xlstm_lm.cli.errors import exit_on_user_error
 from xlstm_lm.cli.schemas import TrainConfig, register_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.data.cache import describe, load, prepare
+from xlstm_lm.data.synthetic import TaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 def prepare_data(cfg: DictConfig | TrainConfig) -> Path:
     """Prepare (or find) the cache of `cfg.data` and `cfg.tokenizer`; print its path and totals."""
     config: TrainConfig = to_config(cfg)
+    if isinstance(config.data, TaskConfig):
+        raise ValueError(f"data={config.data.task} is generated on the fly while training: there is nothing to prepare")
     path = prepare(config.data, config.tokenizer)
     manifest = load(path).manifest
     print(f"prepared data: {path}")

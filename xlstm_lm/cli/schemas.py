@@ -14,6 +14,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
+from xlstm_lm.data.synthetic import TASKS
+from xlstm_lm.evaluation.accuracy import TaskEvalConfig
 from xlstm_lm.evaluation.documents import EvalDataConfig
 from xlstm_lm.evaluation.generation import GenerationConfig
 from xlstm_lm.evaluation.perplexity import PerplexityConfig
@@ -27,7 +29,7 @@ class TrainConfig:
     """Everything one training run needs."""
 
     model: Any = None  # one of the model group's schemas below, chosen by `model=`
-    data: DataConfig = field(default_factory=DataConfig)
+    data: Any = None  # the data group's schema: `DataConfig` (documents) or a synthetic task's, chosen by `data=`
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
@@ -73,12 +75,17 @@ def to_config(cfg: DictConfig | Any) -> Any:
 MODEL_SCHEMAS = {"xlstm_schema": XLSTMConfig, "xlstm_large_schema": XLSTMLargeConfig, "llama_schema": LlamaConfig,
                  "lstm_schema": LSTMConfig}
 
+# the schema each option of the `data` group starts from: documents, or one per synthetic task
+DATA_SCHEMAS = {"data_schema": DataConfig} | {f"{name}_schema": schema for name, (schema, _) in TASKS.items()}
+
 
 def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name, schema in MODEL_SCHEMAS.items():
         store.store(group="model", name=name, node=schema)
+    for name, schema in DATA_SCHEMAS.items():
+        store.store(group="data", name=name, node=schema)
 
 
 @dataclass
@@ -90,6 +97,7 @@ class EvalConfig:
     device: str = "auto"  # auto: the GPU when there is one
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
     eval: PerplexityConfig = field(default_factory=PerplexityConfig)
+    task: TaskEvalConfig = field(default_factory=TaskEvalConfig)  # checkpoints of a synthetic task: accuracy
 
     def __post_init__(self) -> None:
         paths = self.checkpoints

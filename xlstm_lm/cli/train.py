@@ -14,7 +14,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import hydra
@@ -28,6 +27,8 @@ from xlstm_lm.cli.loading import PretrainedFolder, read_pretrained_folder
 from xlstm_lm.cli.schemas import TrainConfig, register_configs, to_config
 from xlstm_lm.data import TokenDataModule
 from xlstm_lm.data.datamodule import changed_settings
+from xlstm_lm.data.synthetic import TaskConfig
+from xlstm_lm.data.task_datamodule import TaskDataModule
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, check_state_dict_matches, save_pretrained
@@ -155,8 +156,14 @@ def _override_value(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def prepare_data(config: TrainConfig) -> TokenDataModule:
-    """The data module with its cache prepared: first, since the model's vocabulary follows the tokenizer."""
+def prepare_data(config: TrainConfig) -> TokenDataModule | TaskDataModule:
+    """The data module with its cache prepared: first, since the model's vocabulary follows the tokenizer. A
+    synthetic task (data=parity, ...) needs no cache and brings its own fixed vocabulary."""
+    if isinstance(config.data, TaskConfig):
+        if not config.tokenizer.trained:
+            raise ValueError(f"data={config.data.task} has its own fixed vocabulary: leave tokenizer.path and "
+                             "tokenizer.pretrained unset")
+        return TaskDataModule(config.data, seed=config.seed)
     datamodule = TokenDataModule(config.data, config.tokenizer, seed=config.seed)
     datamodule.prepare_data()
     return datamodule
@@ -168,7 +175,7 @@ def build_module(config: TrainConfig, datamodule: TokenDataModule) -> LanguageMo
     model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
                                               config.trainer.max_steps, config.reset_at_doc_starts,
-                                              (datamodule.cache_path / TOKENIZER_FILE).read_text(),
+                                              datamodule.tokenizer_json,
                                               parallel=config.trainer)
     log.info(describe(model_config, module.model.num_parameters(), module.model.num_parameters(exclude_embedding=True)))
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
@@ -242,7 +249,7 @@ def export(trainer: L.Trainer, config: TrainConfig, module: LanguageModelModule,
         export_model = build_model(module.hparams["model"])
         export_model.load_state_dict(model_weights(state))
         export_dir = save_pretrained(export_model, run_dir / "export")
-        shutil.copy(datamodule.cache_path / TOKENIZER_FILE, export_dir / TOKENIZER_FILE)
+        (export_dir / TOKENIZER_FILE).write_text(datamodule.tokenizer_json)
         OmegaConf.save(OmegaConf.structured(config), export_dir / "train_config.yaml")
         log.info("steps %d, validation loss %.4f, perplexity %.2f; export in %s", trainer.global_step,
                  metrics.get("val/loss", float("nan")), metrics.get("val/ppl", float("nan")), export_dir)

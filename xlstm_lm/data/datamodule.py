@@ -29,6 +29,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from xlstm_lm.data.cache import PreparedData, load, locate, prepare
+from xlstm_lm.data.cache.prepared import TOKENIZER_FILE
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
 from xlstm_lm.data.sampler import ResumableSampler
 from xlstm_lm.data.shards import ShardedTokens
@@ -160,6 +161,11 @@ class TokenDataModule(L.LightningDataModule):
     def tokenizer(self) -> Tokenizer:
         """The tokenizer the token shards were made with."""
         return self._opened().tokenizer
+
+    @property
+    def tokenizer_json(self) -> str:
+        """The cache's tokenizer.json, as checkpoints and exports store it."""
+        return (self.cache_path / TOKENIZER_FILE).read_text()
 
     @property
     def vocab_size(self) -> int:

@@ -117,3 +117,11 @@ def eos_id(tokenizer: Tokenizer) -> int:
     if token_id is None:
         raise ValueError(f"The tokenizer has no end-of-document token {EOS_TOKEN!r}")
     return token_id
+
+
+def vocabulary_tokenizer(tokens: Sequence[str]) -> Tokenizer:
+    """A fixed vocabulary, no BPE (the synthetic tasks): token i is `tokens[i]`, text is split at whitespace and
+    decoded with spaces between tokens. `tokens` must hold `EOS_TOKEN`."""
+    tokenizer = Tokenizer(models.WordLevel({token: index for index, token in enumerate(tokens)}, unk_token=EOS_TOKEN))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer_from_json(tokenizer.to_str())

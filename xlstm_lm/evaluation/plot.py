@@ -37,11 +37,7 @@ def plot_results(results: Sequence[tuple[str, Sequence[ContextResult]]], path: s
     Returns:
         The path written.
     """
-    figure = results_figure(results)
-    path = Path(path)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path
+    return save_figure(results_figure(results), path)
 
 
 def results_figure(results: Sequence[tuple[str, Sequence[ContextResult]]]) -> Figure:
@@ -76,13 +72,26 @@ def results_figure(results: Sequence[tuple[str, Sequence[ContextResult]]]) -> Fi
         low, high = _at_least(min(losses), max(losses), math.log(MIN_PERPLEXITY_RATIO))
         by_position.set_ylim(low, high)
         by_position.yaxis.set_major_formatter(ScalarFormatter(useOffset=False))
-    for axes in (by_context, by_position):
+    return finish_figure(figure)
+
+
+def finish_figure(figure: Figure) -> Figure:
+    """Grid and legend (where lines are labelled) on every axes, the layout, and no colliding tick labels."""
+    for axes in figure.axes:
         axes.grid(True, which="both", alpha=0.3)
         if axes.get_legend_handles_labels()[0]:
             axes.legend(fontsize="small")
     figure.tight_layout()
     _drop_colliding_labels(figure)
     return figure
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    """Write a finished figure as a PNG and free it."""
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
 
 
 def _at_least(low: float, high: float, span: float) -> tuple[float, float]:

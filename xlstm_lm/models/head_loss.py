@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 REDUCTIONS = ("mean", "sum")
+IGNORE_INDEX = -100  # a label that is not scored (PyTorch's cross-entropy default); the synthetic tasks' non-answers
 
 
 def _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, want_features: bool,
@@ -96,3 +97,25 @@ def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, labels: t
         return _LinearCrossEntropy.apply(features, weight, labels, soft_cap, reduction, block_rows)
     # evaluation (no_grad, inference_mode): the loss alone, no gradient work
     return _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, False, False)[0]
+
+
+def answer_rows(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of features (N, D) and labels (N,) whose label is scored (not `IGNORE_INDEX`)."""
+    scored = labels != IGNORE_INDEX
+    if bool(scored.all()):  # language modelling: every label
+        return features, labels
+    return features[scored], labels[scored]
+
+
+def answer_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Greedy answers against the labels of the answer tokens (labels not `IGNORE_INDEX`).
+
+    Args:
+        logits: (B, S, V); labels: (B, S).
+
+    Returns:
+        Correct answer tokens, answer tokens, and sequences whose answers are all correct (scalars, int64).
+    """
+    scored = labels != IGNORE_INDEX
+    wrong = (logits.argmax(-1) != labels) & scored  # (B, S)
+    return (scored.sum() - wrong.sum()), scored.sum(), (~wrong.any(-1)).sum()

@@ -1,4 +1,5 @@
-"""The LightningModule that trains a language model with next-token cross-entropy (DESIGN §11).
+"""The LightningModule that trains a language model with next-token cross-entropy (DESIGN §11); on a synthetic
+task, whose labels mark the answers, the loss is on the answers and validation also reports their accuracy.
 
 Hyper-parameters are stored as plain dicts (never live modules), so a checkpoint carries the model
 config it needs to be rebuilt and compared.
@@ -12,8 +13,10 @@ from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from xlstm_lm.models import build_model
+from xlstm_lm.models.head_loss import IGNORE_INDEX, answer_hits
 from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_factor
 from xlstm_lm.training.parallelize import parallelize
 
@@ -76,15 +79,23 @@ class LanguageModelModule(L.LightningModule):
 
     def on_validation_epoch_start(self):
         self._val_nll_sum = self._val_tokens = 0.0
+        self._val_answers = torch.zeros(4, dtype=torch.float64)  # correct tokens, tokens, correct sequences, sequences
 
     def validation_step(self, batch, batch_idx):
-        nll = self(batch["input_ids"], batch.get("doc_starts"), batch["labels"], "sum")
+        labels = batch["labels"]
+        if (labels == IGNORE_INDEX).any():  # a synthetic task: score the answers, from the (small) logits
+            logits = self(batch["input_ids"], batch.get("doc_starts"))
+            nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+            hits = answer_hits(logits, labels)
+            self._val_answers += torch.tensor([hits[0], hits[1], hits[2], labels.shape[0]], dtype=torch.float64)
+        else:
+            nll = self(batch["input_ids"], batch.get("doc_starts"), labels, "sum")
         self._val_nll_sum += nll.detach()
-        self._val_tokens += batch["labels"].numel()
+        self._val_tokens += int((labels != IGNORE_INDEX).sum())
 
     def on_validation_epoch_end(self):
-        totals = torch.tensor([float(self._val_nll_sum), float(self._val_tokens)], dtype=torch.float64,
-                              device=self.device)
+        totals = torch.tensor([float(self._val_nll_sum), float(self._val_tokens), *self._val_answers.tolist()],
+                              dtype=torch.float64, device=self.device)
         totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
         if totals[1] == 0:
             return
@@ -92,6 +103,9 @@ class LanguageModelModule(L.LightningModule):
         self.last_validated_step = self.global_step
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)
         self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=False)
+        if totals[3] > 0:  # answer accuracy: per answer token and per sequence (all its answers right)
+            self.log("val/acc", (totals[2] / totals[3]).item(), prog_bar=True, sync_dist=False)
+            self.log("val/seq_acc", (totals[4] / totals[5]).item(), prog_bar=False, sync_dist=False)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip the global gradient norm. Under FSDP2 the gradients are DTensor shards, whose norms
