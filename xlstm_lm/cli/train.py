@@ -123,7 +123,7 @@ def build_module(config: TrainConfig, datamodule: TokenDataModule) -> LanguageMo
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
                                               config.trainer.max_steps, config.reset_at_doc_starts,
                                               (datamodule.cache_path / TOKENIZER_FILE).read_text(),
-                                              parallel=config.trainer)
+                                              parallel=config.trainer, stateful=config.data.stateful)
     log.info(describe(model_config, module.model.num_parameters(), module.model.num_parameters(exclude_embedding=True)))
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
         log.warning("%s cannot reset its memory at document starts: windows are read straight through",
