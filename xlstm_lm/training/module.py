@@ -85,7 +85,7 @@ class LanguageModelModule(L.LightningModule):
     def on_train_start(self):
         """Resuming a stateful run: take this rank's carried states from the checkpoint (ranks and devices are
         known only now)."""
-        if self._loaded_states is None or not self.hparams.stateful:
+        if self._loaded_states is None:
             return
         if len(self._loaded_states) != self.trainer.world_size:
             raise ValueError(
