@@ -200,3 +200,67 @@ def test_training_split_shorter_than_a_batch(prepared_configs: tuple) -> None:
     module = TokenDataModule(dataclasses.replace(prepared_configs[0], batch_size=10_000), prepared_configs[1])
     with pytest.raises(ValueError, match="fewer than one batch"):
         module.setup("fit")
+
+
+def served_windows(datamodule: TokenDataModule, count: int) -> tuple[list[dict], dict[tuple, int]]:
+    """The first `count` training batches and, for each window content (input ids and labels, unique in the tiny
+    corpus), its offset in the split's token stream."""
+    stream = load(datamodule.cache_path).tokens("train")
+    seq_len = datamodule.data_config.seq_len
+    offsets = {tuple(stream[offset : offset + seq_len + 1].tolist()): offset
+               for offset in range(0, len(stream) - seq_len, seq_len)}
+    assert len(offsets) == (len(stream) - 1) // seq_len  # no two windows alike: a window's content is its offset
+    return [batch for _, batch in zip(range(count), datamodule.train_dataloader())], offsets
+
+
+def row_offsets(batch: dict, offsets: dict[tuple, int]) -> list[int]:
+    return [offsets[tuple(ids) + (labels[-1],)] for ids, labels in zip(batch["input_ids"].tolist(),
+                                                                        batch["labels"].tolist())]
+
+
+@pytest.mark.parametrize("stateful", [False, True])
+def test_served_doc_starts_are_the_document_boundaries_of_the_token_stream(prepared_configs, stateful) -> None:
+    data, tokenizer = prepared_configs
+    prepared = load(locate(data, tokenizer))
+    stream, ends = prepared.tokens("train"), prepared.document_ends("train")
+    starts = {0, *ends[:-1].tolist()}  # document k + 1 starts where document k ends
+    assert ends[-1] == len(stream) and all(stream[start - 1] == prepared.eos_id for start in starts - {0})
+    module = TokenDataModule(dataclasses.replace(data, stateful=stateful), tokenizer)
+    module.setup("fit")
+    batches, offsets = served_windows(module, 40)
+    for batch in batches:
+        for row, offset in enumerate(row_offsets(batch, offsets)):
+            expected = [offset + position in starts for position in range(data.seq_len)]
+            assert batch["doc_starts"][row].tolist() == expected
+
+
+def test_stateful_rows_continue_window_after_window_until_the_epoch_ends(prepared_configs) -> None:
+    data, tokenizer = prepared_configs
+    module = TokenDataModule(dataclasses.replace(data, stateful=True), tokenizer, seed=5)
+    module.setup("fit")
+    run_length = len(module.train_dataloader().dataset) // data.batch_size
+    batches, offsets = served_windows(module, run_length + 3)
+    rows = [row_offsets(batch, offsets) for batch in batches]
+    for step, batch in enumerate(batches):
+        continues = step % run_length != 0  # every row starts its stream at an epoch's start
+        assert batch["continues"].tolist() == [continues] * data.batch_size
+        if continues:
+            assert rows[step] == [offset + data.seq_len for offset in rows[step - 1]]
+        else:  # a new stream: the start of one of the runs the windows are cut into
+            assert all(offset // data.seq_len % run_length == 0 for offset in rows[step])
+    assert sorted(rows[0]) == sorted(rows[run_length]) and rows[0] != rows[run_length]  # epoch 2 deals runs anew
+
+
+def test_a_stateful_checkpoint_resumes_only_a_stateful_run_of_its_batch_size(prepared_configs) -> None:
+    data, tokenizer = prepared_configs
+    modules = {}
+    for name, changes in {"plain": {}, "stateful": {"stateful": True},
+                          "other_batch": {"stateful": True, "batch_size": data.batch_size + 1}}.items():
+        modules[name] = TokenDataModule(dataclasses.replace(data, **changes), tokenizer)
+        modules[name].setup("fit")
+    modules["stateful"].load_state_dict(modules["stateful"].state_dict())
+    for saved, resumed, change in [("plain", "stateful", "stateful: checkpoint None vs now True"),
+                                   ("stateful", "plain", "stateful: checkpoint True vs now None"),
+                                   ("stateful", "other_batch", f"batch_size: checkpoint {data.batch_size} vs")]:
+        with pytest.raises(ValueError, match=change):
+            modules[resumed].load_state_dict(modules[saved].state_dict())

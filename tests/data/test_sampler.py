@@ -1,11 +1,12 @@
-"""ResumableSampler: seeded epochs, disjoint rank shares, same global batches on any number of ranks, resume."""
+"""ResumableSampler: seeded epochs, disjoint rank shares, same global batches on any number of ranks, resume.
+StreamSampler: the contiguous streams of stateful training, with the same arithmetic of ranks and positions."""
 
 import itertools
 
 import numpy as np
 import pytest
 
-from xlstm_lm.data.sampler import ResumableSampler, epoch_permutation
+from xlstm_lm.data.sampler import ResumableSampler, StreamSampler, epoch_permutation
 
 
 def take(sampler, count):
@@ -63,3 +64,38 @@ def test_bad_arguments_are_named():
         ResumableSampler(4, 1, 0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="start"):
         ResumableSampler(4, 1, 0, start=-1)
+
+
+def documented_epoch(num_items, seed, epoch):
+    """The order of epoch `epoch` as the sampler's docstring states it, written out here (not the sampler's helper)."""
+    return np.random.default_rng([seed, epoch]).permutation(num_items)
+
+
+def test_the_order_is_the_documented_one_for_every_rank_and_start():
+    # global position p of the sequence: epoch p // n, item documented_epoch(n, seed, epoch)[p % n]; global
+    # micro-batch t is positions [start + t*B*W, start + (t+1)*B*W), and rank r takes [r*B, (r+1)*B) of it
+    num_windows, batch_size, world_size, seed, start, micro_batches = 7, 2, 2, 5, 6, 9
+    sequence = np.concatenate([documented_epoch(num_windows, seed, epoch) for epoch in range(8)])
+    for rank in range(world_size):
+        expected = [int(sequence[start + t * batch_size * world_size + rank * batch_size + j])
+                    for t in range(micro_batches) for j in range(batch_size)]
+        sampler = ResumableSampler(num_windows, batch_size, seed, rank, world_size, start=start)
+        assert take(sampler, micro_batches * batch_size) == expected
+
+
+def test_stream_rows_read_consecutive_windows_of_the_documented_runs():
+    # R = B*W rows share the windows in runs of L = n // R; in epoch e (L micro-batches) global row g reads
+    # run documented_epoch(R, seed, e)[g], window run * L + (t % L) at micro-batch t
+    num_windows, batch_size, world_size, seed = 23, 2, 2, 3
+    rows, run_length = 4, 5  # 23 // 4 = 5: windows 20, 21, 22 are never served
+    start_batch, micro_batches = 3, 2 * run_length + 2  # resumed mid-epoch, across two epoch ends
+    for rank in range(world_size):
+        sampler = StreamSampler(num_windows, batch_size, seed, rank, world_size, start=start_batch * rows)
+        assert sampler.run_length == run_length
+        served = take(sampler, micro_batches * batch_size)
+        for k, window in enumerate(served):
+            t, row = start_batch + k // batch_size, rank * batch_size + k % batch_size
+            epoch, step = divmod(t, run_length)
+            assert window == int(documented_epoch(rows, seed, epoch)[row]) * run_length + step
+    with pytest.raises(ValueError, match="fewer than the 4 streams"):
+        StreamSampler(3, 2, 0, rank=1, world_size=2)

@@ -175,8 +175,8 @@ def build_module(config: TrainConfig, datamodule: TokenDataModule) -> LanguageMo
     model_config = resolve_vocab_size(config.model, datamodule.vocab_size)
     module = LanguageModelModule.from_configs(model_config, config.optimizer, config.scheduler,
                                               config.trainer.max_steps, config.reset_at_doc_starts,
-                                              datamodule.tokenizer_json,
-                                              parallel=config.trainer)
+                                              datamodule.tokenizer_json, parallel=config.trainer,
+                                              stateful=getattr(config.data, "stateful", False))
     log.info(describe(model_config, module.model.num_parameters(), module.model.num_parameters(exclude_embedding=True)))
     if config.reset_at_doc_starts and not module.model.supports_doc_starts:
         log.warning("%s cannot reset its memory at document starts: windows are read straight through",

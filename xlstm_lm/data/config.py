@@ -129,11 +129,15 @@ class LoaderConfig:
         seq_len: tokens per training window (the model sees seq_len inputs and seq_len labels).
         batch_size: windows per batch.
         num_workers: DataLoader worker processes.
+        stateful: serve each batch row a contiguous stream, window after window (`StreamSampler`), and carry
+            the model's recurrent state, detached, from one window to the next (truncated backpropagation
+            through time); recurrent models only.
     """
 
     seq_len: int = 256
     batch_size: int = 16
     num_workers: int = 0
+    stateful: bool = False
 
     def __post_init__(self) -> None:
         if self.seq_len < 2:

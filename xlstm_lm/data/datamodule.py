@@ -13,6 +13,12 @@ A batch is a dict of (B, S) tensors, S = seq_len:
     doc_starts  bool   True where input_ids[t] is the first token of a document: input_ids[t - 1] is the
                        end-of-document token, or for t = 0 the token before the window is (or the window
                        starts the split). Recurrent models reset their memory there (DESIGN.md §4).
+
+With `data.stateful` the training windows come from `StreamSampler` instead (row r of every batch continues
+row r of the batch before) and training batches hold one more entry:
+
+    continues   bool (B,)  True where the row's window directly follows the row's window of the previous
+                           batch (False at the start of each run): the model carries its state only then.
 """
 
 import os
@@ -31,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from xlstm_lm.data.cache import PreparedData, load, locate, prepare
 from xlstm_lm.data.cache.prepared import TOKENIZER_FILE
 from xlstm_lm.data.config import DataConfig, TokenizerConfig
-from xlstm_lm.data.sampler import ResumableSampler
+from xlstm_lm.data.sampler import ResumableSampler, StreamSampler
 from xlstm_lm.data.shards import ShardedTokens
 
 SPLITS = ("train", "val")
@@ -45,12 +51,15 @@ class TokenWindows(Dataset):
             (DataLoader workers, spawn) never copies tokens.
         seq_len: S, the inputs per window.
         eos_id: the end-of-document token.
+        run_length: stateful training: the windows of one stream (`StreamSampler.run_length`); items then
+            say whether they continue the window before (`continues`).
     """
 
-    def __init__(self, tokens: ShardedTokens, seq_len: int, eos_id: int) -> None:
+    def __init__(self, tokens: ShardedTokens, seq_len: int, eos_id: int, run_length: Optional[int] = None) -> None:
         self.tokens = tokens
         self.seq_len = seq_len
         self.eos_id = eos_id
+        self.run_length = run_length
 
     def __len__(self) -> int:
         return max(len(self.tokens) - 1, 0) // self.seq_len
@@ -66,7 +75,10 @@ class TokenWindows(Dataset):
         doc_starts = torch.empty(self.seq_len, dtype=torch.bool)  # (S,)
         doc_starts[0] = not before or bool(tokens[0] == self.eos_id)
         doc_starts[1:] = input_ids[:-1] == self.eos_id
-        return {"input_ids": input_ids, "labels": window[1:], "doc_starts": doc_starts}
+        item = {"input_ids": input_ids, "labels": window[1:], "doc_starts": doc_starts}
+        if self.run_length is not None:
+            item["continues"] = torch.tensor(index % self.run_length != 0)
+        return item
 
 
 class TokenDataModule(L.LightningDataModule):
@@ -116,8 +128,11 @@ class TokenDataModule(L.LightningDataModule):
         windows = self._split_windows("train")
         rank, world_size = self._rank_and_world_size()
         self._resume_step = self.trainer.global_step if self.trainer is not None else 0
-        sampler = ResumableSampler(len(windows), self.data_config.batch_size, self.seed, rank, world_size,
-                                   start=self._resume_position)
+        sampler_class = StreamSampler if self.data_config.stateful else ResumableSampler
+        sampler = sampler_class(len(windows), self.data_config.batch_size, self.seed, rank, world_size,
+                                start=self._resume_position)
+        if self.data_config.stateful:
+            windows = TokenWindows(windows.tokens, windows.seq_len, windows.eos_id, sampler.run_length)
         return self._loader(windows, sampler)
 
     def val_dataloader(self) -> DataLoader:
@@ -149,12 +164,13 @@ class TokenDataModule(L.LightningDataModule):
     def check_resumable(self, state: dict[str, Any]) -> None:
         """Raise ValueError unless `state` (from `state_dict`, as a checkpoint holds it) has this run's order."""
         current = self._order_identity()
-        changed = changed_settings(state, current, keys=current)  # a key the checkpoint lacks is a change too
+        # a key the checkpoint lacks is a change too; so is a stateful checkpoint resumed without data.stateful
+        changed = changed_settings(state, current, keys=dict.fromkeys([*current, "stateful"]))
         if changed:
             raise ValueError(
                 f"The checkpoint's training data order does not fit this run ({'; '.join(changed)}), so resuming "
                 "would repeat or skip data. Resume with the same data=, tokenizer=, data.seq_len and seed as the "
-                "original run, or start a new run from its weights."
+                "original run (and data.stateful, with its data.batch_size), or start a new run from its weights."
             )
 
     @property
@@ -200,8 +216,11 @@ class TokenDataModule(L.LightningDataModule):
 
     def _order_identity(self) -> dict[str, Any]:
         """What fixes the training order besides the position: a resumed run must match it."""
-        return {"seed": self.seed, "seq_len": self.data_config.seq_len,
-                "train_windows": len(self._split_windows("train")), "cache": self.cache_path.name}
+        identity = {"seed": self.seed, "seq_len": self.data_config.seq_len,
+                    "train_windows": len(self._split_windows("train")), "cache": self.cache_path.name}
+        if self.data_config.stateful:  # the streams are cut by the rows (the processes: LanguageModelModule)
+            identity.update(stateful=True, batch_size=self.data_config.batch_size)
+        return identity
 
     def _split_windows(self, split: str) -> TokenWindows:
         if split not in self._windows:

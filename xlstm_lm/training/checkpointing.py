@@ -9,6 +9,8 @@ What a checkpoint file holds (a dict, as Lightning writes it with what the modul
                           configs), max_steps, reset_at_doc_starts
     tokenizer_json        the tokenizer of the run's data (LanguageModelModule.on_save_checkpoint)
     TokenDataModule       the position in the training order and what fixes that order (its state_dict)
+    carried_state         data.stateful only: per rank, the detached recurrent states its rows carry into the
+                          next window (LanguageModelModule.on_save_checkpoint)
     global_step, loops, optimizer_states, lr_schedulers, callbacks, ...   Lightning's training state
 
 A sharded FSDP checkpoint is a folder with this dict, less the tensors, in meta.pt.

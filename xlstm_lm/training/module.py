@@ -3,6 +3,11 @@ task, whose labels mark the answers, the loss is on the answers and validation a
 
 Hyper-parameters are stored as plain dicts (never live modules), so a checkpoint carries the model
 config it needs to be rebuilt and compared.
+
+Stateful training (`data.stateful`, truncated backpropagation through time): each batch row continues the
+row of the batch before (`continues`), so the model starts a training window from the detached recurrent
+state the previous window ended in, and resets it at document starts (`doc_starts`) as within a window.
+Every checkpoint holds the carried states of every rank's rows, so a resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import TYPE_CHECKING
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from xlstm_lm.models import build_model
 from xlstm_lm.models.head_loss import IGNORE_INDEX, answer_hits
@@ -22,6 +28,8 @@ from xlstm_lm.training.parallelize import parallelize
 
 if TYPE_CHECKING:
     from xlstm_lm.training.trainer import TrainerConfig
+
+CARRIED_STATE_KEY = "carried_state"  # checkpoint entry: per rank, the states its rows carry into the next window
 
 
 class LanguageModelModule(L.LightningModule):
@@ -34,7 +42,7 @@ class LanguageModelModule(L.LightningModule):
 
     def __init__(self, model: dict, optimizer: dict, scheduler: dict, max_steps: int,
                  reset_at_doc_starts: bool = True, tokenizer_json: str | None = None,
-                 parallel: TrainerConfig | None = None):
+                 parallel: TrainerConfig | None = None, stateful: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["tokenizer_json", "parallel"])
         self.tokenizer_json = tokenizer_json
@@ -43,15 +51,22 @@ class LanguageModelModule(L.LightningModule):
         self.scheduler_config = SchedulerConfig(**scheduler)
         self.model = build_model(model)
         self.use_doc_starts = reset_at_doc_starts and self.model.supports_doc_starts
+        if stateful and not self.model.is_recurrent:
+            raise ValueError(
+                f"data.stateful=true carries a fixed-size recurrent state from window to window, and "
+                f"model={model['architecture']} has none (its state is a KV cache that would grow without end): "
+                "train it with data.stateful=false, or choose a recurrent model (xlstm, xlstm_large, lstm)")
+        self.carried_state = None  # stateful: the detached states this rank's rows ended the last window in
+        self._loaded_states: list | None = None  # stateful: every rank's carried states, from the resumed checkpoint
         self._val_nll_sum = self._val_tokens = 0.0
         self.last_validated_step = -1  # global step of the latest completed validation
 
     @classmethod
     def from_configs(cls, model, optimizer: OptimizerConfig, scheduler: SchedulerConfig, max_steps: int,
                      reset_at_doc_starts: bool = True, tokenizer_json: str | None = None,
-                     parallel: TrainerConfig | None = None) -> "LanguageModelModule":
+                     parallel: TrainerConfig | None = None, stateful: bool = False) -> "LanguageModelModule":
         return cls(asdict(model), asdict(optimizer), asdict(scheduler), max_steps, reset_at_doc_starts,
-                   tokenizer_json, parallel)
+                   tokenizer_json, parallel, stateful)
 
     def configure_model(self):
         """Lightning's hook, in every process once the ranks are up and before the optimizer is built:
@@ -61,21 +76,61 @@ class LanguageModelModule(L.LightningModule):
             self.parallel = None
 
     def on_save_checkpoint(self, checkpoint):
+        """Adds the tokenizer and, when stateful, every rank's carried states (gathered: every rank saves)."""
         checkpoint["tokenizer_json"] = self.tokenizer_json
+        if self.hparams.stateful:
+            checkpoint[CARRIED_STATE_KEY] = self._every_rank_carried_state()
 
     def on_load_checkpoint(self, checkpoint):
         self.tokenizer_json = checkpoint.get("tokenizer_json")
+        self._loaded_states = checkpoint.get(CARRIED_STATE_KEY)
 
-    def forward(self, input_ids, doc_starts=None, labels=None, reduction="mean"):
-        """Logits, or with labels the next-token cross-entropy in nats (computed without the logits)."""
+    def on_train_start(self):
+        """Resuming a stateful run: take this rank's carried states from the checkpoint (ranks and devices are
+        known only now)."""
+        if self._loaded_states is None:
+            return
+        if len(self._loaded_states) != self.trainer.world_size:
+            raise ValueError(
+                f"the checkpoint carries the recurrent states of {len(self._loaded_states)} processes and this run "
+                f"has {self.trainer.world_size}: data.stateful=true resumes on as many processes as it was trained "
+                "on (trainer.devices, trainer.num_nodes)")
+        self.carried_state = apply_to_collection(self._loaded_states[self.global_rank], torch.Tensor,
+                                                 torch.Tensor.to, self.device)
+        self._loaded_states = None
+
+    def forward(self, input_ids, doc_starts=None, labels=None, reduction="mean", state=None, return_state=False):
+        """Logits, or with labels the next-token cross-entropy in nats (computed without the logits); from
+        `state` and with the new state when `return_state` (the model's own arguments)."""
         return self.model(input_ids, doc_starts=doc_starts if self.use_doc_starts else None, labels=labels,
-                          reduction=reduction)
+                          reduction=reduction, state=state, return_state=return_state)
 
     def training_step(self, batch, batch_idx):
-        loss = self(batch["input_ids"], batch.get("doc_starts"), batch["labels"])
+        if self.hparams.stateful:
+            loss = self._stateful_loss(batch)
+        else:
+            loss = self(batch["input_ids"], batch.get("doc_starts"), batch["labels"])
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], prog_bar=False)
         return loss
+
+    def _stateful_loss(self, batch) -> torch.Tensor:
+        """The loss of a window that starts from the carried state where the rows continue (they start their
+        streams together: `StreamSampler`), and keeps the new state, detached, for the next window."""
+        state = self.carried_state if bool(batch["continues"].all()) else None
+        loss, state = self(batch["input_ids"], batch.get("doc_starts"), batch["labels"], state=state,
+                           return_state=True)
+        finite = bool(torch.isfinite(loss))  # a step LossGuard skips must not leave a NaN state to the next window
+        self.carried_state = apply_to_collection(state, torch.Tensor, torch.Tensor.detach) if finite else None
+        return loss
+
+    def _every_rank_carried_state(self) -> list:
+        """Per rank, its carried states on the CPU (a collective: every rank calls it when a checkpoint is saved)."""
+        if self.trainer.world_size == 1:
+            return [apply_to_collection(self.carried_state, torch.Tensor, torch.Tensor.cpu)]
+        gathered = self.all_gather(self.carried_state)  # each tensor (W, ...)
+        return [apply_to_collection(gathered, torch.Tensor, lambda tensor, rank=rank: tensor[rank].cpu())
+                for rank in range(self.trainer.world_size)]
 
     def on_validation_epoch_start(self):
         self._val_nll_sum = self._val_tokens = 0.0
