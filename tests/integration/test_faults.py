@@ -1,6 +1,7 @@
 """Fault tolerance with real training runs: checkpoint policy, NaN stop, SLURM pre-emption, kill and resume."""
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -61,6 +62,34 @@ def test_time_based_checkpoints_refresh_last_between_step_checkpoints(tmp_path, 
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
     assert not list((tmp_path / "checkpoints").glob("step*.ckpt"))  # no step checkpoint was due
     assert not list((tmp_path / "checkpoints").glob("last-v*.ckpt"))  # both callbacks write the one last.ckpt
+
+
+def test_restarts_keep_last_the_last_k_step_checkpoints_and_the_best(tmp_path, data_cache, caplog):
+    """Lightning prunes only what its own process saved and never the file it resumed from: without our
+    retention each restart left the earlier runs' step and best files behind."""
+    caplog.set_level(logging.INFO, logger="xlstm_lm.cli.train")
+    checkpoints = tmp_path / "checkpoints"
+
+    def run(max_steps: int, *extra: str) -> dict[str, int]:
+        train(compose_train([*small_run_overrides(data_cache, max_steps), "trainer.keep_last_checkpoints=2",
+                             "model.num_blocks=1", "trainer.limit_val_batches=1",
+                             "trainer.checkpoint_every_minutes=null", *extra]), tmp_path)
+        return {path.name: step_of(path) for path in checkpoints.iterdir()}
+
+    files = run(4)
+    best = next(name for name in files if name.startswith("best-step"))
+    assert files[best] == files["last.ckpt"] == 4  # the case that made ckpt_path=auto resume from the best file
+    files = run(6, f"ckpt_path={checkpoints / best}")  # restart 1: from best-step000004.ckpt explicitly
+    assert sorted(name for name in files if name.startswith("step")) == ["step000004.ckpt", "step000006.ckpt"]
+    (checkpoints / "step000002.ckpt").write_bytes((checkpoints / "step000004.ckpt").read_bytes())  # a leftover
+    for restart, max_steps in enumerate((8, 10), start=2):  # restarts 2 and 3: ckpt_path=auto
+        caplog.clear()
+        files = run(max_steps)
+        assert f"resuming from {checkpoints / 'last.ckpt'}" in caplog.text, restart
+        assert sorted(name for name in files if name.startswith("step")) == [
+            f"step{max_steps - 2:06d}.ckpt", f"step{max_steps:06d}.ckpt"], restart
+        assert len([name for name in files if name.startswith("best-step")]) == 1, (restart, files)
+        assert len(files) == 4 and files["last.ckpt"] == max_steps, (restart, files)
 
 
 def train_command(run_dir: Path, data_cache: Path, max_steps: int, *extra: str) -> list[str]:

@@ -60,6 +60,9 @@ def test_restart_resumes_from_the_highest_step_of_last_step_and_preemption_check
     (last.parent / "step000099.ckpt").write_bytes(b"not a checkpoint")  # unreadable: skipped with a warning
     assert find_resume_checkpoint(tmp_path) == step_file
     assert "not resuming from" in caplog.text and "step000099.ckpt" in caplog.text
+    write_checkpoint(last.with_name("best-step000006.ckpt"), 6, 40)  # as after a validation at last.ckpt's step
+    write_checkpoint(last, 6, 15)  # among equal steps last.ckpt wins, however new the others are
+    assert find_resume_checkpoint(tmp_path) == last
 
 
 def test_a_run_whose_checkpoints_are_all_unreadable_is_not_silently_restarted(tmp_path):
