@@ -5,6 +5,10 @@
 
 `train(cfg, run_dir)` does the work and returns the final metrics (tests call it); `main` is the thin
 Hydra entry point. Seeds and logging are set here, never in library code.
+
+A refused run (a restart that does not fit the run's checkpoints, a fresh run in a run's directory) leaves
+the run directory as it was: the record of the command (`.hydra/`) and the log file (`train.log`) are written
+only once `train` has accepted the run (configs/train.yaml stops Hydra from writing `.hydra/` at start).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
+from typing import Callable, Optional
 
 import hydra
 import lightning as L
@@ -31,7 +36,7 @@ from xlstm_lm.training.callbacks import TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
                                              model_weights, run_checkpoints)
 from xlstm_lm.training.module import LanguageModelModule
-from xlstm_lm.training.trainer import build_trainer
+from xlstm_lm.training.trainer import build_trainer, is_first_process
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).parents[1] / "configs")  # the repository's configs/ (linked), or the installed copy
@@ -92,8 +97,10 @@ def describe(model_config, num_params: int, num_non_embedding: int) -> str:
             f"{num_params / 1e6:.2f}M parameters ({num_non_embedding / 1e6:.2f}M without the input embedding)")
 
 
-def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float]:
-    """Train one model; returns the final metrics (validation loss and perplexity included)."""
+def train(cfg: DictConfig | TrainConfig, run_dir: str | Path,
+          accepted: Optional[Callable[[], None]] = None) -> dict[str, float]:
+    """Train one model; returns the final metrics (validation loss and perplexity included). `accepted` is
+    called once the run may go ahead, before anything is written into run_dir."""
     config: TrainConfig = to_config(cfg)
     run_dir = Path(run_dir)
     check_hardware(config)
@@ -101,6 +108,8 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     datamodule = prepare_data(config)
     module = build_module(config, datamodule)
     ckpt_path = checkpoint_to_resume(config.ckpt_path, run_dir, module, datamodule)
+    if accepted is not None:
+        accepted()
     trainer = build_trainer(config.trainer, config.logger, run_dir)
     fit(trainer, module, datamodule, ckpt_path)
     checkpoint_last_step(trainer, config, run_dir)
@@ -188,14 +197,61 @@ def export(trainer: L.Trainer, config: TrainConfig, module: LanguageModelModule,
                  metrics.get("val/loss", float("nan")), metrics.get("val/ppl", float("nan")), export_dir)
 
 
+class HeldLogFiles(logging.Handler):
+    """Holds the records meant for the root logger's log files (Hydra's train.log) until `deliver`, which writes
+    them there and hands the files back their place; undelivered (a refused run), the files stay untouched."""
+
+    def __init__(self):
+        super().__init__()
+        root = logging.getLogger()
+        self.files = [handler for handler in root.handlers if isinstance(handler, logging.FileHandler)]
+        self.records: list[logging.LogRecord] = []
+        for handler in self.files:
+            root.removeHandler(handler)
+        root.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def deliver(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        for handler in self.files:
+            for record in self.records:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            root.addHandler(handler)
+        self.records = []
+
+
+def write_run_record(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra's record of the command in run_dir/.hydra (config.yaml, hydra.yaml, overrides.yaml), as Hydra
+    writes it; by the first process only (the others of a DDP run are the same command)."""
+    if not is_first_process():
+        return
+    record = run_dir / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    hydra_config = HydraConfig.instance().cfg
+    (record / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (record / "hydra.yaml").write_text(OmegaConf.to_yaml(hydra_config))
+    (record / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_config.hydra.overrides.task))
+
+
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns the final validation loss: the objective of sweepers such as Optuna."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    held = HeldLogFiles()
+
+    def accepted() -> None:
+        write_run_record(cfg, run_dir)
+        held.deliver()
+
     with exit_on_user_error(log):
-        return train(cfg, HydraConfig.get().runtime.output_dir)["val/loss"]
+        return train(cfg, run_dir, accepted)["val/loss"]
 
 
 if __name__ == "__main__":
