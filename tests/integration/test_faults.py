@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,19 @@ def test_nan_stops_with_the_step_and_checkpoints_keep_last_k_plus_best(tmp_path,
     assert last["global_step"] == 8 and first_nonfinite_tensor(last["state_dict"]) is None
 
 
-def test_the_last_step_is_checkpointed_when_it_is_no_multiple_of_the_interval(tmp_path, data_cache):
-    train(compose_train([*small_run_overrides(data_cache, max_steps=5), "trainer.checkpoint_every_minutes=null"]),
-          tmp_path)  # step checkpoints every 2 steps: 2 and 4
+LIBRARY_NOISE = ("litlogger", "`weights_only` was not set", "LeafSpec", "sync_dist")
+
+
+def test_the_last_step_is_checkpointed_when_it_is_no_multiple_of_the_interval_with_no_library_noise(
+        tmp_path, data_cache, caplog, capfd):
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(compose_train([*small_run_overrides(data_cache, max_steps=5), "trainer.checkpoint_every_minutes=null"]),
+              tmp_path)  # step checkpoints every 2 steps: 2 and 4
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 5  # so the same command does not train step 5 again
+    printed = "\n".join([caplog.text, *capfd.readouterr(), *(str(warning.message) for warning in caught)])
+    assert "Seed set to 1337" in printed and not [noise for noise in LIBRARY_NOISE if noise in printed]
 
 
 def test_time_based_checkpoints_refresh_last_between_step_checkpoints(tmp_path, data_cache):

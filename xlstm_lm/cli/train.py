@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -103,6 +104,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path,
     called once the run may go ahead, before anything is written into run_dir."""
     config: TrainConfig = to_config(cfg)
     run_dir = Path(run_dir)
+    quiet_library_notices()
     check_hardware(config)
     L.seed_everything(config.seed, workers=True)
     datamodule = prepare_data(config)
@@ -116,6 +118,36 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path,
     metrics = final_metrics(trainer, module, datamodule)
     export(trainer, config, module, datamodule, run_dir, metrics)
     return metrics
+
+
+class DropMessages(logging.Filter):
+    """Drops log records whose message contains one of `parts`."""
+
+    def __init__(self, *parts: str):
+        super().__init__()
+        self.parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.getMessage() for part in self.parts)
+
+
+LIGHTNING_NOTICES = DropMessages("try installing [litlogger]")  # an advertisement, on every run
+
+
+def quiet_library_notices() -> None:
+    """Silence what the libraries print on every run without telling our users anything: Lightning's tip about
+    its cloud logger, torch's deprecation of a class Lightning's internals still build, and on a restart that
+    the run's checkpoint and log folders are not empty (expected; the earlier metrics are kept, see
+    keep_previous_metrics)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if LIGHTNING_NOTICES not in rank_zero.filters:
+        rank_zero.addFilter(LIGHTNING_NOTICES)
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
+                            r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty", UserWarning,
+                            r"lightning\.pytorch\.callbacks\.model_checkpoint")
+    warnings.filterwarnings("ignore", r"Experiment logs directory .* exists and is not empty", UserWarning,
+                            r"lightning\.fabric\.loggers\.csv_logs")
 
 
 def prepare_data(config: TrainConfig) -> TokenDataModule:
@@ -165,7 +197,7 @@ def checkpoint_last_step(trainer: L.Trainer, config: TrainConfig, run_dir: Path)
     """Write last.ckpt when the step checkpoints missed the last steps, so the same command again does not train
     them a second time."""
     if trainer.global_step % config.trainer.checkpoint_every_n_steps:
-        trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
+        trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST, weights_only=False)  # the full training state
 
 
 def final_metrics(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule) -> dict[str, float]:

@@ -195,7 +195,7 @@ class CheckpointOnInterrupt(L.Callback):
         if trainer.world_size > 1:
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if requested and self._stopped_at is None:
-            trainer.save_checkpoint(self.checkpoint)
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the full training state
             self._stopped_at = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

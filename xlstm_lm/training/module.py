@@ -90,8 +90,9 @@ class LanguageModelModule(L.LightningModule):
             return
         loss = (totals[0] / totals[1]).item()
         self.last_validated_step = self.global_step
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=False)
+        # every rank holds the same global value: synchronized with max, which keeps it exact
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=True, reduce_fx="max")
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip the global gradient norm. Under FSDP2 the gradients are DTensor shards, whose norms
