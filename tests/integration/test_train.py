@@ -100,6 +100,10 @@ def test_resume_with_another_model_config_fails_before_training(tmp_path, data_c
     overrides = [*small_run_overrides(data_cache), "model.embedding_dim=64", f"ckpt_path={ckpt}"]
     with pytest.raises(ValueError, match="embedding_dim: checkpoint 32 vs now 64"):
         train(compose_train(overrides), tmp_path / "second")
+    with pytest.raises(ValueError, match="another model config") as refused:  # fields of another architecture
+        train(compose_train([*small_run_overrides(data_cache), "model=llama", f"ckpt_path={ckpt}"]), tmp_path / "third")
+    assert "architecture: checkpoint 'xlstm' vs now 'llama'" in str(refused.value)
+    assert "None" not in str(refused.value)  # not one "vs now None" for the xLSTM fields Llama lacks
     assert ckpt.read_bytes() == before and not (tmp_path / "second" / "checkpoints").exists()
 
 

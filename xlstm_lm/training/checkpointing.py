@@ -334,9 +334,10 @@ def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamod
 
 def _changed_hyper_parameters(saved: dict[str, Any], current: dict[str, Any], group: str,
                               prefix: str = "") -> list[str]:
-    """How the `group` config the checkpoint's hyper-parameters record differs now; a setting added since the
-    checkpoint was written is not in it and not compared."""
+    """How the `group` config the checkpoint's hyper-parameters record differs now. Only settings both have are
+    compared: one added since the checkpoint was written is not in it, and another architecture has other fields
+    (its `architecture` differs, which says it all)."""
     recorded = saved.get(group) or {}
     if group == "model" and recorded:  # read as the model loaders read it (fields renamed or added since)
         recorded = asdict(model_config(recorded))
-    return changed_settings(recorded, current[group], keys=sorted(recorded), prefix=prefix)
+    return changed_settings(recorded, current[group], keys=sorted(set(recorded) & set(current[group])), prefix=prefix)
