@@ -213,7 +213,9 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch's own words (e.g. about mmap and zip files) mean nothing to our users
+        reason = (f"it names code this installation lacks: {error}" if isinstance(error, (AttributeError, ImportError))
+                  else "not a file torch.save wrote, or one cut short")
         raise ValueError(f"{path} is not a readable training checkpoint ({reason[:200]}): give a .ckpt written by "
                          f"xlstm-lm, e.g. <run>/{CHECKPOINT_DIR}/{LAST}") from error
     if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "global_step" not in checkpoint:
