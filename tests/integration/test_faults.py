@@ -213,3 +213,26 @@ def test_ctrl_c_on_rank_0_of_ddp_stops_both_ranks_at_the_same_step(tmp_path, dat
     run_dir, step = interrupt_training(tmp_path, data_cache, lambda process: process.send_signal(signal.SIGINT),
                                        "trainer.strategy=ddp", "trainer.devices=2")
     assert f"interrupted at step {step}" in (run_dir / "train_ddp_process_1.log").read_text()
+
+
+def test_a_second_ctrl_c_stops_at_once_with_one_message_exit_130_and_intact_checkpoints(tmp_path, data_cache):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
+                            "trainer.checkpoint_every_n_steps=1")  # a checkpoint is written after every step
+    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(last.exists, process, timeout=300)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = stdout + stderr
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert len([line for line in output.splitlines() if "second Ctrl-C: stopped at once" in line]) == 1
+    assert step_of(last) > 0 and not list(last.parent.glob("*.tmp"))  # the newest complete checkpoint stays

@@ -33,7 +33,7 @@ from xlstm_lm.data import TokenDataModule
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, save_pretrained
-from xlstm_lm.training.callbacks import TrainingInterrupted
+from xlstm_lm.training.callbacks import CheckpointOnInterrupt, TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
                                              model_weights, run_checkpoints)
 from xlstm_lm.training.module import LanguageModelModule
@@ -131,7 +131,8 @@ class DropMessages(logging.Filter):
         return not any(part in record.getMessage() for part in self.parts)
 
 
-LIGHTNING_NOTICES = DropMessages("try installing [litlogger]")  # an advertisement, on every run
+# an advertisement on every run; Lightning's line on a second Ctrl-C (`fit` says what happened)
+LIGHTNING_NOTICES = DropMessages("try installing [litlogger]", "Detected KeyboardInterrupt, attempting graceful")
 
 
 def quiet_library_notices() -> None:
@@ -185,12 +186,21 @@ def checkpoint_to_resume(ckpt_path: str | None, run_dir: Path, module: LanguageM
 
 def fit(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule, ckpt_path: str | None) -> None:
     """Train; a Ctrl-C (already checkpointed by the trainer) ends the program with exit status 130, as Ctrl-C
-    ends any program, and without the final validation and export."""
+    ends any program, and without the final validation and export. So does a second Ctrl-C, which stops at
+    once (Lightning shuts down and exits 1; its checkpoint files stay as they were)."""
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except TrainingInterrupted as stop:
         log.warning("%s: run the same command to resume from it (no final validation or export)", stop)
         raise SystemExit(130) from None  # the exit status of a program ended by Ctrl-C
+    except SystemExit:
+        interrupt = next(callback for callback in trainer.callbacks if isinstance(callback, CheckpointOnInterrupt))
+        if not interrupt.stopped_at_once:
+            raise
+        log.warning("second Ctrl-C: stopped at once at step %d, a checkpoint being written abandoned; run the same "
+                    "command to resume from the newest checkpoint written (%s)", trainer.global_step,
+                    interrupt.checkpoint.parent)
+        raise SystemExit(130) from None
 
 
 def checkpoint_last_step(trainer: L.Trainer, config: TrainConfig, run_dir: Path) -> None:
