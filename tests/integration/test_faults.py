@@ -1,6 +1,7 @@
 """Fault tolerance with real training runs: checkpoint policy, NaN stop, SLURM pre-emption, kill and resume."""
 
 import csv
+import hashlib
 import logging
 import os
 import signal
@@ -215,13 +216,24 @@ def test_ctrl_c_on_rank_0_of_ddp_stops_both_ranks_at_the_same_step(tmp_path, dat
     assert f"interrupted at step {step}" in (run_dir / "train_ddp_process_1.log").read_text()
 
 
-def test_a_second_ctrl_c_stops_at_once_with_one_message_exit_130_and_intact_checkpoints(tmp_path, data_cache):
+def checksums(folder: Path) -> dict[str, str]:
+    """Every file and folder under `folder`: its content's SHA-256 (folders: "dir")."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+            for path in folder.rglob("*")}
+
+
+def test_a_second_ctrl_c_exits_130_with_one_message_and_a_refused_restart_leaves_the_run_as_it_was(
+        tmp_path, data_cache):
+    """Ctrl-C twice: the second lands in the step or in the checkpoint's write, and must stop at once without a
+    traceback and without damaging the checkpoints. Then a restart with another model config is refused: Hydra
+    used to write the refused command's .hydra/ and log lines into the run directory before the refusal."""
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
                             "trainer.checkpoint_every_n_steps=1")  # a checkpoint is written after every step
-    process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
     try:
         wait_for(last.exists, process, timeout=300)
         process.send_signal(signal.SIGINT)
@@ -236,3 +248,12 @@ def test_a_second_ctrl_c_stops_at_once_with_one_message_exit_130_and_intact_chec
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert len([line for line in output.splitlines() if "second Ctrl-C: stopped at once" in line]) == 1
     assert step_of(last) > 0 and not list(last.parent.glob("*.tmp"))  # the newest complete checkpoint stays
+
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "train.log"} <= set(checksums(run_dir))
+    before = checksums(run_dir)
+    refused = subprocess.run([*command, "model.embedding_dim=64"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    errors = [line for line in refused.stdout.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "was trained with another model config" in errors[0], refused.stdout[-3000:]
+    assert checksums(run_dir) == before
