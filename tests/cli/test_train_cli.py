@@ -1,10 +1,14 @@
 """`python train.py` on bad input: one clear message, a failing exit code, nothing written."""
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
+
+from xlstm_lm.cli.errors import WritableOutputFolder, exit_on_user_error
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,3 +51,18 @@ def test_xlstm_train_console_script_points_at_the_same_main():
     from xlstm_lm.cli.train import main
 
     assert script.load() is main
+
+
+def test_a_folder_that_cannot_be_written_is_one_message_and_exit_1(tmp_path, capsys, caplog):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    config = OmegaConf.create({"hydra": {"run": {"dir": str(blocker / "run")}}})
+    with pytest.raises(SystemExit) as stop:  # before Hydra creates the run or evaluation folder
+        WritableOutputFolder().on_run_start(config)
+    printed = capsys.readouterr().err
+    assert stop.value.code == 1 and printed.count("\n") == 1 and f"output folder {blocker / 'run'}" in printed
+    with pytest.raises(SystemExit) as stop, exit_on_user_error(logging.getLogger("xlstm_lm.cli.train")):
+        raise PermissionError(13, "Permission denied", "/runs/a/export")  # a write inside the run
+    assert stop.value.code == 1
+    assert [record.getMessage() for record in caplog.records] == [
+        "/runs/a/export: permission denied (check its permissions, or choose another folder)"]

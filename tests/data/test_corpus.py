@@ -111,6 +111,16 @@ def test_root_with_only_empty_files_is_an_error(tmp_path: Path) -> None:
         list_corpus(DataConfig(root=str(tmp_path), glob="*.txt"))
 
 
+def test_binary_files_are_skipped_and_named_in_the_log(tmp_path: Path, caplog) -> None:
+    for index in range(6):
+        (tmp_path / f"doc{index}.txt").write_text(f"document {index}\n" * 20, encoding="utf-8")
+    (tmp_path / "image.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    corpus = list_corpus(DataConfig(root=str(tmp_path), glob="*.txt"))
+    paths = {document.path for documents in corpus.splits.values() for document in documents}
+    assert paths == {f"doc{index}.txt" for index in range(6)}
+    assert "Skipped 1 binary files" in caplog.text and "image.txt" in caplog.text
+
+
 def test_single_document_cannot_be_split(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("only one\n", encoding="utf-8")
     with pytest.raises(ValueError, match="at least one document each"):

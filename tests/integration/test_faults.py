@@ -1,11 +1,14 @@
 """Fault tolerance with real training runs: checkpoint policy, NaN stop, SLURM pre-emption, kill and resume."""
 
 import csv
+import hashlib
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,10 +51,19 @@ def test_nan_stops_with_the_step_and_checkpoints_keep_last_k_plus_best(tmp_path,
     assert last["global_step"] == 8 and first_nonfinite_tensor(last["state_dict"]) is None
 
 
-def test_the_last_step_is_checkpointed_when_it_is_no_multiple_of_the_interval(tmp_path, data_cache):
-    train(compose_train([*small_run_overrides(data_cache, max_steps=5), "trainer.checkpoint_every_minutes=null"]),
-          tmp_path)  # step checkpoints every 2 steps: 2 and 4
+LIBRARY_NOISE = ("litlogger", "`weights_only` was not set", "LeafSpec", "sync_dist")
+
+
+def test_the_last_step_is_checkpointed_when_it_is_no_multiple_of_the_interval_with_no_library_noise(
+        tmp_path, data_cache, caplog, capfd):
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(compose_train([*small_run_overrides(data_cache, max_steps=5), "trainer.checkpoint_every_minutes=null"]),
+              tmp_path)  # step checkpoints every 2 steps: 2 and 4
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 5  # so the same command does not train step 5 again
+    printed = "\n".join([caplog.text, *capfd.readouterr(), *(str(warning.message) for warning in caught)])
+    assert "Seed set to 1337" in printed and not [noise for noise in LIBRARY_NOISE if noise in printed]
 
 
 def test_time_based_checkpoints_refresh_last_between_step_checkpoints(tmp_path, data_cache):
@@ -61,6 +73,34 @@ def test_time_based_checkpoints_refresh_last_between_step_checkpoints(tmp_path, 
     assert step_of(tmp_path / "checkpoints" / "last.ckpt") == 3
     assert not list((tmp_path / "checkpoints").glob("step*.ckpt"))  # no step checkpoint was due
     assert not list((tmp_path / "checkpoints").glob("last-v*.ckpt"))  # both callbacks write the one last.ckpt
+
+
+def test_restarts_keep_last_the_last_k_step_checkpoints_and_the_best(tmp_path, data_cache, caplog):
+    """Lightning prunes only what its own process saved and never the file it resumed from: without our
+    retention each restart left the earlier runs' step and best files behind."""
+    caplog.set_level(logging.INFO, logger="xlstm_lm.cli.train")
+    checkpoints = tmp_path / "checkpoints"
+
+    def run(max_steps: int, *extra: str) -> dict[str, int]:
+        train(compose_train([*small_run_overrides(data_cache, max_steps), "trainer.keep_last_checkpoints=2",
+                             "model.num_blocks=1", "trainer.limit_val_batches=1",
+                             "trainer.checkpoint_every_minutes=null", *extra]), tmp_path)
+        return {path.name: step_of(path) for path in checkpoints.iterdir()}
+
+    files = run(4)
+    best = next(name for name in files if name.startswith("best-step"))
+    assert files[best] == files["last.ckpt"] == 4  # the case that made ckpt_path=auto resume from the best file
+    files = run(6, f"ckpt_path={checkpoints / best}")  # restart 1: from best-step000004.ckpt explicitly
+    assert sorted(name for name in files if name.startswith("step")) == ["step000004.ckpt", "step000006.ckpt"]
+    (checkpoints / "step000002.ckpt").write_bytes((checkpoints / "step000004.ckpt").read_bytes())  # a leftover
+    for restart, max_steps in enumerate((8, 10), start=2):  # restarts 2 and 3: ckpt_path=auto
+        caplog.clear()
+        files = run(max_steps)
+        assert f"resuming from {checkpoints / 'last.ckpt'}" in caplog.text, restart
+        assert sorted(name for name in files if name.startswith("step")) == [
+            f"step{max_steps - 2:06d}.ckpt", f"step{max_steps:06d}.ckpt"], restart
+        assert len([name for name in files if name.startswith("best-step")]) == 1, (restart, files)
+        assert len(files) == 4 and files["last.ckpt"] == max_steps, (restart, files)
 
 
 def train_command(run_dir: Path, data_cache: Path, max_steps: int, *extra: str) -> list[str]:
@@ -174,3 +214,46 @@ def test_ctrl_c_on_rank_0_of_ddp_stops_both_ranks_at_the_same_step(tmp_path, dat
     run_dir, step = interrupt_training(tmp_path, data_cache, lambda process: process.send_signal(signal.SIGINT),
                                        "trainer.strategy=ddp", "trainer.devices=2")
     assert f"interrupted at step {step}" in (run_dir / "train_ddp_process_1.log").read_text()
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """Every file and folder under `folder`: its content's SHA-256 (folders: "dir")."""
+    return {str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "dir"
+            for path in folder.rglob("*")}
+
+
+def test_a_second_ctrl_c_exits_130_with_one_message_and_a_refused_restart_leaves_the_run_as_it_was(
+        tmp_path, data_cache):
+    """Ctrl-C twice: the second lands in the step or in the checkpoint's write, and must stop at once without a
+    traceback and without damaging the checkpoints. Then a restart with another model config is refused: Hydra
+    used to write the refused command's .hydra/ and log lines into the run directory before the refusal."""
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
+                            "trainer.checkpoint_every_n_steps=1")  # a checkpoint is written after every step
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        wait_for(last.exists, process, timeout=300)
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    output = stdout + stderr
+    assert process.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
+    assert len([line for line in output.splitlines() if "second Ctrl-C: stopped at once" in line]) == 1
+    assert step_of(last) > 0 and not list(last.parent.glob("*.tmp"))  # the newest complete checkpoint stays
+
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "train.log"} <= set(checksums(run_dir))
+    before = checksums(run_dir)
+    refused = subprocess.run([*command, "model.embedding_dim=64"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=600)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    errors = [line for line in refused.stdout.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1 and "was trained with another model config" in errors[0], refused.stdout[-3000:]
+    assert checksums(run_dir) == before

@@ -72,6 +72,7 @@ def test_two_process_ddp_on_cpu_trains_and_exports(tmp_path, data_cache):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert (run_dir / "train_ddp_process_1.log").is_file()  # the second rank ran
+    assert "sync_dist" not in result.stderr  # Lightning's advice does not apply: val/loss is reduced over ranks
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
     assert math.isfinite(load_pretrained(run_dir / "export")(torch.zeros(1, 4, dtype=torch.long)).sum().item())
 
@@ -98,6 +99,10 @@ def test_resume_with_another_model_config_fails_before_training(tmp_path, data_c
     overrides = [*small_run_overrides(data_cache), "model.embedding_dim=64", f"ckpt_path={ckpt}"]
     with pytest.raises(ValueError, match="embedding_dim: checkpoint 32 vs now 64"):
         train(compose_train(overrides), tmp_path / "second")
+    with pytest.raises(ValueError, match="another model config") as refused:  # fields of another architecture
+        train(compose_train([*small_run_overrides(data_cache), "model=llama", f"ckpt_path={ckpt}"]), tmp_path / "third")
+    assert "architecture: checkpoint 'xlstm' vs now 'llama'" in str(refused.value)
+    assert "None" not in str(refused.value)  # not one "vs now None" for the xLSTM fields Llama lacks
     assert ckpt.read_bytes() == before and not (tmp_path / "second" / "checkpoints").exists()
 
 

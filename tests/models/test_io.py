@@ -31,6 +31,16 @@ def test_mismatched_config_is_one_clear_error(tmp_path):
         load_pretrained(tmp_path)
 
 
+def test_a_truncated_or_damaged_weights_file_is_one_clear_error(tmp_path):
+    save_pretrained(XLSTMLM(XLSTMConfig(**CONFIG)), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    whole = weights.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"\xff" * 64 + whole[64:]):
+        weights.write_bytes(damaged)
+        with pytest.raises(ValueError, match="model.safetensors is not a readable weights file"):
+            load_pretrained(tmp_path)
+
+
 def test_missing_export_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_pretrained(tmp_path)

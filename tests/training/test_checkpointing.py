@@ -60,6 +60,9 @@ def test_restart_resumes_from_the_highest_step_of_last_step_and_preemption_check
     (last.parent / "step000099.ckpt").write_bytes(b"not a checkpoint")  # unreadable: skipped with a warning
     assert find_resume_checkpoint(tmp_path) == step_file
     assert "not resuming from" in caplog.text and "step000099.ckpt" in caplog.text
+    write_checkpoint(last.with_name("best-step000006.ckpt"), 6, 40)  # as after a validation at last.ckpt's step
+    write_checkpoint(last, 6, 15)  # among equal steps last.ckpt wins, however new the others are
+    assert find_resume_checkpoint(tmp_path) == last
 
 
 def test_a_run_whose_checkpoints_are_all_unreadable_is_not_silently_restarted(tmp_path):
@@ -71,7 +74,7 @@ def test_a_run_whose_checkpoints_are_all_unreadable_is_not_silently_restarted(tm
 
 @pytest.mark.parametrize("kind, message", [
     ("missing", "does not exist"),
-    ("text", "is not a readable training checkpoint"),
+    ("text", r"is not a readable training checkpoint \(not a file torch.save wrote, or one cut short\)"),
     ("export", "is an exported model, not a training checkpoint"),
     ("folder", "is a folder but not a sharded FSDP checkpoint"),
     ("weights", "is not a Lightning training checkpoint"),
@@ -86,8 +89,9 @@ def test_loading_something_else_as_a_training_checkpoint_says_what_it_is(tmp_pat
             (path / "model.safetensors").write_bytes(b"")
     elif kind == "weights":
         torch.save({"model.weight": torch.zeros(2)}, path)
-    with pytest.raises(FileNotFoundError if kind == "missing" else ValueError, match=message):
+    with pytest.raises(FileNotFoundError if kind == "missing" else ValueError, match=message) as refused:
         load_training_checkpoint(path)
+    assert "mmap" not in str(refused.value)  # torch's internal explanation for a file that is no zip archive
 
 
 def test_a_model_config_recorded_before_the_split_is_compared_as_the_loaders_read_it():

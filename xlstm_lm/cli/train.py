@@ -6,6 +6,10 @@
 
 `train(cfg, run_dir)` does the work and returns the final metrics (tests call it); `main` is the thin
 Hydra entry point. Seeds and logging are set here, never in library code.
+
+A refused run (a restart that does not fit the run's checkpoints, a fresh run in a run's directory) leaves
+the run directory as it was: the record of the command (`.hydra/`) and the log file (`train.log`) are written
+only once `train` has accepted the run (configs/train.yaml stops Hydra from writing `.hydra/` at start).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import dataclasses
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
+from typing import Callable, Optional
 
 import hydra
 import lightning as L
@@ -32,11 +38,11 @@ from xlstm_lm.data.task_datamodule import TaskDataModule
 from xlstm_lm.models import build_model
 from xlstm_lm.models.components import round_up
 from xlstm_lm.models.io import TOKENIZER_FILE, check_state_dict_matches, save_pretrained
-from xlstm_lm.training.callbacks import TrainingInterrupted
+from xlstm_lm.training.callbacks import CheckpointOnInterrupt, TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
                                              model_weights, run_checkpoints)
 from xlstm_lm.training.module import LanguageModelModule
-from xlstm_lm.training.trainer import build_trainer
+from xlstm_lm.training.trainer import build_trainer, is_first_process
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).parents[1] / "configs")  # the repository's configs/ (linked), or the installed copy
@@ -99,10 +105,13 @@ def describe(model_config, num_params: int, num_non_embedding: int) -> str:
             f"{num_params / 1e6:.2f}M parameters ({num_non_embedding / 1e6:.2f}M without the input embedding)")
 
 
-def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float]:
-    """Train one model; returns the final metrics (validation loss and perplexity included)."""
+def train(cfg: DictConfig | TrainConfig, run_dir: str | Path,
+          accepted: Optional[Callable[[], None]] = None) -> dict[str, float]:
+    """Train one model; returns the final metrics (validation loss and perplexity included). `accepted` is
+    called once the run may go ahead, before anything is written into run_dir."""
     config: TrainConfig = to_config(cfg)
     run_dir = Path(run_dir)
+    quiet_library_notices()
     check_hardware(config)
     config, start = starting_point(config)
     L.seed_everything(config.seed, workers=True)
@@ -110,6 +119,8 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path) -> dict[str, float
     module = build_module(config, datamodule)
     ckpt_path = checkpoint_to_resume(config.ckpt_path, run_dir, module, datamodule)
     load_starting_weights(module, start, ckpt_path)
+    if accepted is not None:
+        accepted()
     trainer = build_trainer(config.trainer, config.logger, run_dir)
     fit(trainer, module, datamodule, ckpt_path)
     checkpoint_last_step(trainer, config, run_dir)
@@ -154,6 +165,37 @@ def starting_point(config: TrainConfig) -> tuple[TrainConfig, PretrainedFolder |
 def _override_value(value) -> str:
     """A config value as a Hydra override writes it."""
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+
+
+class DropMessages(logging.Filter):
+    """Drops log records whose message contains one of `parts`."""
+
+    def __init__(self, *parts: str):
+        super().__init__()
+        self.parts = parts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(part in record.getMessage() for part in self.parts)
+
+
+# an advertisement on every run; Lightning's line on a second Ctrl-C (`fit` says what happened)
+LIGHTNING_NOTICES = DropMessages("try installing [litlogger]", "Detected KeyboardInterrupt, attempting graceful")
+
+
+def quiet_library_notices() -> None:
+    """Silence what the libraries print on every run without telling our users anything: Lightning's tip about
+    its cloud logger, torch's deprecation of a class Lightning's internals still build, and on a restart that
+    the run's checkpoint and log folders are not empty (expected; the earlier metrics are kept, see
+    keep_previous_metrics)."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if LIGHTNING_NOTICES not in rank_zero.filters:
+        rank_zero.addFilter(LIGHTNING_NOTICES)
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
+                            r"lightning\.pytorch\.utilities\._pytree")
+    warnings.filterwarnings("ignore", r"Checkpoint directory .* exists and is not empty", UserWarning,
+                            r"lightning\.pytorch\.callbacks\.model_checkpoint")
+    warnings.filterwarnings("ignore", r"Experiment logs directory .* exists and is not empty", UserWarning,
+                            r"lightning\.fabric\.loggers\.csv_logs")
 
 
 def prepare_data(config: TrainConfig) -> TokenDataModule | TaskDataModule:
@@ -211,19 +253,28 @@ def load_starting_weights(module: LanguageModelModule, start: PretrainedFolder |
 
 def fit(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule, ckpt_path: str | None) -> None:
     """Train; a Ctrl-C (already checkpointed by the trainer) ends the program with exit status 130, as Ctrl-C
-    ends any program, and without the final validation and export."""
+    ends any program, and without the final validation and export. So does a second Ctrl-C, which stops at
+    once (Lightning shuts down and exits 1; its checkpoint files stay as they were)."""
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except TrainingInterrupted as stop:
         log.warning("%s: run the same command to resume from it (no final validation or export)", stop)
         raise SystemExit(130) from None  # the exit status of a program ended by Ctrl-C
+    except SystemExit:
+        interrupt = next(callback for callback in trainer.callbacks if isinstance(callback, CheckpointOnInterrupt))
+        if not interrupt.stopped_at_once:
+            raise
+        log.warning("second Ctrl-C: stopped at once at step %d, a checkpoint being written abandoned; run the same "
+                    "command to resume from the newest checkpoint written (%s)", trainer.global_step,
+                    interrupt.checkpoint.parent)
+        raise SystemExit(130) from None
 
 
 def checkpoint_last_step(trainer: L.Trainer, config: TrainConfig, run_dir: Path) -> None:
     """Write last.ckpt when the step checkpoints missed the last steps, so the same command again does not train
     them a second time."""
     if trainer.global_step % config.trainer.checkpoint_every_n_steps:
-        trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST)
+        trainer.save_checkpoint(run_dir / CHECKPOINT_DIR / LAST, weights_only=False)  # the full training state
 
 
 def final_metrics(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataModule) -> dict[str, float]:
@@ -255,14 +306,61 @@ def export(trainer: L.Trainer, config: TrainConfig, module: LanguageModelModule,
                  metrics.get("val/loss", float("nan")), metrics.get("val/ppl", float("nan")), export_dir)
 
 
+class HeldLogFiles(logging.Handler):
+    """Holds the records meant for the root logger's log files (Hydra's train.log) until `deliver`, which writes
+    them there and hands the files back their place; undelivered (a refused run), the files stay untouched."""
+
+    def __init__(self):
+        super().__init__()
+        root = logging.getLogger()
+        self.files = [handler for handler in root.handlers if isinstance(handler, logging.FileHandler)]
+        self.records: list[logging.LogRecord] = []
+        for handler in self.files:
+            root.removeHandler(handler)
+        root.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def deliver(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self)
+        for handler in self.files:
+            for record in self.records:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+            root.addHandler(handler)
+        self.records = []
+
+
+def write_run_record(cfg: DictConfig, run_dir: Path) -> None:
+    """Hydra's record of the command in run_dir/.hydra (config.yaml, hydra.yaml, overrides.yaml), as Hydra
+    writes it; by the first process only (the others of a DDP run are the same command)."""
+    if not is_first_process():
+        return
+    record = run_dir / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    hydra_config = HydraConfig.instance().cfg
+    (record / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    (record / "hydra.yaml").write_text(OmegaConf.to_yaml(hydra_config))
+    (record / "overrides.yaml").write_text(OmegaConf.to_yaml(hydra_config.hydra.overrides.task))
+
+
 register_configs()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Returns the final validation loss: the objective of sweepers such as Optuna."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    held = HeldLogFiles()
+
+    def accepted() -> None:
+        write_run_record(cfg, run_dir)
+        held.deliver()
+
     with exit_on_user_error(log):
-        return train(cfg, HydraConfig.get().runtime.output_dir)["val/loss"]
+        return train(cfg, run_dir, accepted)["val/loss"]
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ A corpus is a folder of text files picked by a glob. The embedded default is the
 standard library of the interpreter that runs the project, so a fresh checkout trains without any download.
 Listing is deterministic: files are sorted by their relative POSIX path, read as UTF-8 (undecodable bytes
 become U+FFFD, or the file is skipped, by `data.invalid_utf8`; either way it is counted) and empty files are
-skipped and counted. Folders of installed packages (site-packages, dist-packages) are
+skipped and counted; binary files (a NUL byte in the first 8 KiB, as `git` and `grep` tell binary from text)
+are skipped and named in the log. Folders of installed packages (site-packages, dist-packages) are
 never read; test folders only when asked. A document goes to the validation split when a SHA-1 hash of its
 relative path, read as a fraction in [0, 1), falls below `val_fraction`, so the split of a file never depends
 on which other files exist. When that leaves a split empty, the document nearest the threshold moves; a folder
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 TEST_FOLDERS = frozenset({"test", "tests", "idle_test"})
 INSTALLED_PACKAGE_FOLDERS = frozenset({"site-packages", "dist-packages"})
+BINARY_PROBE_BYTES = 8192  # a NUL byte among the first ones marks a binary file
 
 
 @dataclass(frozen=True)
@@ -141,20 +143,26 @@ def list_corpus(cfg: DataConfig) -> Corpus:
     if not paths:
         raise ValueError(f"No files match {where}: check data.root and data.glob")
     fingerprint = hashlib.sha256()
-    documents = []
+    documents, binary = [], []
     empty = invalid = 0
     for relative_path in paths:
         data = (root / relative_path).read_bytes()
         if not data:
             empty += 1
             continue
+        if b"\0" in data[:BINARY_PROBE_BYTES]:
+            binary.append(relative_path)
+            continue
         fingerprint.update(f"{relative_path}\0{hashlib.sha256(data).hexdigest()}\n".encode("utf-8"))
         text, was_invalid = decode_utf8(data, cfg.invalid_utf8)
         invalid += was_invalid
         if text is not None:
             documents.append(Document(relative_path, text, len(data)))
+    if binary:
+        logger.warning("Skipped %d binary files matching %s (a NUL byte in their first %d bytes): %s", len(binary),
+                       where, BINARY_PROBE_BYTES, ", ".join(binary[:5]) + (", ..." if len(binary) > 5 else ""))
     if not documents:
-        raise ValueError(f"All {len(paths)} files matching {where} are empty or skipped as invalid UTF-8")
+        raise ValueError(f"All {len(paths)} files matching {where} are empty, binary or skipped as invalid UTF-8")
     if len(documents) == 1:
         train, val = _split_one(documents[0], cfg.val_fraction, where)
     else:

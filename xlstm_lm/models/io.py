@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from safetensors.torch import load_model as load_safetensors_into
 
@@ -41,7 +42,12 @@ def load_pretrained(directory: str | Path, map_location: str | torch.device = "c
             )
     model = build_model(json.loads((directory / CONFIG_FILE).read_text()))
     weights_path = str(directory / WEIGHTS_FILE)
-    check_state_dict_matches(model, load_file(weights_path), source=weights_path)
+    try:
+        weights = load_file(weights_path)
+    except SafetensorError as error:
+        raise ValueError(f"{weights_path} is not a readable weights file (cut short or damaged: {error}); copy or "
+                         "export the model again") from error
+    check_state_dict_matches(model, weights, source=weights_path)
     load_safetensors_into(model, weights_path, device=str(map_location))  # restores tied weights stored once
     return model.to(map_location)
 

@@ -159,8 +159,9 @@ class TrainingInterrupted(Exception):
 class CheckpointOnInterrupt(L.Callback):
     """Ctrl-C (SIGINT) lets the current optimizer step finish, writes `checkpoint` and ends the run with
     `TrainingInterrupted` before the next step, so the same command resumes from that step; a second Ctrl-C
-    interrupts at once. A process started with SIGINT ignored (e.g. in the background of a script) keeps
-    ignoring it.
+    interrupts at once (`stopped_at_once`; a checkpoint being written is abandoned, the previous one stays, as
+    AtomicCheckpointIO writes under another name). A process started with SIGINT ignored (e.g. in the
+    background of a script) keeps ignoring it.
 
     The request is combined over ranks after every optimizer step (one all-reduce when there are several),
     so all ranks stop at the same step and write the checkpoint together. The run ends at the start of the
@@ -171,6 +172,7 @@ class CheckpointOnInterrupt(L.Callback):
     def __init__(self, checkpoint: Path):
         self.checkpoint = checkpoint
         self.requested = False
+        self.stopped_at_once = False
         self._stopped_at: int | None = None
         self._previous_handler = None  # set while this callback's handler is installed
 
@@ -185,8 +187,14 @@ class CheckpointOnInterrupt(L.Callback):
 
     def _request(self, signum, frame):
         self.requested = True
-        signal.signal(signal.SIGINT, self._previous_handler)
+        signal.signal(signal.SIGINT, self._stop_at_once)
         log.warning("Ctrl-C: stopping after this step and writing a checkpoint (Ctrl-C again stops at once)")
+
+    def _stop_at_once(self, signum, frame):
+        """The second Ctrl-C: a KeyboardInterrupt wherever the run is, which Lightning turns into a shutdown."""
+        self.stopped_at_once = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third one must not interrupt the shutdown
+        raise KeyboardInterrupt
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
@@ -195,7 +203,7 @@ class CheckpointOnInterrupt(L.Callback):
         if trainer.world_size > 1:
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if requested and self._stopped_at is None:
-            trainer.save_checkpoint(self.checkpoint)
+            trainer.save_checkpoint(self.checkpoint, weights_only=False)  # the full training state
             self._stopped_at = trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -29,13 +29,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from xlstm_lm.data.datamodule import TokenDataModule, changed_settings
@@ -82,24 +83,116 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             temporary.unlink(missing_ok=True)
 
 
+STEP_PREFIX, BEST_PREFIX = "step", "best-step"  # stepNNNNNN.ckpt, best-stepNNNNNN.ckpt
+
+
 def checkpoint_callbacks(run_dir: Path, every_n_steps: int, every_minutes: Optional[float],
-                         keep_last: int) -> list[ModelCheckpoint]:
+                         keep_last: int) -> list[Checkpoint]:
     """Every N steps (`last.ckpt` plus the last `keep_last` step files), every T minutes (`last.ckpt` only),
-    and the best by val/loss. One ModelCheckpoint cannot count both steps and time, hence two; both write
-    the same last.ckpt (without the version counter Lightning would name the second one's last-v1.ckpt)."""
+    and the best by val/loss, with their retention kept across restarts (`CheckpointRetention`). One
+    ModelCheckpoint cannot count both steps and time, hence two; both write the same last.ckpt (without the
+    version counter Lightning would name the second one's last-v1.ckpt)."""
     directory = str(run_dir / CHECKPOINT_DIR)
-    callbacks = [
-        ModelCheckpoint(dirpath=directory, filename="step{step:06d}", auto_insert_metric_name=False,
-                        every_n_train_steps=every_n_steps, save_last=True, save_top_k=keep_last,
-                        monitor="step", mode="max",  # the highest steps are the latest
-                        enable_version_counter=False),
-        ModelCheckpoint(dirpath=directory, filename="best-step{step:06d}", auto_insert_metric_name=False,
-                        monitor="val/loss", mode="min", save_top_k=1),
-    ]
+    steps = ModelCheckpoint(dirpath=directory, filename=STEP_PREFIX + "{step:06d}", auto_insert_metric_name=False,
+                            every_n_train_steps=every_n_steps, save_last=True, save_top_k=keep_last,
+                            monitor="step", mode="max",  # the highest steps are the latest
+                            enable_version_counter=False)
+    best = ModelCheckpoint(dirpath=directory, filename=BEST_PREFIX + "{step:06d}", auto_insert_metric_name=False,
+                           monitor="val/loss", mode="min", save_top_k=1)
+    callbacks = [steps, best]
     if every_minutes:
         callbacks.append(ModelCheckpoint(dirpath=directory, train_time_interval=timedelta(minutes=every_minutes),
                                          save_last=True, save_top_k=0, enable_version_counter=False))
-    return callbacks
+    return [*callbacks, CheckpointRetention({STEP_PREFIX: steps, BEST_PREFIX: best})]
+
+
+class CheckpointRetention(Checkpoint):
+    """Keeps what the callbacks promise (the last K step checkpoints, the best) over any number of restarts.
+
+    Lightning's ModelCheckpoint deletes only files it saved in its own process, and never the one the run
+    resumed from, so each restart left the files of the earlier ones behind. At the start of training this
+    adopts the directory's checkpoints of each callback into its bookkeeping (the step from the file name,
+    the monitored value, e.g. val/loss, from the file), and after each save deletes the files the callback no
+    longer keeps. Files (or sharded folders) at a step after the one the run resumed from belong to an
+    abandoned continuation and are left until the run reaches their step. Rank 0 reads and deletes; the
+    other ranks take its verdict, so all ranks judge the next checkpoint alike.
+
+    Args:
+        callbacks: the ModelCheckpoint of each file name prefix (`<prefix>NNNNNN.ckpt`).
+
+    Note: a Checkpoint subclass so that Lightning runs it after the ModelCheckpoints (it orders them last).
+    """
+
+    def __init__(self, callbacks: dict[str, ModelCheckpoint]):
+        self.callbacks = callbacks
+
+    def on_train_start(self, trainer, pl_module):
+        for prefix, callback in self.callbacks.items():
+            kept = self._adopt(trainer, prefix, callback) if trainer.is_global_zero else None
+            _set_kept(callback, trainer.strategy.broadcast(kept))
+        self._prune(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self._prune(trainer)
+
+    def on_validation_end(self, trainer, pl_module):
+        self._prune(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self._prune(trainer)
+
+    def _files(self, prefix: str, callback: ModelCheckpoint, step: int) -> dict[str, int]:
+        """The callback's checkpoints in its directory up to `step`, by path (as the callback writes them)."""
+        pattern = re.compile(re.escape(prefix) + r"(\d+)\.ckpt")
+        found = {}
+        for name in os.listdir(callback.dirpath) if os.path.isdir(callback.dirpath) else ():
+            match = pattern.fullmatch(name)
+            if match and int(match[1]) <= step:
+                found[os.path.join(callback.dirpath, name)] = int(match[1])
+        return found
+
+    def _adopt(self, trainer, prefix: str, callback: ModelCheckpoint) -> dict[str, float]:
+        """The files the callback keeps among its own record and those on disk: its save_top_k best."""
+        scores = {path: float(score) for path, score in callback.best_k_models.items() if os.path.exists(path)}
+        for path, step in self._files(prefix, callback, trainer.global_step).items():
+            if path not in scores:
+                scores[path] = float(step) if callback.monitor == "step" else _saved_score(Path(path), callback)
+        ranked = sorted(scores, key=scores.get, reverse=callback.mode == "max")
+        keep = len(ranked) if callback.save_top_k < 0 else callback.save_top_k
+        return {path: scores[path] for path in ranked[:keep]}
+
+    def _prune(self, trainer) -> None:
+        if not trainer.is_global_zero:
+            return
+        for prefix, callback in self.callbacks.items():
+            for path in self._files(prefix, callback, trainer.global_step):
+                if path not in callback.best_k_models:
+                    log.info("removing %s (kept: the last step checkpoints and the best)", path)
+                    trainer.strategy.remove_checkpoint(path)
+
+
+def _saved_score(path: Path, callback: ModelCheckpoint) -> float:
+    """The monitored value a checkpoint was saved with (the worst possible when it cannot be read)."""
+    worst = float("inf") if callback.mode == "min" else float("-inf")
+    try:
+        state = load_training_checkpoint(path).get("callbacks", {}).get(callback.state_key, {})
+    except (ValueError, FileNotFoundError):
+        return worst
+    score = state.get("current_score")
+    return worst if score is None else float(score)
+
+
+def _set_kept(callback: ModelCheckpoint, kept: dict[str, float]) -> None:
+    """Make `kept` (path -> monitored value) the callback's top-k record, as its own saves would have left it."""
+    callback.best_k_models = {path: torch.tensor(score) for path, score in kept.items()}
+    if not kept:
+        return
+    best, worst = (max, min) if callback.mode == "max" else (min, max)
+    callback.best_model_path = best(kept, key=kept.get)
+    callback.best_model_score = callback.best_k_models[callback.best_model_path]
+    if len(kept) == callback.save_top_k:
+        callback.kth_best_model_path = worst(kept, key=kept.get)
+        callback.kth_value = callback.best_k_models[callback.kth_best_model_path]
 
 
 def load_training_checkpoint(path: Path) -> dict[str, Any]:
@@ -122,7 +215,9 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, AttributeError, ImportError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        # torch's own words (e.g. about mmap and zip files) mean nothing to our users
+        reason = (f"it names code this installation lacks: {error}" if isinstance(error, (AttributeError, ImportError))
+                  else "not a file torch.save wrote, or one cut short")
         raise ValueError(f"{path} is not a readable training checkpoint ({reason[:200]}): give a .ckpt written by "
                          f"xlstm-lm, e.g. <run>/{CHECKPOINT_DIR}/{LAST}") from error
     if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "global_step" not in checkpoint:
@@ -136,7 +231,8 @@ def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
 
     Usually `checkpoints/last.ckpt`, but a kill can fall between a step file and last.ckpt, and a SLURM
     pre-emption writes `hpc_ckpt_<n>.ckpt`. Ranked by the step stored inside, not by file times (a copy of the
-    run directory changes those); among equal steps the newer file wins. Unreadable files are skipped.
+    run directory changes those); among equal steps last.ckpt wins (the best-stepN.ckpt of the same step may be
+    newer), then the newer file. Unreadable files are skipped.
 
     Raises:
         ValueError: the run has checkpoints but none can be read (rather than silently starting afresh
@@ -146,14 +242,14 @@ def find_resume_checkpoint(run_dir: Path) -> Optional[Path]:
     for path in run_checkpoints(run_dir):
         try:
             step = int(load_training_checkpoint(path)["global_step"])
-            ranked.append((step, path.stat().st_mtime_ns, path))
+            ranked.append((step, path.name == LAST, path.stat().st_mtime_ns, path))
         except (ValueError, FileNotFoundError) as error:
             log.warning("not resuming from %s: %s", path, error)
             problems.append(str(error))
     if problems and not ranked:
         raise ValueError(f"{run_dir} holds checkpoints but none can be resumed from ({'; '.join(problems)}): give "
                          "one with ckpt_path=PATH, or start afresh in another run_dir")
-    return max(ranked, key=lambda ranking: ranking[:2])[2] if ranked else None
+    return max(ranked, key=lambda ranking: ranking[:3])[3] if ranked else None
 
 
 def run_checkpoints(run_dir: Path) -> list[Path]:
@@ -242,9 +338,10 @@ def check_resume_compatible(ckpt_path: str, module: LanguageModelModule, datamod
 
 def _changed_hyper_parameters(saved: dict[str, Any], current: dict[str, Any], group: str,
                               prefix: str = "") -> list[str]:
-    """How the `group` config the checkpoint's hyper-parameters record differs now; a setting added since the
-    checkpoint was written is not in it and not compared."""
+    """How the `group` config the checkpoint's hyper-parameters record differs now. Only settings both have are
+    compared: one added since the checkpoint was written is not in it, and another architecture has other fields
+    (its `architecture` differs, which says it all)."""
     recorded = saved.get(group) or {}
     if group == "model" and recorded:  # read as the model loaders read it (fields renamed or added since)
         recorded = asdict(model_config(recorded))
-    return changed_settings(recorded, current[group], keys=sorted(recorded), prefix=prefix)
+    return changed_settings(recorded, current[group], keys=sorted(set(recorded) & set(current[group])), prefix=prefix)

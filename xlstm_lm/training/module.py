@@ -156,11 +156,12 @@ class LanguageModelModule(L.LightningModule):
             return
         loss = (totals[0] / totals[1]).item()
         self.last_validated_step = self.global_step
-        self.log("val/loss", loss, prog_bar=True, sync_dist=False)
-        self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=False)
+        # every rank holds the same global value: synchronized with max, which keeps it exact
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, reduce_fx="max")
+        self.log("val/ppl", math.exp(min(loss, 50.0)), prog_bar=True, sync_dist=True, reduce_fx="max")
         if totals[3] > 0:  # answer accuracy: per answer token and per sequence (all its answers right)
-            self.log("val/acc", (totals[2] / totals[3]).item(), prog_bar=True, sync_dist=False)
-            self.log("val/seq_acc", (totals[4] / totals[5]).item(), prog_bar=False, sync_dist=False)
+            self.log("val/acc", (totals[2] / totals[3]).item(), prog_bar=True, sync_dist=True, reduce_fx="max")
+            self.log("val/seq_acc", (totals[4] / totals[5]).item(), prog_bar=False, sync_dist=True, reduce_fx="max")
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """Clip the global gradient norm. Under FSDP2 the gradients are DTensor shards, whose norms
