@@ -110,29 +110,52 @@ def _intra_chunk_backward(matDh, matH, matQs, matK, matV, vecB64, vecI, matC0, v
     Returns:
         dq̂, dk (..., L, DQK), dv (..., L, DV), dC0 (..., DQK, DV), dn0 (..., DQK), and dĩ, db (..., L).
     """
-    L, DV = matK.shape[-2], matV.shape[-1]
     intra = _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps)
     vecBeta, vecDen, matS = intra["vecBeta"], intra["vecDen"], intra["matS"]
-    # h = num / denom: the normalizer's gradient goes to den where |den| is the max (m is detached)
     matDnum = (matDh / intra["vecDenom"][..., None]).contiguous()  # dh may be a strided view
-    vecDdenom = -(matDnum * matH).sum(-1)
-    vecDden = torch.where(vecDen.abs() > torch.exp(-intra["vecM"]), vecDdenom * vecDen.sign(), 0.0)
-    # S enters num through S V and den through its row sums
-    matDS = torch.baddbmm(vecDden.reshape(-1, L, 1), matDnum.reshape(-1, L, DV),
-                          matV.reshape(-1, L, DV).mT).view_as(matS)
     matDV = matS.mT @ matDnum
+    matDS = matDnum @ matV.mT  # dnum_r·v_s, the gradient of S where den takes none
+    matDnumC = matDnum.mul_(vecBeta[..., None]) @ matC0.mT  # (..., L, DQK)
+    vecDnumNum, vecDden = _normalizer_backward(matS, matDS, (matDnumC * matQs).sum(-1), vecBeta * intra["vecInterN"],
+                                               vecDen.abs() > torch.exp(-intra["vecM"]), eps)
+    # h = num / denom: the normalizer's gradient goes to den where |den| is the max (m is detached); added as
+    # two float32 parts, so that dnum_r·v_s + dden_r is exact where they cancel
+    vecDdenHi = vecDden.to(matS.dtype)
+    matDS.add_(vecDdenHi[..., None]).add_((vecDden - vecDdenHi).to(matS.dtype)[..., None])
     matG = matDS * matS  # gradient of logD (zero above the diagonal)
     matDP = matDS.mul_(intra["matDp"])  # gradient of q̂kᵀ
-    matDnumB = matDnum.mul_(vecBeta[..., None])
-    vecDdenB = vecDden * vecBeta
-    matDnumC = matDnumB @ matC0.mT  # (..., L, DQK)
-    vecDlogBeta = (matDnumC * matQs).sum(-1) + vecDdenB * intra["vecInterN"]
+    vecDdenB = vecDdenHi * vecBeta
     matDQs = torch.addcmul(matDnumC.add_(matDP @ matK), vecDdenB[..., None], vecN0[..., None, :])
     matDK = matDP.mT @ matQs
-    dC0 = matQs.mT @ matDnumB
+    dC0 = matQs.mT @ matDnum
     dN0 = (matQs.mT @ vecDdenB[..., None]).squeeze(-1)
     vecGcol = matG.sum(-2)
-    return matDQs, matDK, matDV, dC0, dN0, vecGcol, matG.sum(-1) - vecGcol + vecDlogBeta
+    return matDQs, matDK, matDV, dC0, dN0, vecGcol, vecDnumNum - vecGcol
+
+
+def _normalizer_backward(matS, matDS, vecDnumState, vecDenState, above, eps):
+    """The gradient of den and of the scale of each row (all of num_r and den_r together), in float64.
+
+    Where one pair (r, s) outweighs the rest of row r, h_r = v_s up to eps and the gradient of its log weight
+    is the eps-sized residual dnum_r·v_s + dden_r of two terms near dnum_r·v_s, and the row's scale changes
+    h_r only through eps: both carried float32 rounding of h and den, 10% off at S = 1 (docs/benchmarks.md).
+    Here den_r and dnum_r·num_r are summed from the products in float64, so the term of pair (r, s) cancels
+    exactly, and the row scale's gradient takes the closed form dnum·num + dden·den = dnum·num·eps / denom.
+
+    Args:
+        matS: (..., L, L) S, matDS: (..., L, L) dnum_r·v_s.
+        vecDnumState, vecDenState: (..., L) β dnum_r·(q̂_rᵀC0) and β q̂_rᵀn0, the state's parts.
+        above: (..., L) where |den_r| > exp(-m_r) (as the forward chose).
+
+    Returns:
+        vecDnumNum: (..., L) the gradient of row r's log scale, vecDden (..., L) float64.
+    """
+    vecDen = matS.sum(-1, dtype=torch.float64) + vecDenState.double()
+    vecDnumNum = matS.to(torch.float64, copy=True).mul_(matDS).sum(-1) + vecDnumState.double()
+    vecDenom = vecDen.abs() + eps
+    vecDden = torch.where(above, -vecDnumNum * vecDen.sign() / vecDenom, 0.0)
+    vecDlogScale = torch.where(above, vecDnumNum * eps / vecDenom, vecDnumNum)
+    return vecDlogScale.to(matS.dtype), vecDden
 
 
 def _state_weights(scaLogF, vecA, scaM):
