@@ -116,8 +116,8 @@ def _intra_chunk_backward(matDh, matH, matQs, matK, matV, vecB64, vecI, matC0, v
     matDV = matS.mT @ matDnum
     matDS = matDnum @ matV.mT  # dnum_r·v_s, the gradient of S where den takes none
     matDnumC = matDnum.mul_(vecBeta[..., None]) @ matC0.mT  # (..., L, DQK)
-    vecDnumNum, vecDden = _normalizer_backward(matS, matDS, (matDnumC * matQs).sum(-1), vecBeta * intra["vecInterN"],
-                                               vecDen.abs() > torch.exp(-intra["vecM"]), eps)
+    vecDnumState, vecDenState = (matDnumC * matQs).sum(-1), vecBeta * intra["vecInterN"]
+    vecDden = _den_gradient(matS, matDS, vecDnumState, vecDenState, vecDen.abs() > torch.exp(-intra["vecM"]), eps)
     # h = num / denom: the normalizer's gradient goes to den where |den| is the max (m is detached); added as
     # two float32 parts, so that dnum_r·v_s + dden_r is exact where they cancel
     vecDdenHi = vecDden.to(matS.dtype)
@@ -129,18 +129,19 @@ def _intra_chunk_backward(matDh, matH, matQs, matK, matV, vecB64, vecI, matC0, v
     matDK = matDP.mT @ matQs
     dC0 = matQs.mT @ matDnum
     dN0 = (matQs.mT @ vecDdenB[..., None]).squeeze(-1)
+    vecDlogBeta = vecDnumState + vecDdenHi * vecDenState
     vecGcol = matG.sum(-2)
-    return matDQs, matDK, matDV, dC0, dN0, vecGcol, vecDnumNum - vecGcol
+    # every pair enters db twice, as the same float32 G_rs: the pairs inside the suffix sums of df̃ cancel
+    return matDQs, matDK, matDV, dC0, dN0, vecGcol, matG.sum(-1) - vecGcol + vecDlogBeta
 
 
-def _normalizer_backward(matS, matDS, vecDnumState, vecDenState, above, eps):
-    """The gradient of den and of the scale of each row (all of num_r and den_r together), in float64.
+def _den_gradient(matS, matDS, vecDnumState, vecDenState, above, eps):
+    """The gradient of den, in float64.
 
-    Where one pair (r, s) outweighs the rest of row r, h_r = v_s up to eps and the gradient of its log weight
-    is the eps-sized residual dnum_r·v_s + dden_r of two terms near dnum_r·v_s, and the row's scale changes
-    h_r only through eps: both carried float32 rounding of h and den, 10% off at S = 1 (docs/benchmarks.md).
-    Here den_r and dnum_r·num_r are summed from the products in float64, so the term of pair (r, s) cancels
-    exactly, and the row scale's gradient takes the closed form dnum·num + dden·den = dnum·num·eps / denom.
+    Where one pair (r, s) outweighs the rest of row r, h_r = v_s up to eps, and the gradient of S_rs is the
+    eps-sized residual dnum_r·v_s + dden_r of two terms near dnum_r·v_s (so are those of q, k and ĩ). With
+    dden from float32 h and den it carried their rounding: 10% off at S = 1 (docs/benchmarks.md). Here den_r
+    and dnum_r·num_r are summed from the products in float64, so the term of pair (r, s) cancels exactly.
 
     Args:
         matS: (..., L, L) S, matDS: (..., L, L) dnum_r·v_s.
@@ -148,14 +149,11 @@ def _normalizer_backward(matS, matDS, vecDnumState, vecDenState, above, eps):
         above: (..., L) where |den_r| > exp(-m_r) (as the forward chose).
 
     Returns:
-        vecDnumNum: (..., L) the gradient of row r's log scale, vecDden (..., L) float64.
+        vecDden: (..., L) float64, -sign(den_r) dnum_r·num_r / denom_r where |den_r| is the max, else 0.
     """
     vecDen = matS.sum(-1, dtype=torch.float64) + vecDenState.double()
     vecDnumNum = matS.to(torch.float64, copy=True).mul_(matDS).sum(-1) + vecDnumState.double()
-    vecDenom = vecDen.abs() + eps
-    vecDden = torch.where(above, -vecDnumNum * vecDen.sign() / vecDenom, 0.0)
-    vecDlogScale = torch.where(above, vecDnumNum * eps / vecDenom, vecDnumNum)
-    return vecDlogScale.to(matS.dtype), vecDden
+    return torch.where(above, -vecDnumNum * vecDen.sign() / (vecDen.abs() + eps), 0.0)
 
 
 def _state_weights(scaLogF, vecA, scaM):
