@@ -20,7 +20,8 @@ import torch
 
 from xlstm_lm.kernels import mlstm
 
-CASES = [("S 1, L 16, loss on h", 1, 16, ("native", "triton", "peer")), ("S 300, L 256", 300, 256, ("native", "triton"))]
+CASES = [("S 1, L 16, loss on h", 1, 16, ("native", "triton", "peer")),
+         ("S 300, L 256", 300, 256, ("native", "triton"))]
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
