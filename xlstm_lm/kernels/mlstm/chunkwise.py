@@ -6,8 +6,8 @@ from the parallel form, for all chunks, batches and heads at once. A sequence wh
 multiple of the chunk length ends with one shorter chunk (same math, no padding).
 
 Backward (`_ChunkwiseMLSTM`): the exact gradient of that forward, normalizer included (h = num / denom,
-denom = max(|den|, exp(-m)) + eps, with m detached as everywhere, DESIGN.md §4). It keeps the inputs, h
-and the chunk-start states, and recomputes the rest per chunk: the decay matrix (element-wise) and q̂kᵀ (one
+denom = max(|den|, exp(-m)) + eps, with m detached as everywhere, DESIGN.md §4). It keeps the inputs and
+the chunk-start states, and recomputes the rest per chunk: the decay matrix (element-wise) and q̂kᵀ (one
 batched matmul); q̂ᵀC0 is not needed again. Autograd instead holds every (B, NH, NC, L, L) intermediate of
 the forward and runs a backward node per operation and per chunk of the state loop. Per chunk, with
 G = dS ⊙ S the gradient of logD (S = (q̂kᵀ) ⊙ D', dS the gradient of S):
@@ -97,14 +97,14 @@ def _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps):
             "vecDenom": vecDenom, "vecInterN": vecInterN}
 
 
-def _intra_chunk_backward(matDh, matH, matQs, matK, matV, vecB64, vecI, matC0, vecN0, scaM0, eps):
+def _intra_chunk_backward(matDh, matQs, matK, matV, vecB64, vecI, matC0, vecN0, scaM0, eps):
     """Gradients of the outputs inside every chunk with respect to its inputs and its start state.
 
     Note: Σ_v dnum_rv (q̂_rᵀC0)_v = q̂_r · (C0 dnum_r), and C0 dnum is part of dq̂ anyway, so q̂ᵀC0 is
     not recomputed. The buffers of this function are gone before the state gradients are computed.
 
     Args:
-        matDh, matH: (..., L, DV) the gradient of h and h; the rest as in `_intra_chunk` and matV
+        matDh: (..., L, DV) the gradient of h; the rest as in `_intra_chunk` and matV
             (..., L, DV), matC0 (..., DQK, DV).
 
     Returns:
@@ -234,7 +234,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         intra = _intra_chunk(matQs, matK, vecB64, vecI, vecNs, scaM[..., :-1], eps)
         matNum = torch.addcmul(intra["matS"] @ matV, intra["vecBeta"][..., None], matQs @ matCs)
         h = (matNum / intra["vecDenom"][..., None]).reshape(B, NH, S, DV)
-        ctx.save_for_backward(matQs, matK, matV, i, f, h, matCs, vecNs, scaM)
+        ctx.save_for_backward(matQs, matK, matV, i, f, matCs, vecNs, scaM)
         ctx.L, ctx.eps = L, eps
         scaM_final = scaM[..., -1]
         ctx.mark_non_differentiable(scaM_final)
@@ -243,14 +243,14 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh, dC_final, dN_final, _dM_final):
-        matQs, matK, matV, i, f, h, matCs, vecNs, scaM = ctx.saved_tensors
+        matQs, matK, matV, i, f, matCs, vecNs, scaM = ctx.saved_tensors
         B, NH, NC, L, DQK = matQs.shape
         DV = matV.shape[-1]
         S = NC * L
         vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)
         vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF)
         matDQs, matDK, matDV, dC_intra, dN_intra, vecDi, vecDb = _intra_chunk_backward(
-            dh.reshape(B, NH, NC, L, DV), h.reshape(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
+            dh.reshape(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
             scaM[..., :-1], ctx.eps,
         )
         vecDecay, matW = _state_weights(scaLogF, vecA, scaM)
