@@ -6,8 +6,8 @@ from the parallel form, for all chunks, batches and heads at once. A sequence wh
 multiple of the chunk length ends with one shorter chunk (same math, no padding).
 
 Backward (`_ChunkwiseMLSTM`): the exact gradient of that forward, normalizer included (h = num / denom,
-denom = max(|den|, exp(-m)) + eps, with m detached as everywhere, DESIGN.md §4). It keeps the inputs, h
-and the chunk-start states, and recomputes the rest per chunk: the decay matrix (element-wise) and q̂kᵀ (one
+denom = max(|den|, exp(-m)) + eps, with m detached as everywhere, DESIGN.md §4). It keeps the inputs and
+the chunk-start states, and recomputes the rest per chunk: the decay matrix (element-wise) and q̂kᵀ (one
 batched matmul); q̂ᵀC0 is not needed again. Autograd instead holds every (B, NH, NC, L, L) intermediate of
 the forward and runs a backward node per operation and per chunk of the state loop. Per chunk, with
 G = dS ⊙ S the gradient of logD (S = (q̂kᵀ) ⊙ D', dS the gradient of S):
@@ -97,42 +97,63 @@ def _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps):
             "vecDenom": vecDenom, "vecInterN": vecInterN}
 
 
-def _intra_chunk_backward(matDh, matH, matQs, matK, matV, vecB64, vecI, matC0, vecN0, scaM0, eps):
+def _intra_chunk_backward(matDh, matQs, matK, matV, vecB64, vecI, matC0, vecN0, scaM0, eps):
     """Gradients of the outputs inside every chunk with respect to its inputs and its start state.
 
     Note: Σ_v dnum_rv (q̂_rᵀC0)_v = q̂_r · (C0 dnum_r), and C0 dnum is part of dq̂ anyway, so q̂ᵀC0 is
     not recomputed. The buffers of this function are gone before the state gradients are computed.
 
     Args:
-        matDh, matH: (..., L, DV) the gradient of h and h; the rest as in `_intra_chunk` and matV
+        matDh: (..., L, DV) the gradient of h; the rest as in `_intra_chunk` and matV
             (..., L, DV), matC0 (..., DQK, DV).
 
     Returns:
         dq̂, dk (..., L, DQK), dv (..., L, DV), dC0 (..., DQK, DV), dn0 (..., DQK), and dĩ, db (..., L).
     """
-    L, DV = matK.shape[-2], matV.shape[-1]
     intra = _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps)
     vecBeta, vecDen, matS = intra["vecBeta"], intra["vecDen"], intra["matS"]
-    # h = num / denom: the normalizer's gradient goes to den where |den| is the max (m is detached)
     matDnum = (matDh / intra["vecDenom"][..., None]).contiguous()  # dh may be a strided view
-    vecDdenom = -(matDnum * matH).sum(-1)
-    vecDden = torch.where(vecDen.abs() > torch.exp(-intra["vecM"]), vecDdenom * vecDen.sign(), 0.0)
-    # S enters num through S V and den through its row sums
-    matDS = torch.baddbmm(vecDden.reshape(-1, L, 1), matDnum.reshape(-1, L, DV),
-                          matV.reshape(-1, L, DV).mT).view_as(matS)
     matDV = matS.mT @ matDnum
+    matDS = matDnum @ matV.mT  # dnum_r·v_s, the gradient of S where den takes none
+    matDnumC = matDnum.mul_(vecBeta[..., None]) @ matC0.mT  # (..., L, DQK)
+    vecDnumState, vecDenState = (matDnumC * matQs).sum(-1), vecBeta * intra["vecInterN"]
+    vecDden = _den_gradient(matS, matDS, vecDnumState, vecDenState, vecDen.abs() > torch.exp(-intra["vecM"]), eps)
+    # h = num / denom: the normalizer's gradient goes to den where |den| is the max (m is detached); added as
+    # two float32 parts, so that dnum_r·v_s + dden_r is exact where they cancel
+    vecDdenHi = vecDden.to(matS.dtype)
+    matDS.add_(vecDdenHi[..., None]).add_((vecDden - vecDdenHi).to(matS.dtype)[..., None])
     matG = matDS * matS  # gradient of logD (zero above the diagonal)
     matDP = matDS.mul_(intra["matDp"])  # gradient of q̂kᵀ
-    matDnumB = matDnum.mul_(vecBeta[..., None])
-    vecDdenB = vecDden * vecBeta
-    matDnumC = matDnumB @ matC0.mT  # (..., L, DQK)
-    vecDlogBeta = (matDnumC * matQs).sum(-1) + vecDdenB * intra["vecInterN"]
+    vecDdenB = vecDdenHi * vecBeta
     matDQs = torch.addcmul(matDnumC.add_(matDP @ matK), vecDdenB[..., None], vecN0[..., None, :])
     matDK = matDP.mT @ matQs
-    dC0 = matQs.mT @ matDnumB
+    dC0 = matQs.mT @ matDnum
     dN0 = (matQs.mT @ vecDdenB[..., None]).squeeze(-1)
+    vecDlogBeta = vecDnumState + vecDdenHi * vecDenState
     vecGcol = matG.sum(-2)
+    # every pair enters db twice, as the same float32 G_rs: the pairs inside the suffix sums of df̃ cancel
     return matDQs, matDK, matDV, dC0, dN0, vecGcol, matG.sum(-1) - vecGcol + vecDlogBeta
+
+
+def _den_gradient(matS, matDS, vecDnumState, vecDenState, above, eps):
+    """The gradient of den, in float64.
+
+    Where one pair (r, s) outweighs the rest of row r, h_r = v_s up to eps, and the gradient of S_rs is the
+    eps-sized residual dnum_r·v_s + dden_r of two terms near dnum_r·v_s (so are those of q, k and ĩ). With
+    dden from float32 h and den it carried their rounding: 10% off at S = 1 (docs/benchmarks.md). Here den_r
+    and dnum_r·num_r are summed from the products in float64, so the term of pair (r, s) cancels exactly.
+
+    Args:
+        matS: (..., L, L) S, matDS: (..., L, L) dnum_r·v_s.
+        vecDnumState, vecDenState: (..., L) β dnum_r·(q̂_rᵀC0) and β q̂_rᵀn0, the state's parts.
+        above: (..., L) where |den_r| > exp(-m_r) (as the forward chose).
+
+    Returns:
+        vecDden: (..., L) float64, -sign(den_r) dnum_r·num_r / denom_r where |den_r| is the max, else 0.
+    """
+    vecDen = matS.sum(-1, dtype=torch.float64) + vecDenState.double()
+    vecDnumNum = matS.to(torch.float64, copy=True).mul_(matDS).sum(-1) + vecDnumState.double()
+    return torch.where(above, -vecDnumNum * vecDen.sign() / (vecDen.abs() + eps), 0.0)
 
 
 def _state_weights(scaLogF, vecA, scaM):
@@ -213,7 +234,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         intra = _intra_chunk(matQs, matK, vecB64, vecI, vecNs, scaM[..., :-1], eps)
         matNum = torch.addcmul(intra["matS"] @ matV, intra["vecBeta"][..., None], matQs @ matCs)
         h = (matNum / intra["vecDenom"][..., None]).reshape(B, NH, S, DV)
-        ctx.save_for_backward(matQs, matK, matV, i, f, h, matCs, vecNs, scaM)
+        ctx.save_for_backward(matQs, matK, matV, i, f, matCs, vecNs, scaM)
         ctx.L, ctx.eps = L, eps
         scaM_final = scaM[..., -1]
         ctx.mark_non_differentiable(scaM_final)
@@ -222,14 +243,14 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh, dC_final, dN_final, _dM_final):
-        matQs, matK, matV, i, f, h, matCs, vecNs, scaM = ctx.saved_tensors
+        matQs, matK, matV, i, f, matCs, vecNs, scaM = ctx.saved_tensors
         B, NH, NC, L, DQK = matQs.shape
         DV = matV.shape[-1]
         S = NC * L
         vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)
         vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF)
         matDQs, matDK, matDV, dC_intra, dN_intra, vecDi, vecDb = _intra_chunk_backward(
-            dh.reshape(B, NH, NC, L, DV), h.reshape(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
+            dh.reshape(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
             scaM[..., :-1], ctx.eps,
         )
         vecDecay, matW = _state_weights(scaLogF, vecA, scaM)
