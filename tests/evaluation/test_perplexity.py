@@ -13,7 +13,7 @@ from xlstm_lm.data.corpus import Document
 from xlstm_lm.evaluation.perplexity import (PerplexityConfig, encode_documents, evaluate_context, join_documents,
                                             position_buckets, score_window, token_byte_counts, token_nll)
 
-MODELS = ["xlstm", "lstm", "llama"]
+MODELS = ["xlstm", "lstm", "llama", "mamba"]
 
 
 def document(text: str, path: str = "doc.txt") -> Document:
