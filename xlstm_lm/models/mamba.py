@@ -157,12 +157,6 @@ class MambaLM(LanguageModel):
                 labels: Optional[torch.Tensor] = None, reduction: str = "mean"):
         """Next-token logits (B, S, V) in float32 (the loss given `labels`, see `output`), and the per-layer
         states after the last token when `return_state`."""
-        if state is not None and len(state) != len(self.layers):
-            raise ValueError(f"state has {len(state)} entries, the model has {len(self.layers)} layers")
-        x = self.embedding(input_ids)  # (B, S, D)
-        new_state = []
-        for index, layer in enumerate(self.layers):
-            x, layer_state = layer(x, None if state is None else state[index], doc_starts)
-            new_state.append(layer_state)
+        x, new_state = self.run_layers(self.layers, self.embedding(input_ids), state, doc_starts)
         out = self.output(self.final_norm(x), labels, reduction)
         return (out, new_state) if return_state else out
