@@ -58,17 +58,18 @@ def _states(a, u, h):
     if count * width > L:  # pad with steps that keep the state: a = 1, u = 0
         pad = (0, 0, 0, 0, 0, count * width - L)
         a, u = F.pad(a, pad, value=1.0), F.pad(u, pad)
-    a, u = a.unflatten(1, (count, width)), u.unflatten(1, (count, width))  # (B, count, w, E, N)
+    # (w, B, count, E, N): step i of every piece is one contiguous slice
+    a, u = (t.unflatten(1, (count, width)).movedim(2, 0).contiguous() for t in (a, u))
     local, decay = torch.empty_like(u), torch.empty_like(a)  # from a zero state; product of a since the piece start
-    local[:, :, 0], decay[:, :, 0] = u[:, :, 0], a[:, :, 0]
+    local[0], decay[0] = u[0], a[0]
     for i in range(1, width):
-        torch.addcmul(u[:, :, i], a[:, :, i], local[:, :, i - 1], out=local[:, :, i])
-        torch.mul(decay[:, :, i - 1], a[:, :, i], out=decay[:, :, i])
-    starts = torch.empty_like(local[:, :, 0])  # (B, count, E, N): the state before each piece
+        torch.addcmul(u[i], a[i], local[i - 1], out=local[i])
+        torch.mul(decay[i - 1], a[i], out=decay[i])
+    starts = torch.empty_like(local[0])  # (B, count, E, N): the state before each piece
     for k in range(count):
         starts[:, k] = h
-        h = torch.addcmul(local[:, k, -1], decay[:, k, -1], h)
-    return torch.addcmul(local, decay, starts[:, :, None]).flatten(1, 2)[:, :L]
+        h = torch.addcmul(local[-1, :, k], decay[-1, :, k], h)
+    return torch.addcmul(local, decay, starts).movedim(0, 2).flatten(1, 2)[:, :L]
 
 
 class _SelectiveScan(torch.autograd.Function):
