@@ -12,7 +12,7 @@ PROMPT = [0, 17, 42, 99, 5, 230]
 
 
 @pytest.mark.parametrize("prefill_length", [2048, 4])  # the prompt in one pass, and in pieces of 4, 2
-@pytest.mark.parametrize("kind", ["xlstm", "lstm", "llama"])
+@pytest.mark.parametrize("kind", ["xlstm", "lstm", "llama", "mamba"])
 def test_greedy_steps_equal_one_pass_over_the_generated_text(kind, prefill_length):
     model = tiny_model(kind)
     cfg = GenerationConfig(max_new_tokens=12, temperature=0, stop_at_eos=False, prefill_length=prefill_length)

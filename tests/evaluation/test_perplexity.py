@@ -82,7 +82,7 @@ def test_joined_documents_are_one_stream_with_the_same_labels(documents):
     assert result.windows == 1 and result.loss == pytest.approx(expected.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("kind", [*MODELS, "mamba"])
 def test_pieces_with_carried_state_equal_one_pass(kind):
     model = tiny_model(kind)
     ids = torch.randint(0, MODEL_VOCAB, (2, 51), generator=torch.Generator().manual_seed(0))

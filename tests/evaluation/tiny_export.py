@@ -19,6 +19,7 @@ MODEL_CONFIGS = {
                   ratio="1:1", chunk_size=8),
     "lstm": dict(architecture="lstm", vocab_size=MODEL_VOCAB, embedding_dim=32, num_blocks=2),
     "llama": dict(architecture="llama", vocab_size=MODEL_VOCAB, embedding_dim=32, num_blocks=4, num_heads=4),
+    "mamba": dict(architecture="mamba", vocab_size=MODEL_VOCAB, embedding_dim=32, num_blocks=2),
 }
 
 

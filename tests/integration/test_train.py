@@ -52,7 +52,7 @@ def test_train_py_end_to_end_and_export_reloads_identically(tmp_path, data_cache
     assert logged_steps(run_dir, "val/ppl")
 
 
-@pytest.mark.parametrize("model", ["llama", "lstm", "xlstm_large", "xlstm_0_1"])
+@pytest.mark.parametrize("model", ["llama", "lstm", "mamba", "xlstm_large", "xlstm_0_1"])
 def test_every_architecture_trains_and_reloads(tmp_path, data_cache, model):
     run_dir = tmp_path / "run"
     overrides = [*small_run_overrides(data_cache, max_steps=3), f"model={model}", "trainer.peak_tflops=0.21"]

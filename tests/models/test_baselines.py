@@ -1,9 +1,10 @@
-"""The Transformer and LSTM baselines: parameter parity with xLSTM, caches and states, exact math."""
+"""The Transformer, LSTM and Mamba baselines: parameter parity with xLSTM, caches and states, exact math."""
 
 import pytest
 import torch
 
-from xlstm_lm.models import LlamaConfig, LlamaLM, LSTMCell, LSTMConfig, LSTMLM, XLSTMConfig, build_model
+from xlstm_lm.models import (LlamaConfig, LlamaLM, LSTMCell, LSTMConfig, LSTMLM, MambaConfig, MambaLM, XLSTMConfig,
+                             build_model)
 from xlstm_lm.models.llama import rotary
 
 SIZES = [(256, 8, 8192), (768, 24, 50304), (1024, 48, 50304), (1536, 48, 50304), (2048, 48, 50304)]
@@ -25,7 +26,8 @@ def tiny(cls, config_cls, **overrides):
     return cls(config_cls(vocab_size=61, embedding_dim=32, num_blocks=4, num_heads=4, **overrides)).double()
 
 
-@pytest.mark.parametrize("make", [lambda: tiny(LlamaLM, LlamaConfig), lambda: tiny(LSTMLM, LSTMConfig)])
+@pytest.mark.parametrize("make", [lambda: tiny(LlamaLM, LlamaConfig), lambda: tiny(LSTMLM, LSTMConfig),
+                                  lambda: tiny(MambaLM, MambaConfig, num_layers=2, chunk_size=8)])
 def test_cache_or_state_in_pieces_and_token_by_token_equals_one_pass(make):
     model = make()
     ids = torch.randint(0, 61, (2, 19))

@@ -4,7 +4,7 @@ import pytest
 import torch
 from lightning.fabric.accelerators import cuda as lightning_cuda
 
-from xlstm_lm.models import LlamaConfig, LlamaLM, XLSTMConfig, XLSTMLM
+from xlstm_lm.models import LlamaConfig, LlamaLM, MambaConfig, MambaLM, XLSTMConfig, XLSTMLM
 from xlstm_lm.training.flops import forward_flops_per_token, peak_flops, training_flops_per_token
 
 
@@ -27,6 +27,14 @@ def test_transformer_flops_by_hand():
     dense = 2 * (4 * 16 * 16 + 16 * 128 + 64 * 16) + 16 * 64  # two layers (attention + SwiGLU 64) and the head
     attention = 2 * 2 * 32 * 16  # two layers, causal QK and PV at context 32
     assert forward_flops_per_token(model, context_length=32) == 2 * dense + attention
+
+
+def test_mamba_flops_by_hand():
+    model = MambaLM(MambaConfig(vocab_size=64, embedding_dim=16, num_blocks=1))  # E 32, N 16, Δ rank 1
+    # in 16x64, conv 32x4, x_proj 32x(1 + 2 * 16), dt_proj 1x32, out 32x16, head 16x64; A_log is no matmul
+    dense = 1024 + 128 + 1056 + 32 + 512 + 1024
+    scan = 9 * 32 * 16
+    assert forward_flops_per_token(model, context_length=32) == 2 * dense + scan == 12160
 
 
 @pytest.mark.parametrize("name", ["NVIDIA H100 80GB HBM3", "NVIDIA H200"])

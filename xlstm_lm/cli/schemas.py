@@ -19,7 +19,7 @@ from xlstm_lm.evaluation.accuracy import TaskEvalConfig
 from xlstm_lm.evaluation.documents import EvalDataConfig
 from xlstm_lm.evaluation.generation import GenerationConfig
 from xlstm_lm.evaluation.perplexity import PerplexityConfig
-from xlstm_lm.models import LlamaConfig, LSTMConfig, XLSTMConfig, XLSTMLargeConfig
+from xlstm_lm.models import LlamaConfig, LSTMConfig, MambaConfig, XLSTMConfig, XLSTMLargeConfig
 from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig
 from xlstm_lm.training.trainer import LoggerConfig, TrainerConfig
 
@@ -73,7 +73,7 @@ def to_config(cfg: DictConfig | Any) -> Any:
 
 # the schema each option of the `model` group starts from (its YAML lists it first in `defaults`)
 MODEL_SCHEMAS = {"xlstm_schema": XLSTMConfig, "xlstm_large_schema": XLSTMLargeConfig, "llama_schema": LlamaConfig,
-                 "lstm_schema": LSTMConfig}
+                 "lstm_schema": LSTMConfig, "mamba_schema": MambaConfig}
 
 # the schema each option of the `data` group starts from: documents, or one per synthetic task
 DATA_SCHEMAS = {"data_schema": DataConfig} | {f"{name}_schema": schema for name, (schema, _) in TASKS.items()}

@@ -1,5 +1,5 @@
-"""Plain PyTorch models: the xLSTM paper stack, the 7B-style xLSTM stack, the Transformer and LSTM baselines
-(no Lightning or Hydra).
+"""Plain PyTorch models: the xLSTM paper stack, the 7B-style xLSTM stack, the Transformer, LSTM and Mamba
+baselines (no Lightning or Hydra).
 
 `build_model` turns a config (dataclass or plain dict) into its model, chosen by `architecture`.
 """
@@ -11,6 +11,7 @@ import dataclasses
 from xlstm_lm.models.base import LanguageModel
 from xlstm_lm.models.llama import LlamaConfig, LlamaLM
 from xlstm_lm.models.lstm import LSTMCell, LSTMConfig, LSTMLM, lstm_pointwise
+from xlstm_lm.models.mamba import MambaConfig, MambaLM
 from xlstm_lm.models.xlstm import XLSTMLM, XLSTMConfig, place_slstm_blocks
 from xlstm_lm.models.xlstm_large import XLSTMLargeConfig, XLSTMLargeLM
 
@@ -20,6 +21,7 @@ MODELS = {
     "xlstm_large": (XLSTMLargeConfig, XLSTMLargeLM),
     "llama": (LlamaConfig, LlamaLM),
     "lstm": (LSTMConfig, LSTMLM),
+    "mamba": (MambaConfig, MambaLM),
 }
 
 # Before each xLSTM stack had its own config, one class served both and every checkpoint and export of those
@@ -60,4 +62,5 @@ __all__ = [
     "XLSTMLargeConfig", "XLSTMLargeLM",
     "LlamaConfig", "LlamaLM",
     "LSTMCell", "LSTMConfig", "LSTMLM", "lstm_pointwise",
+    "MambaConfig", "MambaLM",
 ]

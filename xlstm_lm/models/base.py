@@ -35,6 +35,18 @@ class LanguageModel(nn.Module):
         after the prompt; the xLSTM stacks take their cells' step functions here."""
         return self(input_ids, state=state, return_state=True)
 
+    def run_layers(self, layers: nn.ModuleList, x: torch.Tensor, state: Optional[list],
+                   doc_starts: Optional[torch.Tensor]) -> tuple[torch.Tensor, list]:
+        """x (B, S, D) through `layers`, each `layer(x, its state or None, doc_starts) -> (x, new state)`: the
+        output and the list of new states (a Transformer's KV caches, Mamba's conv and SSM states)."""
+        if state is not None and len(state) != len(layers):
+            raise ValueError(f"state has {len(state)} entries, the model has {len(layers)} layers")
+        new_state = []
+        for index, layer in enumerate(layers):
+            x, layer_state = layer(x, None if state is None else state[index], doc_starts)
+            new_state.append(layer_state)
+        return x, new_state
+
     def build_embedding_and_head(self, vocab_size: int, dim: int, tie: bool) -> None:
         """The token embedding and the LM head (bias-free), sharing one matrix when `tie`."""
         self.embedding = nn.Embedding(vocab_size, dim)

@@ -150,12 +150,6 @@ class LlamaLM(LanguageModel):
         """
         if state is not None and doc_starts is not None:
             raise ValueError("doc_starts needs a fresh state: document masks do not extend into a KV cache")
-        if state is not None and len(state) != len(self.layers):
-            raise ValueError(f"state has {len(state)} entries, the model has {len(self.layers)} layers")
-        x = self.embedding(input_ids)
-        caches = []
-        for index, layer in enumerate(self.layers):
-            x, cache = layer(x, None if state is None else state[index], doc_starts)
-            caches.append(cache)
+        x, caches = self.run_layers(self.layers, self.embedding(input_ids), state, doc_starts)
         out = self.output(self.final_norm(x), labels, reduction)
         return (out, caches) if return_state else out

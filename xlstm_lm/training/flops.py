@@ -2,9 +2,12 @@
 
 Forward FLOPs per token:
     dense    2 · (parameters of the matrices every token multiplies: projections, block-diagonal maps,
-             depthwise convolutions, FFNs and the LM head; not the embedding lookup, not sLSTM's R)
+             depthwise convolutions, FFNs and the LM head; not the embedding lookup, not sLSTM's R, not
+             Mamba's A_log)
     mLSTM    per block and head, chunkwise with chunk L:  L · (DQK + DV) + 4 · DQK · DV
     sLSTM    per block and head:  8 · DH²  (four gates times the DH x DH recurrent matrix)
+    Mamba    per layer, the selective scan: 9 · E · N  (exp(Δ A), Δ B x, the state update and C · h for each of
+             the E · N states; the count of mamba_ssm's reference)
     attention per Transformer layer: 2 · S · D  (QKᵀ and PV, causal: half of the 4 · S · D of a full square)
 Training counts 3x the forward (the backward is about twice the forward). MFU divides by the device's
 peak at the precision the run computes in, from Lightning's table (`get_available_flops`).
@@ -16,6 +19,7 @@ import torch
 from lightning.fabric.utilities.throughput import get_available_flops
 
 from xlstm_lm.models import LanguageModel, LlamaLM
+from xlstm_lm.models.mamba import MambaMixer
 from xlstm_lm.models.mlstm import MLSTMLayer
 from xlstm_lm.models.xlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMLayer
@@ -31,9 +35,11 @@ H200_FLOPS = {torch.float64: 33.5e12, torch.float32: 66.9e12, "tfloat32": 494.7e
 
 
 def dense_matrix_parameters(model: LanguageModel) -> int:
-    """Parameters that each token multiplies once: every weight matrix but the embedding and sLSTM's R."""
+    """Parameters that each token multiplies once: every weight matrix but the embedding, sLSTM's R and Mamba's
+    A_log (the scan's, counted in `cell_flops_per_token`)."""
     skip = {id(model.embedding.weight)} - {id(model.head.weight)}  # a tied head is still a matmul
     skip |= {id(layer.recurrent) for layer in model.modules() if isinstance(layer, SLSTMLayer)}
+    skip |= {id(mixer.A_log) for mixer in model.modules() if isinstance(mixer, MambaMixer)}
     return sum(p.numel() for name, p in model.named_parameters()
                if p.ndim >= 2 and not name.endswith("bias") and id(p) not in skip)
 
@@ -50,6 +56,8 @@ def cell_flops_per_token(model: LanguageModel, context_length: int) -> float:
             flops += heads * (chunk * (dqk + dv) + 4 * dqk * dv)
         elif isinstance(module, SLSTMLayer):
             flops += module.num_heads * 8 * module.head_dim**2
+        elif isinstance(module, MambaMixer):
+            flops += 9 * module.inner * module.state_size
     if isinstance(model, LlamaLM):
         flops += len(model.layers) * 2 * context_length * model.config.embedding_dim
     return flops

@@ -41,14 +41,15 @@ class SchedulerConfig:
 
 
 def decayed_parameter_names(model: nn.Module) -> set[str]:
-    """Names of the weight matrices (ndim >= 2): norms, biases, gate biases and embeddings are not decayed.
+    """Names of the weight matrices (ndim >= 2): norms, biases, gate biases, embeddings and Mamba's A_log (the
+    log of its state decay rates, not a map) are not decayed.
 
     Note: works on a parallelized model too: FSDP2 keeps the names and the full shape of the parameters it
     shards (DTensors).
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     return {name for name, param in model.named_parameters()
-            if param.ndim >= 2 and not name.endswith("bias")  # sLSTM's (4, NH, DH) bias is not a matrix
+            if param.ndim >= 2 and not name.endswith(("bias", "A_log"))  # sLSTM's (4, NH, DH) bias is not a matrix
             and id(param) not in embeddings}
 
 

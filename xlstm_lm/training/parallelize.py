@@ -29,6 +29,7 @@ from torch.utils.checkpoint import checkpoint
 
 from xlstm_lm.models import LanguageModel
 from xlstm_lm.models.llama import TransformerLayer
+from xlstm_lm.models.mamba import MambaLayer
 from xlstm_lm.models.mlstm import MLSTMBlock
 from xlstm_lm.models.xlstm_large import LargeMLSTMBlock
 from xlstm_lm.models.slstm import SLSTMBlock
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 # The unit of activation checkpointing and of FSDP: FSDP all-gathers one block's parameters at a time in
 # the forward and the backward, so at most one block's full parameters (plus the root's embedding and head)
 # are materialized at once.
-BLOCK_CLASSES = (MLSTMBlock, SLSTMBlock, LargeMLSTMBlock, TransformerLayer)
+BLOCK_CLASSES = (MLSTMBlock, SLSTMBlock, LargeMLSTMBlock, TransformerLayer, MambaLayer)
 FSDP_SHARDINGS = ("full", "hybrid", "grad_op")
 FSDP_STATE_DICTS = ("full", "sharded")
 
