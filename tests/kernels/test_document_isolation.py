@@ -47,7 +47,7 @@ class Layout(NamedTuple):
         return grad[keep]
 
 
-WINDOW = Layout(37, ((0, 16, 21), (5, 30)), (16, 21))
+WINDOW = Layout(37, ((0, 16, 21), (5, 30)), (21, 37))  # the loss document starts mid-chunk, spans two
 SHORT = Layout(20, ((0, 7, 16), (5, 12)), (7, 16))  # for the interpreter: still a start at a chunk boundary
 
 

@@ -16,7 +16,7 @@ from xlstm_lm.models import build_model
 
 S = 37
 STARTS = ((0, 16, 21), (5, 30))  # per row; row 1's first document continues the state it is given
-LOSS_SPAN = (16, 21)  # row 0's document whose loss must reach no other
+LOSS_SPAN = (21, 37)  # row 0's document whose loss must reach no other: it starts mid-chunk, spans two
 COMMON = dict(vocab_size=61, embedding_dim=32, num_heads=4)
 MODELS = {
     "mlstm": dict(architecture="xlstm", ratio="1:0", num_blocks=1, chunk_size=16),

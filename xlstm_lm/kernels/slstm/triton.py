@@ -71,11 +71,15 @@ def _wide_launch_config(B: int, NH: int, DH: int, backward: bool = False) -> tup
 
 
 class _SLSTMFunction(torch.autograd.Function):
-    """(save, gates_x, R, b, y0, c0, n0, m0, starts) -> (y, y_S, c_S, n_S, m_S); m0 and m_S carry no gradient.
-    save: keep what the backward needs (off under torch.no_grad, where nothing is saved)."""
+    """(save, gates_x, R, b, y0, c0, n0, m0, starts, has_starts) -> (y, y_S, c_S, n_S, m_S); m0 and m_S carry no
+    gradient. save: keep what the backward needs (off under torch.no_grad, where nothing is saved).
+    has_starts: whether the on-chip kernels read starts (the wide ones always do).
+
+    Note: the on-chip kernels compile the document-start code only when there are starts: at DH = 128 the
+    backward with it spills (48 bytes of stack on sm_90, test_slstm_triton.py), without it it does not."""
 
     @staticmethod
-    def forward(ctx, save, gates_x, R, b, y0, c0, n0, m0, starts):
+    def forward(ctx, save, gates_x, R, b, y0, c0, n0, m0, starts, has_starts):
         ctx.wide = not on_chip(gates_x)
         # the interpreter's bf16 arithmetic is broken (DESIGN.md §9): there the products stay fp32
         dot_bf16 = gates_x.dtype in (torch.bfloat16, torch.float16) and not triton.knobs.runtime.interpret
@@ -83,7 +87,8 @@ class _SLSTMFunction(torch.autograd.Function):
         # Triton hold R in registers as the matrix operand, and DH = 128 would spill)
         R_dot = R.to(torch.bfloat16) if dot_bf16 else R
         launch = _wide_forward if ctx.wide else _on_chip_forward
-        y, final, pre, saved = launch(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts)
+        y, final, pre, saved = launch(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts, has_starts)
+        ctx.has_starts = has_starts
         if save:
             ctx.save_for_backward(R_dot, y0, y, pre, starts, *saved)
             ctx.gates_dtype, ctx.dot_bf16 = gates_x.dtype, dot_bf16
@@ -109,16 +114,16 @@ class _SLSTMFunction(torch.autograd.Function):
             initial_grads = [torch.empty_like(g) for g in final_grads]
             kernels.slstm_bw_kernel[grid](
                 dy, *final_grads, R_dot, pre, c, n, m, dgates, *initial_grads, starts, B, S, NH,
-                DOT_BF16=ctx.dot_bf16, **config,
+                DOT_BF16=ctx.dot_bf16, STARTS=ctx.has_starts, **config,
             )
         # ∂L/∂R[g, h, d, e] = Σ_{b,t} y_{t-1}[b, h, d] ∂L/∂pre[b, t, g, h, e], y_{t-1} = 0 at document starts
         y_prev = torch.cat([y0[:, None], y[:, :-1]], dim=1).masked_fill(starts.bool()[..., None, None], 0.0)
         dR = torch.einsum("bshd,bsghe->ghde", y_prev, dgates)
         db = dgates.sum(dim=(0, 1))  # (4, NH, DH)
-        return None, dgates.to(ctx.gates_dtype), dR, db, *initial_grads, None, None
+        return None, dgates.to(ctx.gates_dtype), dR, db, *initial_grads, None, None, None
 
 
-def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts):
+def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts, has_starts):
     """The on-chip forward kernel's launch: y, the final state, and (when saving) the pre-activations and
     the per-step c, n, m (the initial state at index 0)."""
     B, S, _, NH, DH = gates_x.shape
@@ -134,11 +139,11 @@ def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts):
     else:  # never written: SAVE is off
         pre, saved = y, [y] * 3
     triton_kernels(__package__).slstm_fw_kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, starts, B, S, NH,
-                          DOT_BF16=dot_bf16, SAVE=save, **config)
+                          DOT_BF16=dot_bf16, SAVE=save, STARTS=has_starts, **config)
     return y, final, pre, saved
 
 
-def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts):
+def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts, _has_starts):
     """The wide forward kernel's launch, with the outputs of `_on_chip_forward`. Every step's state goes
     through memory: y, c, n, m (B, S + 1, NH, DH), the initial state at index 0, are written always."""
     B, S, _, NH, DH = gates_x.shape
@@ -189,5 +194,5 @@ def slstm_triton(
     B, S = gates_x.shape[:2]
     starts = (torch.zeros((B, S), dtype=torch.uint8, device=gates_x.device) if doc_starts is None
               else doc_starts.to(torch.uint8).contiguous())
-    y, *final = _SLSTMFunction.apply(save, gates_x.contiguous(), *f32, starts)
+    y, *final = _SLSTMFunction.apply(save, gates_x.contiguous(), *f32, starts, doc_starts is not None)
     return y, tuple(final)

@@ -99,9 +99,9 @@ def _tile(B, NH, DH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
-def _starts(starts_ptr, t, S, NH, DH: tl.constexpr, rows, mask):
-    """Whether step t starts a document, per batch row (1, BB), from the rows' offsets b·NH·DH."""
-    return tl.load(starts_ptr + (rows // (NH * DH)) * S + t, mask=mask, other=0) != 0
+def _start_rows(starts_ptr, S, BB: tl.constexpr):
+    """This program's rows of starts (B, S), at t = 0: (1, BB) pointers."""
+    return starts_ptr + (tl.program_id(0) * BB + tl.arange(0, BB)[None, :]).to(tl.int64) * S
 
 
 @triton.jit
@@ -165,7 +165,7 @@ def slstm_fw_kernel(
     c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32 if SAVE: index 0 holds the initial state, t + 1 step t
     starts_ptr,  # (B, S) uint8: document starts
     B, S, NH,
-    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr, SAVE: tl.constexpr,
+    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr, SAVE: tl.constexpr, STARTS: tl.constexpr,
 ):
     h, rows, units, mask = _tile(B, NH, DH, BB)
     state = rows + units  # (DH, BB) offsets into (B, NH, DH)
@@ -174,6 +174,7 @@ def slstm_fw_kernel(
     saved = rows * (S + 1) + units  # into (B, S + 1, NH, DH) at index 0
     gate_stride = NH * DH  # int32: `on_chip` sends sequences with 4 · S · NH · DH >= 2**31 to the wide kernels
     R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, True, DOT_BF16)
+    starts = _start_rows(starts_ptr, S, BB)
     b_i = tl.load(b_ptr + units)
     b_f = tl.load(b_ptr + gate_stride + units)
     b_z = tl.load(b_ptr + 2 * gate_stride + units)
@@ -183,7 +184,8 @@ def slstm_fw_kernel(
     n = _load(n0_ptr, state, mask)
     m = _load(m0_ptr, state, mask)
     for t in range(S):
-        y, c, n, m = _fresh(_starts(starts_ptr, t, S, NH, DH, rows, mask), y, c, n, m)
+        if STARTS:
+            y, c, n, m = _fresh(tl.load(starts + t, mask=mask, other=0) != 0, y, c, n, m)
         x = gx_ptr + gates + t * 4 * gate_stride
         ig = _load(x, 0, mask) + _matmul(R_i, y, DOT_BF16) + b_i
         fg = _load(x, gate_stride, mask) + _matmul(R_f, y, DOT_BF16) + b_f
@@ -218,7 +220,7 @@ def slstm_bw_kernel(
     dy0_ptr, dc0_ptr, dn0_ptr,  # (B, NH, DH) fp32 out: ∂L/∂ of the initial state
     starts_ptr,  # (B, S) uint8: document starts
     B, S, NH,
-    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr,
+    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr, STARTS: tl.constexpr,
 ):
     h, rows, units, mask = _tile(B, NH, DH, BB)
     state = rows + units  # (DH, BB) offsets as in the forward
@@ -227,6 +229,7 @@ def slstm_bw_kernel(
     saved = rows * (S + 1) + units
     gate_stride = NH * DH  # int32: `on_chip` sends sequences with 4 · S · NH · DH >= 2**31 to the wide kernels
     R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, False, DOT_BF16)
+    starts = _start_rows(starts_ptr, S, BB)
     dy_next = _load(dyS_ptr, state, mask)  # (DH, BB) ∂L/∂y_t through step t + 1 (and the final state)
     dc = _load(dcS_ptr, state, mask)
     dn = _load(dnS_ptr, state, mask)
@@ -235,8 +238,9 @@ def slstm_bw_kernel(
         s = saved + t * gate_stride  # the state before step t; after it at + gate_stride
         ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m = _saved_step(
             pre_ptr + gates + t * 4 * gate_stride, c_ptr, n_ptr, m_ptr, s, gate_stride, mask)
-        start = _starts(starts_ptr, t, S, NH, DH, rows, mask)
-        _, c_prev, n_prev, m_prev = _fresh(start, c_prev, c_prev, n_prev, m_prev)
+        if STARTS:
+            start = tl.load(starts + t, mask=mask, other=0) != 0
+            _, c_prev, n_prev, m_prev = _fresh(start, c_prev, c_prev, n_prev, m_prev)
         dy = _load(dy_ptr, seq + t * gate_stride, mask) + dy_next
         dig, dfg, dzg, dog, dc_prev, dn_prev = _step_backward(ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m,
                                                               dy, dc, dn)
@@ -245,10 +249,12 @@ def slstm_bw_kernel(
         tl.store(d + gate_stride, dfg, mask=mask)
         tl.store(d + 2 * gate_stride, dzg, mask=mask)
         tl.store(d + 3 * gate_stride, dog, mask=mask)
-        dy_next = tl.where(start, 0.0, (
+        dy_next = (
             _matmul(R_i, dig, DOT_BF16) + _matmul(R_f, dfg, DOT_BF16)
             + _matmul(R_z, dzg, DOT_BF16) + _matmul(R_o, dog, DOT_BF16)
-        ))
+        )
+        if STARTS:
+            dy_next = tl.where(start, 0.0, dy_next)
         dc, dn = dc_prev, dn_prev
     tl.store(dy0_ptr + state, dy_next, mask=mask)
     tl.store(dc0_ptr + state, dc, mask=mask)
@@ -297,10 +303,11 @@ def slstm_fw_wide_kernel(
     gates = rows * S * 4 + h * DH  # into (B, S, 4, NH, DH) at t = 0, gate i, unit 0
     gate_stride = NH.to(tl.int64) * DH  # int64: t · 4 · NH · DH passes 2**31 in long sequences
     R_head = R_ptr + h * DH * DH
+    starts = _start_rows(starts_ptr, S, BB)
     R_gate = NH * DH * DH
     for t in range(S):
         before = saved + t * gate_stride
-        start = _starts(starts_ptr, t, S, NH, DH, rows, row_mask)
+        start = tl.load(starts + t, mask=row_mask, other=0) != 0
         for u0 in range(0, DHP, BU):
             u = u0 + tl.arange(0, BU)[:, None]  # (BU, 1) units of the gates
             mask = (u < DH) & row_mask
@@ -311,17 +318,17 @@ def slstm_fw_wide_kernel(
             og = _load(x, 3 * gate_stride, mask) + _load(b_ptr + 3 * gate_stride + h * DH, u, u < DH)
             for k0 in range(0, DHP, BK):
                 k = k0 + tl.arange(0, BK)
-                y_prev = _load_fresh(ys_ptr, before + k[:, None], (k[:, None] < DH) & row_mask)  # (BK, BB)
-                y_prev = tl.where(start, 0.0, y_prev)
+                y_prev = _load_fresh(ys_ptr, before + k[:, None], (k[:, None] < DH) & row_mask & ~start)  # (BK, BB)
                 R_mask = (u < DH) & (k[None, :] < DH)
                 R_T = k[None, :] * DH + u  # (BU, BK): R[g, h, k, u], transposed
                 ig += _matmul(tl.load(R_head + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
                 fg += _matmul(tl.load(R_head + R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
                 zg += _matmul(tl.load(R_head + 2 * R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
                 og += _matmul(tl.load(R_head + 3 * R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
-            c_prev, n_prev = _load_fresh(c_ptr, before + u, mask), _load_fresh(n_ptr, before + u, mask)
-            _, c_prev, n_prev, m_prev = _fresh(start, c_prev, c_prev, n_prev, _load_fresh(m_ptr, before + u, mask))
-            y, c, n, m = _step_forward(ig, fg, zg, og, c_prev, n_prev, m_prev)
+            fresh = mask & ~start  # the state before the step: a fresh one (0, 0, -inf) at a document start
+            y, c, n, m = _step_forward(ig, fg, zg, og, _load_fresh(c_ptr, before + u, fresh),
+                                       _load_fresh(n_ptr, before + u, fresh),
+                                       _load_fresh(m_ptr, before + u, fresh, float("-inf")))
             after = before + gate_stride + u
             tl.store(ys_ptr + after, y, mask=mask)
             tl.store(c_ptr + after, c, mask=mask)
@@ -356,12 +363,13 @@ def slstm_bw_wide_kernel(
     saved = rows * (S + 1) + h * DH
     gate_stride = NH.to(tl.int64) * DH  # int64: t · 4 · NH · DH passes 2**31 in long sequences
     R_head = R_ptr + h * DH * DH
+    starts = _start_rows(starts_ptr, S, BB)
     R_gate = NH * DH * DH
     for step in range(S):
         t = S - 1 - step
         s = saved + t * gate_stride  # the state before step t; after it at + gate_stride
         d = dgx_ptr + gates + t * 4 * gate_stride
-        start = _starts(starts_ptr, t, S, NH, DH, rows, row_mask)
+        start = tl.load(starts + t, mask=row_mask, other=0) != 0
         for u0 in range(0, DHP, BP):  # the pointwise backward of step t, in blocks of BP units
             u = u0 + tl.arange(0, BP)[:, None]
             mask = (u < DH) & row_mask
