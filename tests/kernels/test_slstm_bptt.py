@@ -69,3 +69,5 @@ def test_loop_is_a_well_formed_custom_operator():
     n0.data.abs_().add_(1.0)
     m0 = torch.zeros(NH, B, DH, dtype=torch.float64)
     torch.library.opcheck(slstm_loop, (preX, matR, y0, c0, n0, m0))
+    starts = torch.tensor([[True, False, False], [False, False, True], [False] * 3, [True] * 3, [False] * 3])
+    torch.library.opcheck(slstm_loop, (preX, matR, y0, c0, n0, m0, starts[:, None, :, None]))

@@ -175,8 +175,9 @@ H100_SHARED_MEMORY = 227 * 1024  # the most one block may use
 WIDE_AOT_SHAPES = [192, 256, 512]  # the paper's sLSTM heads at 125m, 350m and 1.3b (4 heads)
 
 
-def compile_kernel(direction: str, DH: int, wide: bool = False):
-    """A kernel compiled for sm_90 with the launch configuration of `triton.py` (bf16 in, R in bf16).
+def compile_kernel(direction: str, DH: int, wide: bool = False, starts: bool = False):
+    """A kernel compiled for sm_90 with the launch configuration of `triton.py` (bf16 in, R in bf16); the
+    on-chip ones with the document-start code if `starts`.
 
     Note: compiled here rather than with `aot.compile_for_hopper`, which has no num_stages: the launcher
     passes num_stages=1, without which the backward at DH = 128 needs more shared memory than an SM has.
@@ -188,12 +189,15 @@ def compile_kernel(direction: str, DH: int, wide: bool = False):
         else (KERNELS.slstm_fw_kernel, KERNELS.slstm_bw_kernel)
     kernel = kernels[backward]
     constexprs = {**config, "DOT_BF16": True} | ({"SAVE": True} if direction == "forward" else {})
+    constexprs |= {} if wide else {"STARTS": starts}
 
     def arg_type(arg: str) -> str:
         if arg in constexprs:
             return "constexpr"
         if arg in ("B", "S", "NH"):
             return "i32"
+        if arg == "starts_ptr":
+            return "*u8"
         return "*bf16" if arg in ("gx_ptr", "dy_ptr", "R_ptr") else "*fp32"
 
     signature = {arg: arg_type(arg) for arg in kernel.arg_names}
@@ -217,6 +221,15 @@ def test_kernel_compiles_for_hopper(direction, DH):
     assert usage.local_bytes == 0 and usage.stack_bytes == 0, f"spills: {usage}"
     assert usage.shared_bytes <= H100_SHARED_MEMORY, usage
     assert usage.hgmma > 0, f"no HGMMA: {usage}"
+
+
+@pytest.mark.parametrize("direction", [
+    "forward",
+    pytest.param("backward", marks=pytest.mark.xfail(strict=True, reason="issue #16: 48 bytes of stack at DH = 128")),
+])
+def test_kernel_with_document_starts_compiles_for_hopper(direction):
+    usage = resource_usage(compile_kernel(direction, 128, starts=True))
+    assert usage.local_bytes == 0 and usage.stack_bytes == 0, f"spills: {usage}"
 
 
 @pytest.mark.parametrize("DH", WIDE_AOT_SHAPES)

@@ -7,14 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from xlstm_lm.models.components import (
-    DOC_RESET_FORGET,
     BlockDiagonalLinear,
     CausalConv1d,
     GatedFeedForward,
     MultiHeadNorm,
     block_diagonal_as_bmm,
     block_diagonal_as_conv,
-    reset_forget_at_doc_starts,
     round_up,
     small_init_,
     split_heads,
@@ -140,12 +138,7 @@ def test_inits_have_the_documented_std():
     assert wang_init_(w, 768, 24).std().item() == pytest.approx(2 / (24 * math.sqrt(768)), rel=0.02)
 
 
-def test_reset_forget_and_split_heads():
-    f = torch.zeros(2, 5, 3)
-    starts = torch.zeros(2, 5, dtype=torch.bool)
-    starts[1, 2] = True
-    out = reset_forget_at_doc_starts(f, starts)
-    assert out[1, 2].eq(DOC_RESET_FORGET).all() and out.ne(0).sum() == 3
+def test_split_heads():
     t = torch.arange(2 * 5 * 6.0).view(2, 5, 6)
     assert split_heads(t, 3).shape == (2, 3, 5, 2)
     torch.testing.assert_close(split_heads(t, 3)[1, 2, 4], t[1, 4, 4:6])

@@ -41,23 +41,6 @@ def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
     return cap * torch.tanh(x / cap)
 
 
-# Forget-gate pre-activation written at the first token of a document so the memory resets (DESIGN §4).
-DOC_RESET_FORGET = -25.0
-
-
-def reset_forget_at_doc_starts(f: torch.Tensor, doc_starts: torch.Tensor | None) -> torch.Tensor:
-    """Overwrite forget pre-activations at document starts.
-
-    Args:
-        f: (B, S, ...) forget-gate pre-activations, time on dim 1.
-        doc_starts: (B, S) bool, True at the first token of a document, or None (no reset).
-    """
-    if doc_starts is None:
-        return f
-    mask = doc_starts.view(*doc_starts.shape, *([1] * (f.dim() - 2)))
-    return f.masked_fill(mask, DOC_RESET_FORGET)
-
-
 def input_and_forget_gates(x: torch.Tensor, igate: nn.Linear, fgate: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """igate(x), fgate(x) as one matmul: with a handful of outputs per gate, the cost of each product (and of
     its backward) is reading x, so two separate ones cost twice as much."""

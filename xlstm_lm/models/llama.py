@@ -54,12 +54,17 @@ class LlamaConfig:
         return self.num_layers if self.num_layers is not None else self.num_blocks // 2
 
 
-def rotary(x: torch.Tensor, offset: int, base: float) -> torch.Tensor:
-    """Rotate pairs (x_j, x_{j + DH/2}) by angle pos · base^(-2j/DH); x (B, NH, S, DH), positions from offset."""
+def rotary(x: torch.Tensor, offset: int | torch.Tensor, base: float) -> torch.Tensor:
+    """Rotate pairs (x_j, x_{j + DH/2}) by angle pos · base^(-2j/DH); x (B, NH, S, DH), positions from offset
+    (an int), or each token's own position given as a (B, S) tensor."""
     S, DH = x.shape[-2], x.shape[-1]
     inv_freq = base ** (-torch.arange(0, DH, 2, device=x.device, dtype=torch.float32) / DH)  # (DH/2,)
-    angles = torch.arange(offset, offset + S, device=x.device, dtype=torch.float32)[:, None] * inv_freq
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (S, DH/2)
+    if isinstance(offset, int):
+        positions = torch.arange(offset, offset + S, device=x.device)  # (S,)
+    else:
+        positions = offset[:, None]  # (B, 1, S), the same for every head
+    angles = positions.float()[..., None] * inv_freq
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (S, DH/2) or (B, 1, S, DH/2)
     first, second = x.chunk(2, dim=-1)
     return torch.cat([first * cos - second * sin, first * sin + second * cos], dim=-1)
 
@@ -76,11 +81,16 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cache=None, doc_starts=None):
         """x (B, S, D), cache (k, v) each (B, NH, T, DH) or None -> (y (B, S, D), new cache)."""
         cached = 0 if cache is None else cache[0].shape[2]
+        S = x.shape[1]
+        positions = cached
+        if doc_starts is not None:  # positions restart at each document start, exactly as if it ran alone (RoPE
+            # is relative, but its float32 angles round differently at other positions)
+            steps = torch.arange(S, device=x.device)
+            positions = steps - torch.where(doc_starts, steps, 0).cummax(dim=1).values  # (B, S)
         q, k, v = (split_heads(proj(x), self.num_heads) for proj in (self.q, self.k, self.v))
-        q, k = rotary(q, cached, self.rope_base), rotary(k, cached, self.rope_base)
+        q, k = rotary(q, positions, self.rope_base), rotary(k, positions, self.rope_base)
         if cache is not None:
             k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-        S = x.shape[1]
         if doc_starts is not None:  # attend within the document only
             doc = doc_starts.long().cumsum(dim=1)  # (B, S)
             mask = (doc[:, :, None] == doc[:, None, :]) & torch.ones(S, S, dtype=torch.bool, device=x.device).tril()

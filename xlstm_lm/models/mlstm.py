@@ -22,20 +22,21 @@ from xlstm_lm.models.components import (
     MultiHeadNorm,
     input_and_forget_gates,
     layer_norm,
-    reset_forget_at_doc_starts,
     small_init_,
     split_heads,
     wang_init_,
 )
 
-def run_mlstm(q, k, v, i, f, state, backend: BackendChoice, chunk_size: int, return_state: bool, step: bool,
-              eps: float = 1e-6):
+def run_mlstm(q, k, v, i, f, state, doc_starts, backend: BackendChoice, chunk_size: int, return_state: bool,
+              step: bool, eps: float = 1e-6):
     """The mLSTM cell over (B, NH, S, ·) inputs: h and the new state (None unless `return_state`), through the
-    backend's step function when `step` (one token continuing `state`: generation)."""
+    backend's step function when `step` (one token continuing `state`: generation, no document starts).
+    doc_starts (B, S) bool or None: a fresh cell state at each document start (`xlstm_lm.kernels.mlstm`)."""
     if step:
         h, new_state = mlstm_step(*(x[:, :, 0] for x in (q, k, v, i, f)), state, backend=backend, eps=eps)
         return h[:, :, None], new_state
-    out = mlstm(q, k, v, i, f, state, backend=backend, chunk_size=chunk_size, return_state=return_state, eps=eps)
+    out = mlstm(q, k, v, i, f, state, doc_starts=doc_starts, backend=backend, chunk_size=chunk_size,
+                return_state=return_state, eps=eps)
     return out if return_state else (out, None)
 
 
@@ -85,9 +86,10 @@ class MLSTMLayer(nn.Module):
         conv = F.silu(conv)
         q, k, v = self.q(conv), self.k(conv), self.v(x_m)  # (B, S, inner)
         i, f = input_and_forget_gates(torch.cat([q, k, v], dim=-1), self.igate, self.fgate)
-        i, f = i.transpose(1, 2), reset_forget_at_doc_starts(f, doc_starts).transpose(1, 2)  # (B, NH, S)
+        i, f = i.transpose(1, 2), f.transpose(1, 2)  # (B, NH, S)
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))  # (B, NH, S, DH)
-        h, new_cell_state = run_mlstm(q, k, v, i, f, cell_state, self.backend, self.chunk_size, return_state, step)
+        h, new_cell_state = run_mlstm(q, k, v, i, f, cell_state, doc_starts, self.backend, self.chunk_size,
+                                      return_state, step)
         h = self.norm(h.transpose(1, 2)) + self.skip * conv  # (B, S, inner)
         y = self.down(h * F.silu(z))
         return y, (*new_cell_state, new_conv_state) if return_state else None

@@ -22,7 +22,6 @@ from xlstm_lm.models.components import (
     GatedFeedForward,
     MultiHeadNorm,
     layer_norm,
-    reset_forget_at_doc_starts,
     round_up,
     small_init_,
 )
@@ -71,13 +70,12 @@ class SLSTMLayer(nn.Module):
             [proj(src).view(B, S, self.num_heads, self.head_dim) for proj, src in zip(self.gate_inputs, sources)],
             dim=2,
         )  # (B, S, 4, NH, DH)
-        forget = reset_forget_at_doc_starts(gates_x[:, :, 1], doc_starts)
-        gates_x = torch.cat([gates_x[:, :, :1], forget[:, :, None], gates_x[:, :, 2:]], dim=2)
         if step:  # one token continuing the state (generation)
             y, new_cell_state = slstm_step(gates_x[:, 0], self.recurrent, self.bias, cell_state, backend=self.backend)
             y = y[:, None]
         else:
-            out = slstm(gates_x, self.recurrent, self.bias, cell_state, backend=self.backend, return_state=return_state)
+            out = slstm(gates_x, self.recurrent, self.bias, cell_state, doc_starts=doc_starts, backend=self.backend,
+                        return_state=return_state)
             y, new_cell_state = out if return_state else (out, None)
         y = self.norm(y)  # (B, S, D)
         return y, (*new_cell_state, new_conv_state) if return_state else None

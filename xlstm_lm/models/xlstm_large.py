@@ -24,7 +24,6 @@ from xlstm_lm.models.components import (
     GatedFeedForward,
     MultiHeadNorm,
     input_and_forget_gates,
-    reset_forget_at_doc_starts,
     rms_norm,
     round_up,
     small_init_,
@@ -101,9 +100,10 @@ class LargeMLSTMBlock(nn.Module):
         """x (B, S, D) -> (x' (B, S, D), new state or None); `step`: S = 1 through the cell's step kernel."""
         xn = self.norm(x)
         i, f = (soft_cap(gate, self.gate_soft_cap) for gate in input_and_forget_gates(xn, self.igate, self.fgate))
-        i, f = i.transpose(1, 2), reset_forget_at_doc_starts(f, doc_starts).transpose(1, 2)  # (B, NH, S)
+        i, f = i.transpose(1, 2), f.transpose(1, 2)  # (B, NH, S)
         q, k, v = (split_heads(proj(xn), self.num_heads) for proj in (self.q, self.k, self.v))
-        h, new_state = run_mlstm(q, k, v, i, f, state, self.backend, self.chunk_size, return_state, step, self.cell_eps)
+        h, new_state = run_mlstm(q, k, v, i, f, state, doc_starts, self.backend, self.chunk_size, return_state, step,
+                                 self.cell_eps)
         h = self.head_norm(h.transpose(1, 2))  # (B, S, D)
         x = x + self.out(torch.sigmoid(self.o(xn)) * h)
         return x + self.ffn(self.ffn_norm(x)), new_state

@@ -1,8 +1,10 @@
 """mLSTM kernels: the backend registry and the dispatcher (DESIGN.md §4, §8).
 
 Every backend has the signature of `mlstm_reference`:
-    (q, k, v, i, f, state, *, chunk_size, eps) -> (h, final state)
+    (q, k, v, i, f, state, *, doc_starts, chunk_size, eps) -> (h, final state)
 and receives inputs already checked and cast to the compute dtype, with a full initial state.
+doc_starts (B, S) bool or None marks the first token of each packed document: the state before that
+token is replaced by a fresh one (C = 0, n = 0, m = 0), exactly as if the document ran alone.
 
 Notation:
     B batch, NH heads, S sequence length, DQK key/query head dim, DV value head dim;
@@ -45,6 +47,7 @@ def mlstm(
     f: torch.Tensor,  # (B, NH, S)
     state: MLSTMState | None = None,
     *,
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
     backend: str | BackendChoice = "auto",
     chunk_size: int = 64,
     return_state: bool = False,
@@ -58,6 +61,9 @@ def mlstm(
         i, f: (B, NH, S) input and forget gate pre-activations.
         state: initial (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)); None for zeros (m = 0).
             m carries no gradient.
+        doc_starts: (B, S) bool, True at the first token of a packed document, or None: there the state
+            (the initial one included, at t = 0) is dropped for a fresh one, so every document's outputs,
+            gradients and the final state equal those of the document run alone from zero.
         backend: a key of MLSTM_BACKENDS, "auto" (see `mlstm_backend`), or a resolved BackendChoice.
         chunk_size: chunk length of the chunkwise backends (native; triton: a power of two >= 16).
         return_state: also return the final state.
@@ -80,13 +86,17 @@ def mlstm(
     check_shape("v", v, (B, NH, S, DV), "(B, NH, S, DV)")
     check_shape("i", i, (B, NH, S), "(B, NH, S)")
     check_shape("f", f, (B, NH, S), "(B, NH, S)")
+    if doc_starts is not None:
+        check_shape("doc_starts", doc_starts, (B, S), "(B, S)")
+        doc_starts = doc_starts.to(device=q.device, dtype=torch.bool)
     if S < 1:
         raise ValueError("the sequence is empty (S = 0)")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     dtype = compute_dtype(v.dtype)
     state = prepare_state(state, (B, NH, DQK, DV), dtype, q.device)
-    h, state = kernel.sequence(*_cast(kernel, dtype, q, k, v, i, f), state, chunk_size=chunk_size, eps=eps)
+    h, state = kernel.sequence(*_cast(kernel, dtype, q, k, v, i, f), state, doc_starts=doc_starts,
+                               chunk_size=chunk_size, eps=eps)
     h = h.to(v.dtype)
     return (h, state) if return_state else h
 

@@ -18,6 +18,13 @@ G = dS ⊙ S the gradient of logD (S = (q̂kᵀ) ⊙ D', dS the gradient of S):
 The state gradient flows back through the chunks in one more sequential loop (dC_{k-1} = decay_k dC_k +
 the chunk's q̂ᵀ(β dnum)); the state path's gradients to k, v and the gates are batched afterwards.
 
+Document starts (`doc_starts`): a fresh state (zeros, m = 0) replaces the state before each start, as if
+the document ran alone. Inside a chunk the decay matrix is masked between documents, b restarts at each
+start, rows past a start see the fresh state (β = 0, m0 = 0), and only the chunk's last document adds to
+the next state, whose old part is dropped (decay 0) when the chunk holds a start. Masked entries are exact
+zeros (where, never -inf arithmetic), and the backward's reversed cumulative sum of db runs within
+documents, so no gradient crosses a document start, not even by rounding.
+
 Notation:
     B batch, NH heads, S sequence length, L chunk length, NC number of chunks,
     DQK key/query head dim, DV value head dim; ĩ, f̃ gate pre-activations; state (C, n, m) as in
@@ -32,34 +39,67 @@ from torch.autograd.function import once_differentiable
 from .stabilized import MLSTMState
 
 
-def _chunk_gates(vecI: torch.Tensor, vecF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _documents(starts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Where the documents of every chunk lie, from its document starts.
+
+    Args:
+        starts: (..., L) bool, True at the first step of a document.
+
+    Returns:
+        dict of same (..., L, L): s <= r in the same document; fresh (..., L): rows past a start in the
+        chunk (they see a fresh state); last (..., L): rows of the chunk's last document; reset (...): the
+        chunk holds a start; first (..., L): the index of each row's document start in the chunk (0 for the
+        document that began before it).
+    """
+    L = starts.shape[-1]
+    doc = starts.long().cumsum(-1)
+    causal = torch.ones(L, L, dtype=torch.bool, device=starts.device).tril()
+    steps = torch.arange(L, device=starts.device)
+    first = torch.where(starts, steps, 0).cummax(-1).values
+    return {"same": causal & (doc[..., :, None] == doc[..., None, :]), "fresh": doc > 0,
+            "last": doc == doc[..., -1:], "reset": doc[..., -1] > 0, "first": first}
+
+
+def _chunk_gates(
+    vecI: torch.Tensor, vecF: torch.Tensor, docs: dict | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The cumulative log forget gates of every chunk and the log weights of the chunk's state update.
 
     Note: b is summed in float64 so that differences b_r - b_s stay exact (DESIGN.md §4: b_r - b_s of a
-    float32 cumulative sum loses precision once |b| grows); see `_decay_matrix`.
+    float32 cumulative sum loses precision once |b| grows); see `_decay_matrix`. With documents, b_r sums
+    from the start of row r's document, and a_r is -inf outside the chunk's last document.
 
     Args:
         vecI, vecF: (..., L) gate pre-activations of each chunk.
+        docs: from `_documents`, or None (one document).
 
     Returns:
         vecB64: (..., L) b in float64, scaLogF: (...) b_L in the dtype of vecI, vecA: (..., L) a_r.
     """
     vecB64 = F.logsigmoid(vecF).double().cumsum(-1)
+    if docs is not None:  # minus the sum before the row's document start
+        first = docs["first"].expand(vecB64.shape)
+        vecB64 = vecB64 - F.pad(vecB64, (1, 0))[..., :-1].gather(-1, first)
     vecA = (vecB64[..., -1:] - vecB64).to(vecI.dtype) + vecI
+    if docs is not None:
+        vecA = vecA.masked_fill(~docs["last"], float("-inf"))
     return vecB64, vecB64[..., -1].to(vecI.dtype), vecA
 
 
 def _decay_matrix(
-    vecB64: torch.Tensor, vecI: torch.Tensor, scaM0: torch.Tensor
+    vecB64: torch.Tensor, vecI: torch.Tensor, scaM0: torch.Tensor, docs: dict | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Row stabilizers m_r, the state's weights β_r = exp(b_r + m0 - m_r) and the stabilized decay matrix
     D'_rs = exp(b_r - b_s + ĩ_s - m_r) (0 for s > r).
 
     m_r = max(b_r + m0, max_{s≤r} logD_rs) = b_r + max(m0, cummax_s(ĩ_s - b_s)): a running max, no L x L
     pass. The exponent is summed in float64 from the row part b_r - m_r and the column part ĩ_s - b_s.
+    With documents, D' is 0 between them and rows past a start see a fresh state: m0 = 0, β = 0 (the
+    maximum over their own document is then an L x L pass).
 
     Args:
         vecB64: (..., L) float64 b, vecI: (..., L) input gates, scaM0: (...) stabilizer of the chunk's state.
+        docs: from `_documents`, or None.
 
     Returns:
         vecM, vecBeta: (..., L), matDp: (..., L, L), in the dtype of vecI.
@@ -67,15 +107,21 @@ def _decay_matrix(
     L = vecI.shape[-1]
     vecCol = vecI.double() - vecB64  # (..., L)
     scaM0 = scaM0.double()[..., None]
-    vecRowMax = torch.maximum(vecCol.cummax(-1).values, scaM0)  # m_r - b_r
-    causal = torch.ones(L, L, dtype=torch.bool, device=vecI.device).tril()
+    if docs is None:
+        mask = torch.ones(L, L, dtype=torch.bool, device=vecI.device).tril()
+        vecRowMax = torch.maximum(vecCol.cummax(-1).values, scaM0)  # m_r - b_r
+    else:
+        mask, scaM0 = docs["same"], scaM0.masked_fill(docs["fresh"], 0.0)
+        vecRowMax = torch.maximum(torch.where(mask, vecCol[..., None, :], float("-inf")).amax(-1), scaM0)
     matExponent = (vecCol[..., None, :] - vecRowMax[..., :, None]).to(vecI.dtype)  # (..., L, L)
-    matDp = torch.where(causal, matExponent.exp_(), 0.0)
+    matDp = torch.where(mask, matExponent.exp_(), 0.0)
     vecBeta = torch.exp(scaM0 - vecRowMax)
+    if docs is not None:
+        vecBeta = vecBeta.masked_fill(docs["fresh"], 0.0)
     return (vecB64 + vecRowMax).to(vecI.dtype), vecBeta.to(vecI.dtype), matDp
 
 
-def _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps):
+def _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps, docs):
     """What the forward and the backward both need of the parallel form inside every chunk, from its start
     state (`stabilized.parallel_outputs`): num = S V + β q̂ᵀC0 and h = num / denom are left to the forward.
 
@@ -83,12 +129,13 @@ def _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps):
         matQs: (..., L, DQK) scaled queries, matK: (..., L, DQK).
         vecB64, vecI: (..., L) from `_chunk_gates` and the input gates.
         vecN0: (..., DQK), scaM0: (...) the state before each chunk.
+        docs: from `_documents`, or None.
 
     Returns:
         dict of matS = (q̂kᵀ) ⊙ D' and matDp (..., L, L); vecM, vecBeta, vecDen, vecDenom and
         vecInterN = q̂ᵀn0 (before the β scaling), each (..., L).
     """
-    vecM, vecBeta, matDp = _decay_matrix(vecB64, vecI, scaM0)
+    vecM, vecBeta, matDp = _decay_matrix(vecB64, vecI, scaM0, docs)
     matS = (matQs @ matK.mT).mul_(matDp)
     vecInterN = (matQs @ vecN0[..., None]).squeeze(-1)
     vecDen = torch.addcmul(matS.sum(-1), vecBeta, vecInterN)
@@ -97,7 +144,7 @@ def _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps):
             "vecDenom": vecDenom, "vecInterN": vecInterN}
 
 
-def _intra_chunk_backward(matDh, matQs, matK, matV, vecB64, vecI, matC0, vecN0, scaM0, eps):
+def _intra_chunk_backward(matDh, matQs, matK, matV, vecB64, vecI, matC0, vecN0, scaM0, eps, docs):
     """Gradients of the outputs inside every chunk with respect to its inputs and its start state.
 
     Note: Σ_v dnum_rv (q̂_rᵀC0)_v = q̂_r · (C0 dnum_r), and C0 dnum is part of dq̂ anyway, so q̂ᵀC0 is
@@ -110,7 +157,7 @@ def _intra_chunk_backward(matDh, matQs, matK, matV, vecB64, vecI, matC0, vecN0, 
     Returns:
         dq̂, dk (..., L, DQK), dv (..., L, DV), dC0 (..., DQK, DV), dn0 (..., DQK), and dĩ, db (..., L).
     """
-    intra = _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps)
+    intra = _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps, docs)
     vecBeta, vecDen, matS = intra["vecBeta"], intra["vecDen"], intra["matS"]
     matDnum = (matDh / intra["vecDenom"][..., None]).contiguous()  # dh may be a strided view
     matDV = matS.mT @ matDnum
@@ -156,17 +203,20 @@ def _den_gradient(matS, matDS, vecDnumState, vecDenState, above, eps):
     return torch.where(above, -vecDnumNum * vecDen.sign() / (vecDen.abs() + eps), 0.0)
 
 
-def _state_weights(scaLogF, vecA, scaM):
+def _state_weights(scaLogF, vecA, scaM, docs):
     """Per chunk k: decay_k = exp(b_L + m_{k-1} - m_k) of the old state and w_r = exp(a_r - m_k) of step r.
 
     Args:
         scaLogF: (..., NC) b_L, vecA: (..., NC, L) a_r; scaM: (..., NC + 1) the stabilizers before every
-            chunk and after the last.
+            chunk and after the last; docs: from `_documents` (decay 0 where a chunk holds a start), or None.
 
     Returns:
         vecDecay (..., NC), matW (..., NC, L).
     """
-    return torch.exp(scaLogF + scaM[..., :-1] - scaM[..., 1:]), torch.exp(vecA - scaM[..., 1:, None])
+    vecDecay = torch.exp(scaLogF + scaM[..., :-1] - scaM[..., 1:])
+    if docs is not None:
+        vecDecay = vecDecay.masked_fill(docs["reset"], 0.0)
+    return vecDecay, torch.exp(vecA - scaM[..., 1:, None])
 
 
 def _state_backward(dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV):
@@ -206,7 +256,7 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, matC0, vecN0, scaM0, L: int, eps: float):
+    def forward(ctx, q, k, v, i, f, matC0, vecN0, scaM0, starts, L: int, eps: float):
         B, NH, S, DQK = q.shape
         DV = v.shape[-1]
         NC = S // L
@@ -214,13 +264,16 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         matK = k.reshape(B, NH, NC, L, DQK).contiguous()
         matV = v.reshape(B, NH, NC, L, DV).contiguous()
         vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)
-        vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF)
+        docs = None if starts is None else _documents(starts.reshape(B, 1, NC, L))
+        vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF, docs)
         # stabilizers first (scalars per chunk), then the states with the final weights in one batched matmul
         scaLogI, scaM = vecA.amax(-1), [scaM0]
-        for scaLogF_k, scaLogI_k in zip(scaLogF.unbind(-1), scaLogI.unbind(-1)):
-            scaM.append(torch.maximum(scaLogF_k + scaM[-1], scaLogI_k))
+        resets = [None] * NC if docs is None else docs["reset"].unbind(-1)
+        for scaLogF_k, scaLogI_k, reset_k in zip(scaLogF.unbind(-1), scaLogI.unbind(-1), resets):
+            scaM_prev = scaM[-1] if reset_k is None else scaM[-1].masked_fill(reset_k, 0.0)  # a fresh state's m
+            scaM.append(torch.maximum(scaLogF_k + scaM_prev, scaLogI_k))
         scaM = torch.stack(scaM, dim=-1)  # (B, NH, NC + 1)
-        vecDecay, matW = _state_weights(scaLogF, vecA, scaM)
+        vecDecay, matW = _state_weights(scaLogF, vecA, scaM, docs)
         matKw = matK * matW[..., None]
         matCin, vecNin = matKw.mT @ matV, matKw.sum(-2)  # (B, NH, NC, DQK, DV), (B, NH, NC, DQK)
         matC, vecN, states_C, states_N = matC0, vecN0, [], []
@@ -231,10 +284,10 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
             matC = torch.addcmul(matCin_k, scaDecay[..., None, None], matC)
             vecN = torch.addcmul(vecNin_k, scaDecay[..., None], vecN)
         matCs, vecNs = torch.stack(states_C, dim=2), torch.stack(states_N, dim=2)  # state before each chunk
-        intra = _intra_chunk(matQs, matK, vecB64, vecI, vecNs, scaM[..., :-1], eps)
+        intra = _intra_chunk(matQs, matK, vecB64, vecI, vecNs, scaM[..., :-1], eps, docs)
         matNum = torch.addcmul(intra["matS"] @ matV, intra["vecBeta"][..., None], matQs @ matCs)
         h = (matNum / intra["vecDenom"][..., None]).reshape(B, NH, S, DV)
-        ctx.save_for_backward(matQs, matK, matV, i, f, matCs, vecNs, scaM)
+        ctx.save_for_backward(matQs, matK, matV, i, f, matCs, vecNs, scaM, starts)
         ctx.L, ctx.eps = L, eps
         scaM_final = scaM[..., -1]
         ctx.mark_non_differentiable(scaM_final)
@@ -243,17 +296,18 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dh, dC_final, dN_final, _dM_final):
-        matQs, matK, matV, i, f, matCs, vecNs, scaM = ctx.saved_tensors
+        matQs, matK, matV, i, f, matCs, vecNs, scaM, starts = ctx.saved_tensors
         B, NH, NC, L, DQK = matQs.shape
         DV = matV.shape[-1]
         S = NC * L
         vecI, vecF = i.reshape(B, NH, NC, L), f.reshape(B, NH, NC, L)
-        vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF)
+        docs = None if starts is None else _documents(starts.reshape(B, 1, NC, L))
+        vecB64, scaLogF, vecA = _chunk_gates(vecI, vecF, docs)
         matDQs, matDK, matDV, dC_intra, dN_intra, vecDi, vecDb = _intra_chunk_backward(
             dh.reshape(B, NH, NC, L, DV), matQs, matK, matV, vecB64, vecI, matCs, vecNs,
-            scaM[..., :-1], ctx.eps,
+            scaM[..., :-1], ctx.eps, docs,
         )
-        vecDecay, matW = _state_weights(scaLogF, vecA, scaM)
+        vecDecay, matW = _state_weights(scaLogF, vecA, scaM, docs)
         dC, dN, vecDlogW, vecDlogDecay = _state_backward(
             dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV
         )
@@ -261,11 +315,14 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         vecDi += vecDlogW
         vecDb -= vecDlogW
         vecDb[..., -1] += vecDlogW.sum(-1) + vecDlogDecay
-        vecDlogF = vecDb.flip(-1).cumsum(-1).flip(-1)  # b_r sums logσ(f̃_u) over u ≤ r
+        if docs is None:
+            vecDlogF = vecDb.flip(-1).cumsum(-1).flip(-1)  # b_r sums logσ(f̃_u) over u ≤ r
+        else:  # ... of its own document: a masked sum, where a difference of cumulative sums would round
+            vecDlogF = torch.where(docs["same"], vecDb[..., :, None], 0.0).sum(-2)
         vecDf = vecDlogF * torch.sigmoid(-vecF)
         dq = (matDQs * DQK**-0.5).reshape(B, NH, S, DQK)
         return (dq, matDK.reshape(B, NH, S, DQK), matDV.reshape(B, NH, S, DV), vecDi.reshape(B, NH, S),
-                vecDf.reshape(B, NH, S), dC, dN, None, None, None)
+                vecDf.reshape(B, NH, S), dC, dN, None, None, None, None)
 
 
 def mlstm_chunkwise(
@@ -276,6 +333,7 @@ def mlstm_chunkwise(
     f: torch.Tensor,  # (B, NH, S)
     state: MLSTMState,
     *,
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
     chunk_size: int,
     eps: float,
 ) -> tuple[torch.Tensor, MLSTMState]:
@@ -284,6 +342,7 @@ def mlstm_chunkwise(
     Args:
         q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`, already in the compute dtype.
         state: initial (C, n, m).
+        doc_starts: (B, S) bool or None: a fresh state before each document start.
         chunk_size: chunk length L; the last S mod L steps form one shorter chunk.
         eps: added to the normalizer.
 
@@ -296,7 +355,8 @@ def mlstm_chunkwise(
     for start, stop, L in ((0, split, chunk_size), (split, S, S - split)):
         if stop > start:
             inputs = [x[:, :, start:stop] for x in (q, k, v, i, f)]
-            h, *state = _ChunkwiseMLSTM.apply(*inputs, *state, L, eps)
+            starts = None if doc_starts is None else doc_starts[:, start:stop]
+            h, *state = _ChunkwiseMLSTM.apply(*inputs, *state, starts, L, eps)
             outputs.append(h)
     h = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
     return h, tuple(state)

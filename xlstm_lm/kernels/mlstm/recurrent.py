@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backends import compute_dtype
-from .stabilized import MLSTMState, check_step_shapes, normalized_output, prepare_state, stabilized_update
+from .stabilized import (MLSTMState, check_step_shapes, drop_state_at, normalized_output, prepare_state,
+                         stabilized_update)
 
 
 def _step(
@@ -66,6 +67,7 @@ def mlstm_recurrent(
     f: torch.Tensor,  # (B, NH, S)
     state: MLSTMState,
     *,
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
     chunk_size: int,
     eps: float,
 ) -> tuple[torch.Tensor, MLSTMState]:
@@ -74,6 +76,7 @@ def mlstm_recurrent(
     Args:
         q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`, already in the compute dtype.
         state: initial (C, n, m).
+        doc_starts: (B, S) bool or None: the state is dropped for a fresh one before each document start.
         chunk_size: unused (one signature for every backend).
         eps: added to the normalizer.
 
@@ -81,8 +84,11 @@ def mlstm_recurrent(
         h (B, NH, S, DV) and the final state.
     """
     outputs = []
+    starts = [None] * q.shape[2] if doc_starts is None else doc_starts.unbind(1)
     # unbind, not indexing: its backward stacks the gradients once instead of once per step
-    for q_t, k_t, v_t, i_t, f_t in zip(*(x.unbind(2) for x in (q, k, v, i, f))):
+    for q_t, k_t, v_t, i_t, f_t, starts_t in zip(*(x.unbind(2) for x in (q, k, v, i, f)), starts):
+        if starts_t is not None:
+            state = drop_state_at(state, starts_t)
         h, state = _step(q_t, k_t, v_t, i_t, f_t, state, eps)
         outputs.append(h)
     return torch.stack(outputs, dim=2), state

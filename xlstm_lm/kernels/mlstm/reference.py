@@ -11,7 +11,7 @@ Notation:
 
 import torch
 
-from .stabilized import MLSTMState, chunk_inputs, log_decay_matrix, parallel_outputs, stabilized_update
+from .stabilized import MLSTMState, chunk_inputs, drop_state_at, log_decay_matrix, parallel_outputs, stabilized_update
 
 
 def mlstm_reference(
@@ -22,6 +22,7 @@ def mlstm_reference(
     f: torch.Tensor,  # (B, NH, S)
     state: MLSTMState,  # (B, NH, DQK, DV), (B, NH, DQK), (B, NH)
     *,
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
     chunk_size: int,
     eps: float,
 ) -> tuple[torch.Tensor, MLSTMState]:
@@ -30,13 +31,18 @@ def mlstm_reference(
     Args:
         q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`, already in the compute dtype.
         state: initial (C, n, m).
+        doc_starts: (B, S) bool or None: a fresh state before each document start.
         chunk_size: unused (one signature for every backend).
         eps: added to the normalizer.
 
     Returns:
         h (B, NH, S, DV) and the final state.
     """
-    matLogD, vecB = log_decay_matrix(i, f)  # (B, NH, S, S), (B, NH, S)
-    h = parallel_outputs(q, k, v, matLogD, vecB, state, eps)
+    starts = None if doc_starts is None else doc_starts[:, None]  # (B, 1, S)
+    matLogD, vecB = log_decay_matrix(i, f, starts)  # (B, NH, S, S), (B, NH, S)
+    fresh = None if starts is None else starts.cumsum(-1) > 0  # rows past a document start
+    h = parallel_outputs(q, k, v, matLogD, vecB, state, eps, fresh)
+    if starts is not None:  # the final state grows from a fresh one if a document starts in the sequence
+        state = drop_state_at(state, starts.any(-1))
     final = stabilized_update(state, vecB[..., -1], *chunk_inputs(k, v, matLogD[..., -1, :]))
     return h, final

@@ -39,6 +39,16 @@ def prepare_state(
     return matC.to(dtype), vecN.to(dtype), scaM.to(dtype).detach()
 
 
+def drop_state_at(state: MLSTMState, starts: torch.Tensor) -> MLSTMState:
+    """The state where starts is False, a fresh one (C = 0, n = 0, m = 0) where it is True.
+
+    Args:
+        state: (C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH)).
+        starts: (B,) bool, or (B, NH).
+    """
+    return tuple(x.masked_fill(starts.view(*starts.shape, *([1] * (x.dim() - starts.dim()))), 0.0) for x in state)
+
+
 def check_step_shapes(q, k, v, i, f) -> tuple[int, int, int, int]:
     """Validate one token's q, k (B, NH, DQK), v (B, NH, DV), i, f (B, NH); returns (B, NH, DQK, DV).
 
@@ -98,26 +108,33 @@ def stabilized_update(
     return matC, vecN, scaMnew
 
 
-def log_decay_matrix(vecI: torch.Tensor, vecF: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The log decay matrix logD and the cumulative log forget gates b.
+def log_decay_matrix(
+    vecI: torch.Tensor, vecF: torch.Tensor, doc_starts: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The log decay matrix logD and the cumulative log forget gates b, within documents.
 
     Note: Σ_{s<u≤r} logσ(f̃_u) is a masked cumulative sum down each column (the "stable forget
-    matrix"), not b_r - b_s, which loses precision once |b| grows along a long sequence.
+    matrix"), not b_r - b_s, which loses precision once |b| grows along a long sequence. Across a document
+    start logD is -inf (masked, never -inf arithmetic), and b_r sums from the start of row r's document.
 
     Args:
         vecI, vecF: (..., L) gate pre-activations.
+        doc_starts: (..., L) bool (broadcastable), True at the first step of a document, or None.
 
     Returns:
-        matLogD: (..., L, L), -inf above the diagonal.
+        matLogD: (..., L, L), -inf above the diagonal and between documents.
         vecB: (..., L)
     """
     vecLogF = F.logsigmoid(vecF)
     L = vecLogF.shape[-1]
     causal = torch.ones(L, L, dtype=torch.bool, device=vecF.device).tril()
+    if doc_starts is not None:
+        doc = doc_starts.long().cumsum(-1)
+        causal = causal & (doc[..., :, None] == doc[..., None, :])  # (..., L, L)
     # row r, column s < r holds logσ(f̃_r); summing rows 1..r gives Σ_{s<u≤r} logσ(f̃_u)
     matLogF = torch.where(causal.tril(-1), vecLogF[..., :, None], 0.0).cumsum(-2)  # (..., L, L)
     matLogD = matLogF.masked_fill(~causal, float("-inf")) + vecI[..., None, :]
-    return matLogD, vecLogF.cumsum(-1)
+    return matLogD, torch.where(causal, vecLogF[..., None, :], 0.0).sum(-1)
 
 
 def chunk_inputs(
@@ -146,6 +163,7 @@ def parallel_outputs(
     vecB: torch.Tensor,
     state: MLSTMState,
     eps: float,
+    fresh: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Outputs of the parallel form that starts from a state (the chunkwise intra-chunk formula):
 
@@ -157,15 +175,20 @@ def parallel_outputs(
         matQ, matK: (..., L, DQK), matV: (..., L, DV).
         matLogD: (..., L, L), vecB: (..., L) from `log_decay_matrix`.
         state: (C0 (..., DQK, DV), n0 (..., DQK), m0 (...)) before the first row.
+        fresh: (..., L) bool (broadcastable), True at rows past a document start, which see a fresh state
+            (zeros, m0 = 0) in place of `state`; None for none.
 
     Returns:
         h: (..., L, DV)
     """
     matC0, vecN0, scaM0 = state
     matQs = matQ * matQ.shape[-1] ** -0.5
-    vecBM = vecB + scaM0[..., None]  # (..., L)
+    vecM0 = scaM0[..., None] if fresh is None else scaM0[..., None].masked_fill(fresh, 0.0)
+    vecBM = vecB + vecM0  # (..., L)
     vecM = torch.maximum(vecBM, matLogD.amax(-1)).detach()
     vecBeta = torch.exp(vecBM - vecM)
+    if fresh is not None:
+        vecBeta = vecBeta.masked_fill(fresh, 0.0)
     matS = (matQs @ matK.mT) * torch.exp(matLogD - vecM[..., None])  # (..., L, L)
     matNum = vecBeta[..., None] * (matQs @ matC0) + matS @ matV  # (..., L, DV)
     vecDen = vecBeta * (matQs @ vecN0[..., None]).squeeze(-1) + matS.sum(-1)  # (..., L)

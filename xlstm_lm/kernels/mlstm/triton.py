@@ -30,9 +30,12 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_kernels
-from .stabilized import MLSTMState, check_step_shapes, prepare_state
+from .stabilized import MLSTMState, check_step_shapes, drop_state_at, prepare_state
 
 NUM_WARPS = 4  # one warp group: Hopper HGMMA runs per warp group (8 warps miscompute dq on an H100, triton 3.6)
+# Forget-gate pre-activation written at document starts inside a sequence: the kernels take no document
+# mask yet, so the state before a start is scaled by σ(-25) ~ exp(-25), not dropped (issue #16).
+LEAKY_RESET_FORGET = -25.0
 
 
 def _check_runnable(*tensors: torch.Tensor) -> None:
@@ -277,6 +280,7 @@ def mlstm_triton(
     f: torch.Tensor,  # (B, NH, S)
     state: MLSTMState,
     *,
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
     chunk_size: int,
     eps: float,
 ) -> tuple[torch.Tensor, MLSTMState]:
@@ -285,6 +289,9 @@ def mlstm_triton(
     Args:
         q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`; q, k, v float32 or bfloat16.
         state: initial (C, n, m), float32.
+        doc_starts: (B, S) bool or None. Not exact yet, unlike the other backends: the initial state is
+            dropped where a row starts a document at t = 0, but later starts only close the forget gate
+            (f̃ = LEAKY_RESET_FORGET), which leaves an exp(-25)-relative leak (issue #16).
         chunk_size: chunk length L, rounded up to a power of two >= 16; S need not be a multiple of it.
         eps: added to the normalizer.
 
@@ -299,6 +306,9 @@ def mlstm_triton(
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     blocks = _blocks(chunk_size, DQK, DV, v.dtype, S)
+    if doc_starts is not None:
+        state = drop_state_at(state, doc_starts[:, 0])
+        f = f.masked_fill(doc_starts[:, None], LEAKY_RESET_FORGET)
 
     def flat(x):  # (B, NH, ...) -> (BH, ...)
         return _aligned(x.reshape(B * NH, *x.shape[2:]))

@@ -1,10 +1,12 @@
 """sLSTM kernels: the backend registry and the dispatcher (DESIGN.md §5, §8).
 
 Every backend has the signature of `slstm_native`:
-    (gates_x, R, b, state) -> (y, final state)
+    (gates_x, R, b, state, doc_starts) -> (y, final state)
 and receives inputs already checked, with a full initial state: R, b and the state in the compute dtype,
 gates_x in its own dtype (a kernel computes in the compute dtype; the triton one reads bf16 activations
-as they are and multiplies them in bf16).
+as they are and multiplies them in bf16). doc_starts (B, S) bool or None marks the first token of each
+packed document: the state before it is replaced by a fresh one (y = c = n = 0, m = -inf), so R y_{t-1}
+sees zeros there, exactly as if the document ran alone.
 
 Notation:
     B batch, S sequence length, NH heads, DH head dim; gates in the order (i, f, z, o);
@@ -13,7 +15,7 @@ Notation:
 
 import torch
 
-from ..backends import Backend, BackendChoice, compute_dtype
+from ..backends import Backend, BackendChoice, check_shape, compute_dtype
 from .native import SLSTMState, check_weights, prepare_state, slstm_native, slstm_native_step
 from .triton import slstm_triton
 
@@ -40,6 +42,7 @@ def slstm(
     b: torch.Tensor,  # (4, NH, DH)
     state: SLSTMState | None = None,
     *,
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
     backend: str | BackendChoice = "auto",
     return_state: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, SLSTMState]:
@@ -51,6 +54,9 @@ def slstm(
         b: (4, NH, DH) gate biases.
         state: initial (y, c, n, m) each (B, NH, DH); None for a fresh state (y = c = n = 0, m = -inf).
             m carries no gradient.
+        doc_starts: (B, S) bool, True at the first token of a packed document, or None: there the state
+            (the initial one included, at t = 0) is dropped for a fresh one, so every document's outputs,
+            gradients and the final state equal those of the document run alone from a fresh state.
         backend: a key of SLSTM_BACKENDS, "auto" (see `slstm_backend`), or a resolved BackendChoice.
         return_state: also return the final state.
 
@@ -69,10 +75,13 @@ def slstm(
     if S < 1:
         raise ValueError("the sequence is empty (S = 0)")
     check_weights(R, b, NH, DH)
+    if doc_starts is not None:
+        check_shape("doc_starts", doc_starts, (B, S), "(B, S)")
+        doc_starts = doc_starts.to(device=gates_x.device, dtype=torch.bool)
     dtype = compute_dtype(gates_x.dtype)
     state = prepare_state(state, (B, NH, DH), dtype, gates_x.device)
     gates = gates_x if gates_x.dtype in kernel.as_is else gates_x.to(dtype)
-    y, state = kernel.sequence(gates, R.to(dtype), b.to(dtype), state)
+    y, state = kernel.sequence(gates, R.to(dtype), b.to(dtype), state, doc_starts)
     y = y.to(gates_x.dtype)
     return (y, state) if return_state else y
 

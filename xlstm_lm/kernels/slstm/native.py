@@ -5,7 +5,9 @@
     c_t = f c_{t-1} + i tanh(z̃),   n_t = f n_{t-1} + i,   y_t = σ(õ) c_t / n_t
 
 A fresh state has m = -inf, so the first step gives m_1 = ĩ_1 and f = 0 (no NaN, forward or backward).
-m cancels exactly in y, so it carries no gradient.
+m cancels exactly in y, so it carries no gradient. At a document start the state before the step is
+replaced by a fresh one (y = c = n = 0, m = -inf): R y_{t-1} then adds exactly nothing, and no gradient
+reaches the previous document.
 
 Notation:
     B batch, S sequence length, NH heads, DH head dim; gates in the order (i, f, z, o).
@@ -81,20 +83,28 @@ def _cell_step(preX: torch.Tensor, matR: torch.Tensor, state: SLSTMState) -> SLS
 # unrolling S Python-level steps into its graph (which took longer to compile than to train).
 
 
+def _fresh_where(states: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """y, c, n, m stacked (4, ..., NH, B, DH), with a fresh state (0, 0, 0, -inf) where starts (..., 1, B, 1)."""
+    fresh = torch.tensor([0.0, 0.0, 0.0, float("-inf")], dtype=states.dtype, device=states.device)
+    return torch.where(starts, fresh.view(4, *([1] * (states.dim() - 1))), states)
+
+
 @torch.library.custom_op("xlstm_lm::slstm_loop", mutates_args=())
 def slstm_loop(preX: torch.Tensor, matR: torch.Tensor, y0: torch.Tensor, c0: torch.Tensor, n0: torch.Tensor,
-               m0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               m0: torch.Tensor, starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The step loop, head-major, with a hand-written backward through time (no autograd graph per step).
 
     Args:
         preX: (S, NH, B, 4·DH) input-side pre-activations plus bias; matR: (NH, DH, 4·DH); y0, c0, n0, m0:
-            (NH, B, DH) the initial state.
+            (NH, B, DH) the initial state; starts: (S, 1, B, 1) bool, True where a document starts (the
+            state before that step is replaced by a fresh one), or None for none.
 
     Returns:
         gates: (S, NH, B, 4·DH) pre-activations with the recurrent part; states: (4, S + 1, NH, B, DH) y, c,
-        n, m before the first and after every step. Both are kept for the backward, which recomputes the
-        gate activations for all steps at once and then runs the only sequential part, the recurrence of
-        the state gradients, one step at a time:
+        n, m before the first and after every step (before any reset). Both are kept for the backward, which
+        recomputes the gate activations for all steps at once and then runs the only sequential part, the
+        recurrence of the state gradients, one step at a time (y_{t-1}, c_{t-1}, n_{t-1}, m_{t-1} of a
+        document's first step being the fresh state, dy_{t-1} gets nothing from it):
 
             dy_t = ∂L/∂y_t + dpre_{t+1} Rᵀ
             dc_t = f_{t+1} dc_{t+1} + dy_t σ(õ_t) / n_t,   dn_t = f_{t+1} dn_{t+1} - dy_t σ(õ_t) c_t / n_t²
@@ -112,9 +122,13 @@ def slstm_loop(preX: torch.Tensor, matR: torch.Tensor, y0: torch.Tensor, c0: tor
     gate_steps = [gate.unbind(0) for gate in gates.view(S, NH, B, 4, DH).unbind(-2)]
     y_out, c_out, n_out, m_out = (part[1:].unbind(0) for part in states)
     y_prev, c_prev, n_prev, m_prev = y0, c0, n0, m0
-    for preX_t, gates_t, igate, fgate, zgate, ogate, y, c, n, m in zip(
-        preX.unbind(0), gates.unbind(0), *gate_steps, y_out, c_out, n_out, m_out
-    ):
+    # which steps start a document somewhere: one device sync, not one per step
+    any_starts = [False] * S if starts is None else starts.flatten(1).any(1).tolist()
+    for t, (preX_t, gates_t, igate, fgate, zgate, ogate, y, c, n, m, any_starts_t) in enumerate(zip(
+        preX.unbind(0), gates.unbind(0), *gate_steps, y_out, c_out, n_out, m_out, any_starts
+    )):
+        if any_starts_t:
+            y_prev, c_prev, n_prev, m_prev = _fresh_where(torch.stack((y_prev, c_prev, n_prev, m_prev)), starts[t])
         torch.baddbmm(preX_t, y_prev, matR, out=gates_t)
         logf_m = F.logsigmoid(fgate).add_(m_prev)
         torch.maximum(logf_m, igate, out=m)
@@ -128,31 +142,34 @@ def slstm_loop(preX: torch.Tensor, matR: torch.Tensor, y0: torch.Tensor, c0: tor
 
 
 @slstm_loop.register_fake
-def _(preX, matR, y0, c0, n0, m0):
+def _(preX, matR, y0, c0, n0, m0, starts=None):
     S, NH, B, DH4 = preX.shape
     return torch.empty_like(preX), preX.new_empty((4, S + 1, NH, B, DH4 // 4))
 
 
 @torch.library.custom_op("xlstm_lm::slstm_loop_backward", mutates_args=())
-def slstm_loop_backward(dStates: torch.Tensor, matR: torch.Tensor, gates: torch.Tensor, states: torch.Tensor
+def slstm_loop_backward(dStates: torch.Tensor, matR: torch.Tensor, gates: torch.Tensor, states: torch.Tensor,
+                        starts: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients of preX, matR, y0, c0, n0 from the gradient of `slstm_loop`'s states (that of m is ignored)."""
     S, NH, B, DH4 = gates.shape
     DH = DH4 // 4
     igate, fgate, zgate, ogate = gates.view(S, NH, B, 4, DH).unbind(-2)
     y, c, n, m = states
+    # the state each step starts from: fresh at document starts
+    y_prev, c_prev, n_prev, m_prev = states[:, :-1] if starts is None else _fresh_where(states[:, :-1], starts)
     dY, dc_last, dn_last = dStates[0, 1:], dStates[1, -1], dStates[2, -1]
     # the gate activations of every step at once
     i = torch.exp(igate - m[1:])
-    f = torch.exp(F.logsigmoid(fgate) + m[:-1] - m[1:])
+    f = torch.exp(F.logsigmoid(fgate) + m_prev - m[1:])
     z = torch.tanh(zgate)
     o = torch.sigmoid(ogate)
     h = c[1:] / n[1:]
     # dpre_t = dc_t coef_c + dn_t coef_n + dy_t coef_y, gate by gate (i, f, z, o)
     sig_f = torch.sigmoid(-fgate)
     zeros = torch.zeros_like(i)
-    coef_c = torch.stack((z * i, c[:-1] * f * sig_f, i * (1 - z * z), zeros), dim=-2)  # (S, NH, B, 4, DH)
-    coef_n = torch.stack((i, n[:-1] * f * sig_f, zeros, zeros), dim=-2)
+    coef_c = torch.stack((z * i, c_prev * f * sig_f, i * (1 - z * z), zeros), dim=-2)  # (S, NH, B, 4, DH)
+    coef_n = torch.stack((i, n_prev * f * sig_f, zeros, zeros), dim=-2)
     coef_y = torch.stack((zeros, zeros, zeros, h * o * (1 - o)), dim=-2)
     # dc_t, dn_t gain dy_t (o/n, -o c/n²); f of the next step carries them back
     gain = torch.stack((o / n[1:], -o * h / n[1:]), dim=1)  # (S, 2, NH, B, DH)
@@ -168,36 +185,37 @@ def slstm_loop_backward(dStates: torch.Tensor, matR: torch.Tensor, gates: torch.
                 gain.unbind(0), coef_c.unbind(0), coef_n.unbind(0), coef_y.unbind(0))
     for t, (dY_t, dpre_t, dpre4_t, f_next_t, gain_t, coef_c_t, coef_n_t, coef_y_t) in reversed(list(enumerate(steps))):
         if t < S - 1:
-            torch.baddbmm(dY_t, dpre_next, matRt, out=dy)
+            # dy_t gets dpre_{t+1} Rᵀ only where step t + 1 continues the document
+            torch.baddbmm(dY_t, dpre_next if starts is None else dpre_next * ~starts[t + 1], matRt, out=dy)
             dcn.mul_(f_next_t)
         dcn.addcmul_(gain_t, dy)
         torch.mul(coef_c_t, dc4, out=dpre4_t)
         dpre4_t.addcmul_(coef_n_t, dn4)
         dpre4_t.addcmul_(coef_y_t, dy4)
         dpre_next = dpre_t
-    dy0 = torch.bmm(dpre[0], matRt)
+    dy0 = torch.bmm(dpre[0] if starts is None else dpre[0] * ~starts[0], matRt)
     dc0, dn0 = dcn[0] * f[0], dcn[1] * f[0]
     # dR[h] = Σ_t y_{t-1}ᵀ dpre_t over all steps and the batch
-    dR = y[:-1].transpose(0, 1).reshape(NH, S * B, DH).mT @ dpre.transpose(0, 1).reshape(NH, S * B, DH4)
+    dR = y_prev.transpose(0, 1).reshape(NH, S * B, DH).mT @ dpre.transpose(0, 1).reshape(NH, S * B, DH4)
     return dpre, dR, dy0, dc0, dn0
 
 
 @slstm_loop_backward.register_fake
-def _(dStates, matR, gates, states):
+def _(dStates, matR, gates, states, starts=None):
     _, NH, B, DH = states.shape[1:]
     return (torch.empty_like(gates), torch.empty_like(matR), *(gates.new_empty((NH, B, DH)) for _ in range(3)))
 
 
 def _save_for_backward(ctx, inputs, output):
-    ctx.save_for_backward(inputs[1], *output)
+    ctx.save_for_backward(inputs[1], *output, inputs[6] if len(inputs) > 6 else None)
     ctx.set_materialize_grads(False)  # the gates output is never used: no zero-filled gradient for it
 
 
 def _backward(ctx, _dGates, dStates):
     if dStates is None:
-        return (None,) * 6
-    matR, gates, states = ctx.saved_tensors
-    return (*slstm_loop_backward(dStates, matR, gates, states), None)
+        return (None,) * 7
+    matR, gates, states, starts = ctx.saved_tensors
+    return (*slstm_loop_backward(dStates, matR, gates, states, starts), None, None)
 
 
 slstm_loop.register_autograd(_backward, setup_context=_save_for_backward)
@@ -208,12 +226,14 @@ def slstm_native(
     R: torch.Tensor,  # (4, NH, DH, DH)
     b: torch.Tensor,  # (4, NH, DH)
     state: SLSTMState,  # each (B, NH, DH)
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
 ) -> tuple[torch.Tensor, SLSTMState]:
     """sLSTM over a sequence, one step at a time, with a hand-written backward through time.
 
     Args:
         gates_x, R, b: as in `xlstm_lm.kernels.slstm.slstm`, already in the compute dtype.
         state: initial (y, c, n, m).
+        doc_starts: (B, S) bool or None: a fresh state before each document start.
 
     Returns:
         y (B, S, NH, DH) and the final state.
@@ -221,7 +241,8 @@ def slstm_native(
     B, S, _, NH, DH = gates_x.shape
     preX = (gates_x + b).permute(1, 3, 0, 2, 4).reshape(S, NH, B, 4 * DH)
     state = [x.transpose(0, 1).contiguous() for x in state]  # (NH, B, DH)
-    _, states = slstm_loop(preX, _fused_recurrent_weights(R), *state)
+    starts = None if doc_starts is None else doc_starts.T[:, None, :, None].contiguous()  # (S, 1, B, 1)
+    _, states = slstm_loop(preX, _fused_recurrent_weights(R), *state, starts)
     y, c, n, m = states[:, -1]  # the final state, (NH, B, DH) each
     final = (y, c, n, m.detach())
     return states[0, 1:].permute(2, 0, 1, 3), tuple(x.transpose(0, 1) for x in final)  # (B, S, NH, DH)

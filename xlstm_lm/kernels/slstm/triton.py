@@ -71,11 +71,15 @@ def _wide_launch_config(B: int, NH: int, DH: int, backward: bool = False) -> tup
 
 
 class _SLSTMFunction(torch.autograd.Function):
-    """(save, gates_x, R, b, y0, c0, n0, m0) -> (y, y_S, c_S, n_S, m_S); m0 and m_S carry no gradient.
-    save: keep what the backward needs (off under torch.no_grad, where nothing is saved)."""
+    """(save, gates_x, R, b, y0, c0, n0, m0, starts, has_starts) -> (y, y_S, c_S, n_S, m_S); m0 and m_S carry no
+    gradient. save: keep what the backward needs (off under torch.no_grad, where nothing is saved).
+    has_starts: whether the on-chip kernels read starts (the wide ones always do).
+
+    Note: the on-chip kernels compile the document-start code only when there are starts: at DH = 128 the
+    backward with it spills (48 bytes of stack on sm_90, test_slstm_triton.py), without it it does not."""
 
     @staticmethod
-    def forward(ctx, save, gates_x, R, b, y0, c0, n0, m0):
+    def forward(ctx, save, gates_x, R, b, y0, c0, n0, m0, starts, has_starts):
         ctx.wide = not on_chip(gates_x)
         # the interpreter's bf16 arithmetic is broken (DESIGN.md §9): there the products stay fp32
         dot_bf16 = gates_x.dtype in (torch.bfloat16, torch.float16) and not triton.knobs.runtime.interpret
@@ -83,9 +87,10 @@ class _SLSTMFunction(torch.autograd.Function):
         # Triton hold R in registers as the matrix operand, and DH = 128 would spill)
         R_dot = R.to(torch.bfloat16) if dot_bf16 else R
         launch = _wide_forward if ctx.wide else _on_chip_forward
-        y, final, pre, saved = launch(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0)
+        y, final, pre, saved = launch(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts, has_starts)
+        ctx.has_starts = has_starts
         if save:
-            ctx.save_for_backward(R_dot, y0, y, pre, *saved)
+            ctx.save_for_backward(R_dot, y0, y, pre, starts, *saved)
             ctx.gates_dtype, ctx.dot_bf16 = gates_x.dtype, dot_bf16
         ctx.mark_non_differentiable(final[3])
         return y, *final
@@ -93,7 +98,7 @@ class _SLSTMFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dy_S, dc_S, dn_S, _dm_S):
         kernels = triton_kernels(__package__)
-        R_dot, y0, y, pre, c, n, m = ctx.saved_tensors
+        R_dot, y0, y, pre, starts, c, n, m = ctx.saved_tensors
         B, S, _, NH, DH = pre.shape
         dy = torch.zeros_like(y) if dy is None else dy.contiguous()
         final_grads = [torch.zeros((B, NH, DH), dtype=torch.float32, device=y.device) if g is None
@@ -102,23 +107,23 @@ class _SLSTMFunction(torch.autograd.Function):
         if ctx.wide:  # updates the final state's gradients in place, step by step, to the initial state's
             grid, config = _wide_launch_config(B, NH, DH, backward=True)
             initial_grads = [g.clone() for g in final_grads]
-            kernels.slstm_bw_wide_kernel[grid](dy, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
+            kernels.slstm_bw_wide_kernel[grid](dy, R_dot, pre, c, n, m, dgates, *initial_grads, starts, B, S, NH,
                                        DOT_BF16=ctx.dot_bf16, **config)
         else:
             grid, config = _launch_config(B, NH, DH)
             initial_grads = [torch.empty_like(g) for g in final_grads]
             kernels.slstm_bw_kernel[grid](
-                dy, *final_grads, R_dot, pre, c, n, m, dgates, *initial_grads, B, S, NH,
-                DOT_BF16=ctx.dot_bf16, **config,
+                dy, *final_grads, R_dot, pre, c, n, m, dgates, *initial_grads, starts, B, S, NH,
+                DOT_BF16=ctx.dot_bf16, STARTS=ctx.has_starts, **config,
             )
-        # ∂L/∂R[g, h, d, e] = Σ_{b,t} y_{t-1}[b, h, d] ∂L/∂pre[b, t, g, h, e]
-        y_prev = torch.cat([y0[:, None], y[:, :-1]], dim=1)  # (B, S, NH, DH)
+        # ∂L/∂R[g, h, d, e] = Σ_{b,t} y_{t-1}[b, h, d] ∂L/∂pre[b, t, g, h, e], y_{t-1} = 0 at document starts
+        y_prev = torch.cat([y0[:, None], y[:, :-1]], dim=1).masked_fill(starts.bool()[..., None, None], 0.0)
         dR = torch.einsum("bshd,bsghe->ghde", y_prev, dgates)
         db = dgates.sum(dim=(0, 1))  # (4, NH, DH)
-        return None, dgates.to(ctx.gates_dtype), dR, db, *initial_grads, None
+        return None, dgates.to(ctx.gates_dtype), dR, db, *initial_grads, None, None, None
 
 
-def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
+def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts, has_starts):
     """The on-chip forward kernel's launch: y, the final state, and (when saving) the pre-activations and
     the per-step c, n, m (the initial state at index 0)."""
     B, S, _, NH, DH = gates_x.shape
@@ -133,12 +138,12 @@ def _on_chip_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
             buffer[:, 0] = initial
     else:  # never written: SAVE is off
         pre, saved = y, [y] * 3
-    triton_kernels(__package__).slstm_fw_kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, B, S, NH, DOT_BF16=dot_bf16,
-                          SAVE=save, **config)
+    triton_kernels(__package__).slstm_fw_kernel[grid](gates_x, R_dot, b, y0, c0, n0, m0, y, *final, pre, *saved, starts, B, S, NH,
+                          DOT_BF16=dot_bf16, SAVE=save, STARTS=has_starts, **config)
     return y, final, pre, saved
 
 
-def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
+def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0, starts, _has_starts):
     """The wide forward kernel's launch, with the outputs of `_on_chip_forward`. Every step's state goes
     through memory: y, c, n, m (B, S + 1, NH, DH), the initial state at index 0, are written always."""
     B, S, _, NH, DH = gates_x.shape
@@ -148,7 +153,8 @@ def _wide_forward(save, dot_bf16, gates_x, R_dot, b, y0, c0, n0, m0):
     for buffer, initial in zip(states, (y0, c0, n0, m0)):
         buffer[:, 0] = initial
     pre = torch.empty((B, S, 4, NH, DH), **f32) if save else states[0]  # never written without SAVE
-    triton_kernels(__package__).slstm_fw_wide_kernel[grid](gates_x, R_dot, b, *states, pre, B, S, NH, DOT_BF16=dot_bf16, SAVE=save, **config)
+    triton_kernels(__package__).slstm_fw_wide_kernel[grid](gates_x, R_dot, b, *states, pre, starts, B, S, NH, DOT_BF16=dot_bf16,
+                                                           SAVE=save, **config)
     return states[0][:, 1:].contiguous(), [x[:, S].contiguous() for x in states], pre, states[1:]
 
 
@@ -157,6 +163,7 @@ def slstm_triton(
     R: torch.Tensor,  # (4, NH, DH, DH)
     b: torch.Tensor,  # (4, NH, DH)
     state: SLSTMState,  # each (B, NH, DH)
+    doc_starts: torch.Tensor | None = None,  # (B, S) bool
 ) -> tuple[torch.Tensor, SLSTMState]:
     """sLSTM over a sequence in two fused Triton kernels (forward, backward through time).
 
@@ -166,6 +173,7 @@ def slstm_triton(
             them fp32).
         R, b: as in `xlstm_lm.kernels.slstm.slstm`; computed in float32.
         state: initial (y, c, n, m).
+        doc_starts: (B, S) bool or None: a fresh state before each document start.
 
     Returns:
         y (B, S, NH, DH) and the final state, float32.
@@ -183,5 +191,8 @@ def slstm_triton(
         raise ValueError("the triton sLSTM backend computes in float32; use backend='native' for float64")
     f32 = [x.float().contiguous() for x in (R, b, *state)]
     save = torch.is_grad_enabled() and any(x.requires_grad for x in (gates_x, *f32))
-    y, *final = _SLSTMFunction.apply(save, gates_x.contiguous(), *f32)
+    B, S = gates_x.shape[:2]
+    starts = (torch.zeros((B, S), dtype=torch.uint8, device=gates_x.device) if doc_starts is None
+              else doc_starts.to(torch.uint8).contiguous())
+    y, *final = _SLSTMFunction.apply(save, gates_x.contiguous(), *f32, starts, doc_starts is not None)
     return y, tuple(final)

@@ -11,6 +11,10 @@ Forward step (m carries no gradient; a fresh state has m = -inf, so m_1 = ĩ_1 a
     m_t = max(logσ(f̃) + m_{t-1}, ĩ),   i = exp(ĩ - m_t),   f = exp(logσ(f̃) + m_{t-1} - m_t)
     c_t = f c_{t-1} + i tanh(z̃),   n_t = f n_{t-1} + i,   y_t = σ(õ) c_t / n_t
 
+Document starts: where starts[b, t] is set, the state before step t is a fresh one (y = c = n = 0, m = -inf)
+in the forward, and the backward reads the state before that step as the fresh one and sends nothing to
+∂L/∂y_{t-1} (f = 0 already cuts dc, dn): no value and no gradient crosses a document start.
+
 Backward step, with dy = ∂L/∂y_t (from the output and from step t+1), dc, dn carried from step t+1:
 
     dõ = dy (c_t/n_t) σ(õ)(1 - σ(õ)),   dc += dy σ(õ) / n_t,   dn -= dy σ(õ) (c_t/n_t) / n_t
@@ -23,6 +27,7 @@ Notation:
     Tiles are held transposed, units × batch (DH, BB), so every product is R_gᵀ (DH, DH) @ y (DH, BB):
     the head dim, not the small batch tile, is the M dimension of the matrix instruction.
     Memory layouts (all contiguous): gates_x, pre, dgates_x (B, S, 4, NH, DH); y, dy (B, S, NH, DH);
+    starts (B, S) uint8, 1 at the first step of a document;
     the per-step states c, n, m (B, S + 1, NH, DH) with the initial state at index 0; R (4, NH, DH, DH)
     with R[g, h, d, e] mapping unit d of y_{t-1} to unit e of gate g; b (4, NH, DH); states (B, NH, DH).
     DOT_BF16: the recurrent products take bfloat16 operands (fp32 accumulation), else exact fp32
@@ -94,6 +99,19 @@ def _tile(B, NH, DH: tl.constexpr, BB: tl.constexpr):
 
 
 @triton.jit
+def _start_rows(starts_ptr, S, BB: tl.constexpr):
+    """This program's rows of starts (B, S), at t = 0: (1, BB) pointers."""
+    return starts_ptr + (tl.program_id(0) * BB + tl.arange(0, BB)[None, :]).to(tl.int64) * S
+
+
+@triton.jit
+def _fresh(start, y, c, n, m):
+    """The state before a step: a fresh one (0, 0, 0, -inf) where the step starts a document."""
+    return (tl.where(start, 0.0, y), tl.where(start, 0.0, c), tl.where(start, 0.0, n),
+            tl.where(start, float("-inf"), m))
+
+
+@triton.jit
 def _step_forward(ig, fg, zg, og, c, n, m):
     """One step's pointwise update from the gate pre-activations and the state before it: (y, c, n, m)."""
     logf_m = _logsigmoid(fg) + m
@@ -145,8 +163,9 @@ def slstm_fw_kernel(
     yS_ptr, cS_ptr, nS_ptr, mS_ptr,  # (B, NH, DH) fp32 out: final state
     pre_ptr,  # (B, S, 4, NH, DH) fp32 out if SAVE: all gate pre-activations
     c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32 if SAVE: index 0 holds the initial state, t + 1 step t
+    starts_ptr,  # (B, S) uint8: document starts
     B, S, NH,
-    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr, SAVE: tl.constexpr,
+    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr, SAVE: tl.constexpr, STARTS: tl.constexpr,
 ):
     h, rows, units, mask = _tile(B, NH, DH, BB)
     state = rows + units  # (DH, BB) offsets into (B, NH, DH)
@@ -155,6 +174,7 @@ def slstm_fw_kernel(
     saved = rows * (S + 1) + units  # into (B, S + 1, NH, DH) at index 0
     gate_stride = NH * DH  # int32: `on_chip` sends sequences with 4 · S · NH · DH >= 2**31 to the wide kernels
     R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, True, DOT_BF16)
+    starts = _start_rows(starts_ptr, S, BB)
     b_i = tl.load(b_ptr + units)
     b_f = tl.load(b_ptr + gate_stride + units)
     b_z = tl.load(b_ptr + 2 * gate_stride + units)
@@ -164,6 +184,8 @@ def slstm_fw_kernel(
     n = _load(n0_ptr, state, mask)
     m = _load(m0_ptr, state, mask)
     for t in range(S):
+        if STARTS:
+            y, c, n, m = _fresh(tl.load(starts + t, mask=mask, other=0) != 0, y, c, n, m)
         x = gx_ptr + gates + t * 4 * gate_stride
         ig = _load(x, 0, mask) + _matmul(R_i, y, DOT_BF16) + b_i
         fg = _load(x, gate_stride, mask) + _matmul(R_f, y, DOT_BF16) + b_f
@@ -196,8 +218,9 @@ def slstm_bw_kernel(
     c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32 from the forward
     dgx_ptr,  # (B, S, 4, NH, DH) fp32 out: ∂L/∂ of the pre-activations (= of gates_x)
     dy0_ptr, dc0_ptr, dn0_ptr,  # (B, NH, DH) fp32 out: ∂L/∂ of the initial state
+    starts_ptr,  # (B, S) uint8: document starts
     B, S, NH,
-    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr,
+    DH: tl.constexpr, BB: tl.constexpr, DOT_BF16: tl.constexpr, STARTS: tl.constexpr,
 ):
     h, rows, units, mask = _tile(B, NH, DH, BB)
     state = rows + units  # (DH, BB) offsets as in the forward
@@ -206,6 +229,7 @@ def slstm_bw_kernel(
     saved = rows * (S + 1) + units
     gate_stride = NH * DH  # int32: `on_chip` sends sequences with 4 · S · NH · DH >= 2**31 to the wide kernels
     R_i, R_f, R_z, R_o = _load_weights(R_ptr, h, NH, DH, False, DOT_BF16)
+    starts = _start_rows(starts_ptr, S, BB)
     dy_next = _load(dyS_ptr, state, mask)  # (DH, BB) ∂L/∂y_t through step t + 1 (and the final state)
     dc = _load(dcS_ptr, state, mask)
     dn = _load(dnS_ptr, state, mask)
@@ -214,6 +238,9 @@ def slstm_bw_kernel(
         s = saved + t * gate_stride  # the state before step t; after it at + gate_stride
         ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m = _saved_step(
             pre_ptr + gates + t * 4 * gate_stride, c_ptr, n_ptr, m_ptr, s, gate_stride, mask)
+        if STARTS:
+            start = tl.load(starts + t, mask=mask, other=0) != 0
+            _, c_prev, n_prev, m_prev = _fresh(start, c_prev, c_prev, n_prev, m_prev)
         dy = _load(dy_ptr, seq + t * gate_stride, mask) + dy_next
         dig, dfg, dzg, dog, dc_prev, dn_prev = _step_backward(ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m,
                                                               dy, dc, dn)
@@ -226,6 +253,8 @@ def slstm_bw_kernel(
             _matmul(R_i, dig, DOT_BF16) + _matmul(R_f, dfg, DOT_BF16)
             + _matmul(R_z, dzg, DOT_BF16) + _matmul(R_o, dog, DOT_BF16)
         )
+        if STARTS:
+            dy_next = tl.where(start, 0.0, dy_next)
         dc, dn = dc_prev, dn_prev
     tl.store(dy0_ptr + state, dy_next, mask=mask)
     tl.store(dc0_ptr + state, dc, mask=mask)
@@ -264,6 +293,7 @@ def slstm_fw_wide_kernel(
     b_ptr,  # (4, NH, DH) fp32
     ys_ptr, c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32: the initial state at index 0 in, step t at t + 1 out
     pre_ptr,  # (B, S, 4, NH, DH) fp32 out if SAVE: all gate pre-activations
+    starts_ptr,  # (B, S) uint8: document starts
     B, S, NH,
     DH: tl.constexpr, DHP: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr,
     DOT_BF16: tl.constexpr, SAVE: tl.constexpr,
@@ -273,9 +303,11 @@ def slstm_fw_wide_kernel(
     gates = rows * S * 4 + h * DH  # into (B, S, 4, NH, DH) at t = 0, gate i, unit 0
     gate_stride = NH.to(tl.int64) * DH  # int64: t · 4 · NH · DH passes 2**31 in long sequences
     R_head = R_ptr + h * DH * DH
+    starts = _start_rows(starts_ptr, S, BB)
     R_gate = NH * DH * DH
     for t in range(S):
         before = saved + t * gate_stride
+        start = tl.load(starts + t, mask=row_mask, other=0) != 0
         for u0 in range(0, DHP, BU):
             u = u0 + tl.arange(0, BU)[:, None]  # (BU, 1) units of the gates
             mask = (u < DH) & row_mask
@@ -286,15 +318,17 @@ def slstm_fw_wide_kernel(
             og = _load(x, 3 * gate_stride, mask) + _load(b_ptr + 3 * gate_stride + h * DH, u, u < DH)
             for k0 in range(0, DHP, BK):
                 k = k0 + tl.arange(0, BK)
-                y_prev = _load_fresh(ys_ptr, before + k[:, None], (k[:, None] < DH) & row_mask)  # (BK, BB)
+                y_prev = _load_fresh(ys_ptr, before + k[:, None], (k[:, None] < DH) & row_mask & ~start)  # (BK, BB)
                 R_mask = (u < DH) & (k[None, :] < DH)
                 R_T = k[None, :] * DH + u  # (BU, BK): R[g, h, k, u], transposed
                 ig += _matmul(tl.load(R_head + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
                 fg += _matmul(tl.load(R_head + R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
                 zg += _matmul(tl.load(R_head + 2 * R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
                 og += _matmul(tl.load(R_head + 3 * R_gate + R_T, mask=R_mask, other=0.0), y_prev, DOT_BF16)
-            y, c, n, m = _step_forward(ig, fg, zg, og, _load_fresh(c_ptr, before + u, mask),
-                                       _load_fresh(n_ptr, before + u, mask), _load_fresh(m_ptr, before + u, mask))
+            fresh = mask & ~start  # the state before the step: a fresh one (0, 0, -inf) at a document start
+            y, c, n, m = _step_forward(ig, fg, zg, og, _load_fresh(c_ptr, before + u, fresh),
+                                       _load_fresh(n_ptr, before + u, fresh),
+                                       _load_fresh(m_ptr, before + u, fresh, float("-inf")))
             after = before + gate_stride + u
             tl.store(ys_ptr + after, y, mask=mask)
             tl.store(c_ptr + after, c, mask=mask)
@@ -317,6 +351,7 @@ def slstm_bw_wide_kernel(
     c_ptr, n_ptr, m_ptr,  # (B, S + 1, NH, DH) fp32 from the forward
     dgx_ptr,  # (B, S, 4, NH, DH) fp32 out: ∂L/∂ of the pre-activations (= of gates_x)
     dy0_ptr, dc0_ptr, dn0_ptr,  # (B, NH, DH) fp32: ∂L/∂ of the final state in, of the initial state out
+    starts_ptr,  # (B, S) uint8: document starts
     B, S, NH,
     DH: tl.constexpr, DHP: tl.constexpr, BU: tl.constexpr, BK: tl.constexpr, BB: tl.constexpr, BP: tl.constexpr,
     DOT_BF16: tl.constexpr,
@@ -328,16 +363,19 @@ def slstm_bw_wide_kernel(
     saved = rows * (S + 1) + h * DH
     gate_stride = NH.to(tl.int64) * DH  # int64: t · 4 · NH · DH passes 2**31 in long sequences
     R_head = R_ptr + h * DH * DH
+    starts = _start_rows(starts_ptr, S, BB)
     R_gate = NH * DH * DH
     for step in range(S):
         t = S - 1 - step
         s = saved + t * gate_stride  # the state before step t; after it at + gate_stride
         d = dgx_ptr + gates + t * 4 * gate_stride
+        start = tl.load(starts + t, mask=row_mask, other=0) != 0
         for u0 in range(0, DHP, BP):  # the pointwise backward of step t, in blocks of BP units
             u = u0 + tl.arange(0, BP)[:, None]
             mask = (u < DH) & row_mask
             ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m = _saved_step(
                 pre_ptr + gates + t * 4 * gate_stride + u, c_ptr, n_ptr, m_ptr, s + u, gate_stride, mask)
+            _, c_prev, n_prev, m_prev = _fresh(start, c_prev, c_prev, n_prev, m_prev)
             dy = _load(dy_ptr, seq + t * gate_stride + u, mask) + _load_fresh(dy0_ptr, state + u, mask)
             dig, dfg, dzg, dog, dc_prev, dn_prev = _step_backward(
                 ig, fg, zg, og, c_prev, n_prev, m_prev, c, n, m, dy,
@@ -366,5 +404,5 @@ def slstm_bw_wide_kernel(
                                    _load_fresh(d + 2 * gate_stride, k[:, None], k_mask), DOT_BF16)
                 dy_prev += _matmul(tl.load(R_head + 3 * R_gate + R_tile, mask=R_mask, other=0.0),
                                    _load_fresh(d + 3 * gate_stride, k[:, None], k_mask), DOT_BF16)
-            tl.store(dy0_ptr + state + r, dy_prev, mask=(r < DH) & row_mask)
+            tl.store(dy0_ptr + state + r, tl.where(start, 0.0, dy_prev), mask=(r < DH) & row_mask)
         tl.debug_barrier()  # the next step reads dy0
