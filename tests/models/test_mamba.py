@@ -18,7 +18,8 @@ SIZE_DIR = Path(__file__).parents[2] / "configs" / "size"
 def test_every_size_preset_lands_within_ten_percent_of_xlstm_7_1():
     for preset in sorted(SIZE_DIR.glob("*.yaml")):
         size = yaml.safe_load(preset.read_text())
-        common = dict(size["model"], vocab_size=size["tokenizer"]["vocab_size"])
+        # the synthetic tasks' preset leaves the vocabulary to the task (a few dozen tokens)
+        common = dict(size["model"], vocab_size=size.get("tokenizer", {}).get("vocab_size", 64))
         with torch.device("meta"):
             xlstm = build_model({"architecture": "xlstm", "ratio": "7:1", **common})
             mamba = build_model({"architecture": "mamba", **common})

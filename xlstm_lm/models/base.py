@@ -18,7 +18,7 @@ from torch import nn
 
 from xlstm_lm.kernels import BackendChoice
 from xlstm_lm.models.components import small_init_, soft_cap
-from xlstm_lm.models.head_loss import answer_rows, linear_cross_entropy
+from xlstm_lm.models.head_loss import linear_cross_entropy
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +60,8 @@ class LanguageModel(nn.Module):
         cross-entropy ("mean" or "sum" over tokens) computed block by block without holding the logits; labels at
         `IGNORE_INDEX` are not scored (the synthetic tasks score their answers only)."""
         if labels is not None:
-            features, labels = answer_rows(features.flatten(0, 1), labels.flatten())
-            return linear_cross_entropy(features, self.head.weight, labels, soft_cap=logit_soft_cap,
-                                        reduction=reduction)
+            return linear_cross_entropy(features.flatten(0, 1), self.head.weight, labels.flatten(),
+                                        soft_cap=logit_soft_cap, reduction=reduction)
         logits = self.head(features).float()
         return soft_cap(logits, logit_soft_cap) if logit_soft_cap else logits
 

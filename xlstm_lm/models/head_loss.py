@@ -23,9 +23,11 @@ def _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, w
     grad_features = torch.empty_like(features) if want_features else None
     grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if want_weight else None
     total = torch.zeros((), dtype=torch.float64, device=features.device)
+    scored = labels != IGNORE_INDEX  # a mask, not a selection: shapes stay static under torch.compile
     for start in range(0, features.shape[0], block_rows):
         rows = features[start:start + block_rows]
-        targets = labels[start:start + block_rows, None]
+        row_scored = scored[start:start + block_rows, None]
+        targets = labels[start:start + block_rows, None].clamp(min=0)  # an ignored row gathers some logit, unused
         product = rows @ weight.T  # (n, V); bf16 under autocast
         logits = product.to(dtype)
         if soft_cap:
@@ -33,11 +35,11 @@ def _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, w
             capped_slope = 1.0 - logits.square()  # d capped / d raw = 1 - tanh²
             logits = logits.mul_(soft_cap)
         log_normalizer = torch.logsumexp(logits, dim=-1, keepdim=True)
-        total += (log_normalizer - logits.gather(1, targets)).sum(dtype=torch.float64)
+        total += torch.where(row_scored, log_normalizer - logits.gather(1, targets), 0.0).sum(dtype=torch.float64)
         if not (want_features or want_weight):
             continue
         grad_logits = logits.sub_(log_normalizer).exp_()  # softmax, in place of the logits
-        grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, -1.0))
+        grad_logits.scatter_add_(1, targets, grad_logits.new_full(targets.shape, -1.0)).mul_(row_scored)
         if soft_cap:
             grad_logits.mul_(capped_slope)
         if want_features:
@@ -46,7 +48,7 @@ def _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, w
             grad_weight.addmm_(grad_logits.T, rows.to(dtype))
         elif want_weight:  # in-place addmm_ would skip autocast: multiply in its dtype, add in float32
             grad_weight += grad_logits.T.to(product.dtype) @ rows.to(product.dtype)
-    scale = 1.0 / features.shape[0] if reduction == "mean" else 1.0
+    scale = 1.0 / scored.sum(dtype=torch.float64) if reduction == "mean" else 1.0  # the mean over scored rows
     return (total * scale).to(dtype), scale, grad_features, grad_weight
 
 
@@ -56,8 +58,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features, weight, labels, soft_cap, reduction, block_rows):
-        loss, ctx.scale, grad_features, grad_weight = _blockwise_loss(
+        loss, scale, grad_features, grad_weight = _blockwise_loss(
             features, weight, labels, soft_cap, reduction, block_rows, *ctx.needs_input_grad[:2])
+        ctx.scale = scale.to(loss.dtype) if torch.is_tensor(scale) else scale  # the gradients' dtype
         ctx.weight_dtype = weight.dtype
         ctx.save_for_backward(grad_features, grad_weight)
         return loss
@@ -77,9 +80,10 @@ def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, labels: t
     """Cross-entropy in nats of softmax(cap(features @ weightᵀ)) against labels, as F.cross_entropy computes it.
 
     Args:
-        features: (N, D) final features; weight: (V, D) head weight; labels: (N,) token ids in [0, V).
+        features: (N, D) final features; weight: (V, D) head weight; labels: (N,) token ids in [0, V), or
+            `IGNORE_INDEX` for rows that are not scored (no loss, no gradient, not counted by the mean).
         soft_cap: if set, logits are cap · tanh(logits / cap) before the softmax.
-        reduction: "mean" or "sum" over the N rows.
+        reduction: "mean" or "sum" over the scored rows.
         block_rows: rows per block; by default blocks of about 2M logits on CPU (8 MB, cache-sized) and 128M on
             GPUs (512 MB: few blocks, so adding each block's head-weight gradient stays cheap), 128 rows at least.
 
@@ -97,14 +101,6 @@ def linear_cross_entropy(features: torch.Tensor, weight: torch.Tensor, labels: t
         return _LinearCrossEntropy.apply(features, weight, labels, soft_cap, reduction, block_rows)
     # evaluation (no_grad, inference_mode): the loss alone, no gradient work
     return _blockwise_loss(features, weight, labels, soft_cap, reduction, block_rows, False, False)[0]
-
-
-def answer_rows(features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rows of features (N, D) and labels (N,) whose label is scored (not `IGNORE_INDEX`)."""
-    scored = labels != IGNORE_INDEX
-    if bool(scored.all()):  # language modelling: every label
-        return features, labels
-    return features[scored], labels[scored]
 
 
 def answer_hits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
