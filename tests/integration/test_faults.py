@@ -229,21 +229,23 @@ def test_a_second_ctrl_c_exits_130_with_one_message_and_a_refused_restart_leaves
     used to write the refused command's .hydra/ and log lines into the run directory before the refusal."""
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     command = train_command(run_dir, data_cache, 100000, "trainer.val_check_interval=100000",
                             "trainer.checkpoint_every_n_steps=1")  # a checkpoint is written after every step
-    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, start_new_session=True)
     try:
         wait_for(last.exists, process, timeout=300)
         process.send_signal(signal.SIGINT)
-        time.sleep(0.05)
+        lines = []  # the second Ctrl-C as soon as the first is acknowledged: while the step and its checkpoint run
+        while not lines or "Ctrl-C: stopping after this step" not in lines[-1]:
+            lines.append(process.stdout.readline())
+            assert lines[-1], "".join(lines)[-3000:]  # the run ended before acknowledging the first Ctrl-C
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=120)
+        output = "".join(lines) + process.communicate(timeout=120)[0]
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    output = stdout + stderr
     assert process.returncode == 130, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output, output[-3000:]
     assert len([line for line in output.splitlines() if "second Ctrl-C: stopped at once" in line]) == 1

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import warnings
 from pathlib import Path
 from typing import Callable, Optional
@@ -258,6 +259,7 @@ def fit(trainer: L.Trainer, module: LanguageModelModule, datamodule: TokenDataMo
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     except TrainingInterrupted as stop:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # checkpointed and leaving: another Ctrl-C has nothing to stop
         log.warning("%s: run the same command to resume from it (no final validation or export)", stop)
         raise SystemExit(130) from None  # the exit status of a program ended by Ctrl-C
     except SystemExit:
