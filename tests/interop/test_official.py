@@ -157,8 +157,11 @@ def test_widths_rounded_down_import_when_ours_can_hold_them(tmp_path):
     ours = load_pretrained(import_official(*write_official(tmp_path, fields, model), tmp_path / "ours")).eval()
     assert ours.config.inner_dim == 64
     ids = torch.randint(0, VOCAB, (1, 70), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        assert (ours(ids) - model(ids)).abs().max() <= 1e-4
+    with torch.no_grad():  # judged as above: two float32 forms differ by their rounding (and it depends on threads)
+        logits, theirs = ours(ids), model(ids)
+        exact = model.double()(ids)
+    ours_error, their_error = ((x.double() - exact).abs().max().item() for x in (logits, theirs))
+    assert ours_error <= 2 * their_error, (ours_error, their_error)
 
 
 def drop(name):
