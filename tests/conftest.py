@@ -7,7 +7,16 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-import torch
+
+# README's test command runs two pytest-xdist workers on the two cores: each keeps to one thread (and so do the
+# processes it starts), since two processes whose OpenMP threads all spin on both cores slow each other down
+# many times over.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+import torch  # noqa: E402 (after the thread count it reads)
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 # Triton reads TRITON_INTERPRET when its own library functions are decorated, i.e. at `import triton`:
 # set it before anything imports triton, so the Triton kernels run on CPU tensors where there is no GPU.
