@@ -37,11 +37,16 @@ def test_bad_values_fail_with_one_message_and_no_traceback(tmp_path, override, m
     assert not (run_dir / "checkpoints").exists() and not (tmp_path / "cache").exists()
 
 
-def test_misspelt_key_fails_in_hydra_before_any_work(tmp_path):
-    result, run_dir = run_train(tmp_path, "trainer.max_step=3")
-    assert result.returncode != 0
-    assert "Could not override 'trainer.max_step'" in result.stderr
+def test_misspelt_key_fails_before_any_work_with_the_names_it_may_mean(tmp_path):
+    result, run_dir = run_train(tmp_path, "model=xlstm_large", "trainer.max_stepz=3", "model.qk_factr=0.25")
+    assert result.returncode == 1
+    # the first unknown key, in one line, without Hydra's advice to add it with "+" (which the schemas refuse)
+    assert result.stderr.strip() == ("unknown config key trainer.max_stepz: no such setting (did you mean "
+                                     "trainer.max_steps?)")
     assert not run_dir.exists() and not (tmp_path / "cache").exists()
+    result, _ = run_train(tmp_path, "model.zzz=1")  # nothing close: the settings there are listed
+    assert result.returncode == 1 and "unknown config key model.zzz: no such setting (model has" in result.stderr
+    assert "qk_factor" not in result.stderr and "ratio" in result.stderr  # the default model's own fields
 
 
 def test_xlstm_train_console_script_points_at_the_same_main():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import os
 import sys
@@ -9,7 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 from hydra.experimental.callback import Callback
+from omegaconf.errors import ConfigAttributeError
 
 # Raised for bad configs, paths and data by the library, and by the NaN guard (FloatingPointError, with the step
 # and what to do); a folder or file we may not write (PermissionError); a bug raises something else and keeps its
@@ -49,3 +54,29 @@ class WritableOutputFolder(Callback):
             sys.stderr.write(f"output folder {folder}: {problem} (check its permissions, or choose another run_dir / "
                              "hydra.run.dir)\n")
             sys.exit(1)
+
+
+def refuse_unknown_keys(config_dir: str, config_name: str) -> None:
+    """A misspelt key on the command line (trainer.max_stepz=3) in one line of ours, with the names it may have
+    meant, then exit 1. Hydra's own message advises `+trainer.max_stepz=3`, which adds the key past the schema
+    (and which `schemas.to_config` then refuses). The command line's overrides are composed here first; any other
+    problem is left to Hydra, which reports it as it runs."""
+    overrides = [argument for argument in sys.argv[1:] if not argument.startswith("-")]
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except ConfigCompositionException as error:
+        cause = error.__cause__
+        if not isinstance(cause, ConfigAttributeError) or not cause.full_key:
+            return
+        schema = cause.object_type
+        names = [field.name for field in dataclasses.fields(schema)] if dataclasses.is_dataclass(schema) else []
+        parent, _, name = cause.full_key.rpartition(".")
+        prefix = f"{parent}." if parent else ""
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = (f"did you mean {' or '.join(prefix + match for match in close)}?" if close
+                else f"{parent or 'the config'} has {', '.join(names)}" if names else "check the spelling")
+        sys.stderr.write(f"unknown config key {cause.full_key}: no such setting ({hint})\n")
+        sys.exit(1)
+    except Exception:  # noqa: BLE001 (sweep syntax and the like: Hydra reports it as it runs)
+        return

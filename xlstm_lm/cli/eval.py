@@ -24,7 +24,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.errors import exit_on_user_error, refuse_unknown_keys
 from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.cli.schemas import EvalConfig, register_eval_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
@@ -212,8 +212,14 @@ def format_table(results: list[tuple[str, list[ContextResult]]]) -> str:
 register_eval_configs()
 
 
+def main() -> None:
+    """The command: misspelt keys are refused in our words before Hydra runs the job."""
+    refuse_unknown_keys(CONFIG_DIR, "eval")
+    _main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
         evaluate(cfg, HydraConfig.get().runtime.output_dir)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.errors import exit_on_user_error, refuse_unknown_keys
 from xlstm_lm.cli.loading import load_checkpoint, resolve_device
 from xlstm_lm.cli.schemas import GenerateConfig, register_generate_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
@@ -80,6 +80,7 @@ register_generate_configs()
 
 def main() -> None:
     sys.argv[1:] = quote_prompt_override(sys.argv[1:])
+    refuse_unknown_keys(CONFIG_DIR, "generate")
     _main()
 
 

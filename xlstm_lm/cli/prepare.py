@@ -15,7 +15,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.errors import exit_on_user_error, refuse_unknown_keys
 from xlstm_lm.cli.schemas import TrainConfig, register_configs, to_config
 from xlstm_lm.cli.train import CONFIG_DIR
 from xlstm_lm.data.cache import describe, load, prepare
@@ -40,8 +40,14 @@ def prepare_data(cfg: DictConfig | TrainConfig) -> Path:
 register_configs()
 
 
+def main() -> None:
+    """The command: misspelt keys are refused in our words before Hydra runs the job."""
+    refuse_unknown_keys(CONFIG_DIR, "prepare")
+    _main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prepare")
-def main(cfg: DictConfig) -> None:
+def _main(cfg: DictConfig) -> None:
     with exit_on_user_error(log):
         prepare_data(cfg)
 

@@ -29,7 +29,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from xlstm_lm.cli.errors import exit_on_user_error
+from xlstm_lm.cli.errors import exit_on_user_error, refuse_unknown_keys
 from xlstm_lm.cli.loading import PretrainedFolder, read_pretrained_folder
 from xlstm_lm.cli.schemas import TrainConfig, register_configs, to_config
 from xlstm_lm.data import TokenDataModule
@@ -351,8 +351,14 @@ def write_run_record(cfg: DictConfig, run_dir: Path) -> None:
 register_configs()
 
 
+def main() -> None:
+    """The command: misspelt keys are refused in our words before Hydra runs the job."""
+    refuse_unknown_keys(CONFIG_DIR, "train")
+    _main()
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def _main(cfg: DictConfig) -> float:
     """Returns the final validation loss: the objective of sweepers such as Optuna."""
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     held = HeldLogFiles()
