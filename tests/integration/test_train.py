@@ -63,18 +63,32 @@ def test_every_architecture_trains_and_reloads(tmp_path, data_cache, model):
     assert reloaded.config.architecture == ("xlstm" if model == "xlstm_0_1" else model)
 
 
-def test_two_process_ddp_on_cpu_trains_and_exports(tmp_path, data_cache):
+def test_two_process_ddp_on_cpu_trains_exports_and_keeps_its_checkpoints_across_a_restart(tmp_path, data_cache):
     """Lightning's `ddp` re-launches the command per rank, so this runs train.py as a subprocess (gloo)."""
     run_dir = tmp_path / "run"
-    command = [sys.executable, str(REPO / "train.py"), *small_run_overrides(data_cache),
-               "trainer.strategy=ddp", "trainer.devices=2", f"hydra.run.dir={run_dir}"]
-    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == 0, result.stderr[-3000:]
+
+    def run(max_steps: int, *extra: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(REPO / "train.py"), *small_run_overrides(data_cache, max_steps),
+                   "trainer.strategy=ddp", "trainer.devices=2", "trainer.keep_last_checkpoints=1",
+                   f"hydra.run.dir={run_dir}", *extra]
+        result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "PYTHONPATH": str(REPO)})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    result = run(4)
     assert (run_dir / "train_ddp_process_1.log").is_file()  # the second rank ran
     assert "sync_dist" not in result.stderr  # Lightning's advice does not apply: val/loss is reduced over ranks
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
     assert math.isfinite(load_pretrained(run_dir / "export")(torch.zeros(1, 4, dtype=torch.long)).sum().item())
+    checkpoints = run_dir / "checkpoints"
+    best = next(checkpoints.glob("best-step*.ckpt"))
+    (checkpoints / "step000001.ckpt").write_bytes(best.read_bytes())  # a file of a run before, unknown to Lightning
+    run(8, f"ckpt_path={best}")  # trained longer from the best file: what the runs before wrote is pruned too
+    files = sorted(path.name for path in (run_dir / "checkpoints").iterdir())
+    assert [name for name in files if name.startswith("step")] == ["step000008.ckpt"], files
+    assert len([name for name in files if name.startswith("best-step")]) == 1 and "last.ckpt" in files, files
+    assert len(files) == 3, files
 
 
 def test_resume_from_last_checkpoint_continues_at_the_right_step(tmp_path, data_cache):
