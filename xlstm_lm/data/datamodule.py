@@ -81,7 +81,34 @@ class TokenWindows(Dataset):
         return item
 
 
-class TokenDataModule(L.LightningDataModule):
+class ResumableOrder(L.LightningDataModule):
+    """What every data module of training shares: its training order resumes from a checkpoint's position, and is
+    refused when `_order_identity()` (the subclass's: what fixes the order besides the position) differs."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the training order; refuses a checkpoint made with other data, windows or seed."""
+        self.check_resumable(state)
+        self._resume_position = int(state["position"])
+
+    def check_resumable(self, state: dict[str, Any]) -> None:
+        """Raise ValueError unless `state` (from `state_dict`, as a checkpoint holds it) has this run's order."""
+        current = self._order_identity()
+        # a key the checkpoint lacks is a change too; so is a stateful checkpoint resumed without data.stateful
+        changed = changed_settings(state, current, keys=dict.fromkeys([*current, "stateful"]))
+        if changed:
+            raise ValueError(
+                f"The checkpoint's training data order does not fit this run ({'; '.join(changed)}), so resuming "
+                "would repeat or skip data. Resume with the same data=, tokenizer=, data.seq_len and seed as the "
+                "original run (and data.stateful, with its data.batch_size), or start a new run from its weights."
+            )
+
+    def _rank_and_world_size(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+
+class TokenDataModule(ResumableOrder):
     """Prepares the cache once per node and serves token windows of both splits.
 
     Args:
@@ -156,23 +183,6 @@ class TokenDataModule(L.LightningDataModule):
             position += micro_batches * self.data_config.batch_size * world_size
         return {"position": position, **self._order_identity()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume the training order; refuses a checkpoint made with other data, windows or seed."""
-        self.check_resumable(state)
-        self._resume_position = int(state["position"])
-
-    def check_resumable(self, state: dict[str, Any]) -> None:
-        """Raise ValueError unless `state` (from `state_dict`, as a checkpoint holds it) has this run's order."""
-        current = self._order_identity()
-        # a key the checkpoint lacks is a change too; so is a stateful checkpoint resumed without data.stateful
-        changed = changed_settings(state, current, keys=dict.fromkeys([*current, "stateful"]))
-        if changed:
-            raise ValueError(
-                f"The checkpoint's training data order does not fit this run ({'; '.join(changed)}), so resuming "
-                "would repeat or skip data. Resume with the same data=, tokenizer=, data.seq_len and seed as the "
-                "original run (and data.stateful, with its data.batch_size), or start a new run from its weights."
-            )
-
     @property
     def tokenizer(self) -> Tokenizer:
         """The tokenizer the token shards were made with."""
@@ -226,11 +236,6 @@ class TokenDataModule(L.LightningDataModule):
         if split not in self._windows:
             raise RuntimeError("call setup() before asking for a dataloader")
         return self._windows[split]
-
-    def _rank_and_world_size(self) -> tuple[int, int]:
-        if self.trainer is None:
-            return 0, 1
-        return self.trainer.global_rank, self.trainer.world_size
 
     def _loader(self, windows: TokenWindows, sampler) -> DataLoader:
         num_workers = self.data_config.num_workers

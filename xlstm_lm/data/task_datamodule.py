@@ -12,11 +12,10 @@ import itertools
 from dataclasses import asdict
 from typing import Any, Optional
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xlstm_lm.data.datamodule import TokenDataModule
+from xlstm_lm.data.datamodule import ResumableOrder
 from xlstm_lm.data.synthetic import TaskConfig, make_batch, vocabulary
 from xlstm_lm.data.tokenizer import EOS_TOKEN, vocabulary_tokenizer
 
@@ -36,18 +35,13 @@ class TaskBatches(Dataset):
         return {name: torch.from_numpy(array) for name, array in batch.items()}
 
 
-class TaskDataModule(L.LightningDataModule):
+class TaskDataModule(ResumableOrder):
     """Training and validation batches of a synthetic task, and its fixed-vocabulary tokenizer.
 
     Args:
         data: the task.
         seed: fixes every batch.
     """
-
-    # resuming checks this module's own order identity exactly as the document data does
-    load_state_dict = TokenDataModule.load_state_dict
-    check_resumable = TokenDataModule.check_resumable
-    _rank_and_world_size = TokenDataModule._rank_and_world_size
 
     def __init__(self, data: TaskConfig, seed: int = 0) -> None:
         super().__init__()
