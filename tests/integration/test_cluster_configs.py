@@ -64,6 +64,7 @@ def test_local_launcher_composes():
 @pytest.mark.parametrize("sweep,params", [
     ("lr_size", {"size": "tiny,125m,350m", "optimizer.lr": "5.0e-4,1.0e-3,2.0e-3,4.0e-3"}),
     ("ratio", {"model": "xlstm_7_1,xlstm_1_0,xlstm_0_1,xlstm_1_1"}),
+    ("lr", {"optimizer.lr": "1.0e-3,2.0e-3,4.0e-3"}),
 ])
 def test_grid_sweeps_list_existing_options(sweep, params):
     config = compose_with_hydra([f"+sweep={sweep}"])
