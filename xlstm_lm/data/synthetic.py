@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -72,37 +73,43 @@ class ParityConfig(TaskConfig):
 
 
 @dataclass
-class ModularArithmeticConfig(TaskConfig):
+class AlphabetTaskConfig(TaskConfig):
+    """A task over a small alphabet whose size is one key of its own schema (named by `ALPHABET_KEY`, so the
+    keys users type stay the tasks' own: data.modulus, data.cycle, ...); it must be at least 2."""
+
+    ALPHABET_KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        size = getattr(self, self.ALPHABET_KEY)
+        if size < 2:
+            raise ValueError(f"data.{self.ALPHABET_KEY} must be at least 2, got {size}")
+
+
+@dataclass
+class ModularArithmeticConfig(AlphabetTaskConfig):
     """Arithmetic without brackets mod `modulus`, evaluated left to right.
 
     Attributes:
         modulus: m; operands and the result are in [0, m).
     """
 
+    ALPHABET_KEY: ClassVar[str] = "modulus"
     task: str = "modular_arithmetic"
     modulus: int = 5
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.modulus < 2:
-            raise ValueError(f"data.modulus must be at least 2, got {self.modulus}")
-
 
 @dataclass
-class CycleNavigationConfig(TaskConfig):
+class CycleNavigationConfig(AlphabetTaskConfig):
     """The final position after moves on a cycle.
 
     Attributes:
         cycle: number of positions on the cycle.
     """
 
+    ALPHABET_KEY: ClassVar[str] = "cycle"
     task: str = "cycle_navigation"
     cycle: int = 5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.cycle < 2:
-            raise ValueError(f"data.cycle must be at least 2, got {self.cycle}")
 
 
 @dataclass
