@@ -8,6 +8,7 @@ answers only.
     parity               bits, "=", then the parity of the number of ones (length: the number of bits)
     modular_arithmetic   n operands mod m joined by + - *, evaluated left to right, "=", the result mod m
     cycle_navigation     moves L (-1), S (0), R (+1) on a cycle of `cycle` positions from 0, "=", the position
+    majority             symbols 0 .. num_symbols - 1, "=", the most frequent one (a tie: the smallest of them)
     mqar                 Zoology's multi-query associative recall (Arora et al. 2023): key-value pairs, then
                          every key queried once at random places of the rest of the sequence; the label at a
                          query is its value (length: the sequence length)
@@ -113,6 +114,19 @@ class CycleNavigationConfig(AlphabetTaskConfig):
 
 
 @dataclass
+class MajorityConfig(AlphabetTaskConfig):
+    """The most frequent symbol of a sequence; a tie goes to the smallest of the tied symbols.
+
+    Attributes:
+        num_symbols: size of the alphabet 0 .. num_symbols - 1.
+    """
+
+    ALPHABET_KEY: ClassVar[str] = "num_symbols"
+    task: str = "majority"
+    num_symbols: int = 5
+
+
+@dataclass
 class MQARConfig(TaskConfig):
     """Multi-query associative recall (Zoology). Lengths are sequence lengths.
 
@@ -153,6 +167,8 @@ def _task_tokens(config: TaskConfig) -> list[str]:
         return [str(n) for n in range(config.modulus)] + ["+", "-", "*", "="]
     if config.task == "cycle_navigation":
         return [str(n) for n in range(config.cycle)] + ["L", "S", "R", "="]
+    if config.task == "majority":
+        return [str(n) for n in range(config.num_symbols)] + ["="]
     half = config.vocab_size // 2
     return ["_"] + [f"k{n}" for n in range(1, half)] + [f"v{n}" for n in range(half, config.vocab_size)]
 
@@ -197,6 +213,14 @@ def _cycle_navigation(config: CycleNavigationConfig, rng: np.random.Generator,
     return inputs, labels
 
 
+def _majority(config: MajorityConfig, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
+    symbols = rng.integers(0, config.num_symbols, length)
+    inputs = np.append(symbols, config.num_symbols)  # then "="
+    labels = np.full(length + 1, IGNORE_INDEX)
+    labels[-1] = np.bincount(symbols, minlength=config.num_symbols).argmax()  # the first maximum: ties go low
+    return inputs, labels
+
+
 def _mqar(config: MQARConfig, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
     pairs, half = config.num_kv_pairs, config.vocab_size // 2
     keys = rng.choice(np.arange(1, half), pairs, replace=False)
@@ -220,6 +244,7 @@ TASKS: dict[str, tuple[type, Callable]] = {
     "parity": (ParityConfig, _parity),
     "modular_arithmetic": (ModularArithmeticConfig, _modular_arithmetic),
     "cycle_navigation": (CycleNavigationConfig, _cycle_navigation),
+    "majority": (MajorityConfig, _majority),
     "mqar": (MQARConfig, _mqar),
 }
 
