@@ -8,6 +8,7 @@ answers only.
     parity               bits, "=", then the parity of the number of ones (length: the number of bits)
     modular_arithmetic   n operands mod m joined by + - *, evaluated left to right, "=", the result mod m
     cycle_navigation     moves L (-1), S (0), R (+1) on a cycle of `cycle` positions from 0, "=", the position
+    majority             symbols 0 .. num_symbols - 1, "=", the most frequent one (a tie: the smallest of them)
     mqar                 Zoology's multi-query associative recall (Arora et al. 2023): key-value pairs, then
                          every key queried once at random places of the rest of the sequence; the label at a
                          query is its value (length: the sequence length)
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -72,37 +74,56 @@ class ParityConfig(TaskConfig):
 
 
 @dataclass
-class ModularArithmeticConfig(TaskConfig):
+class AlphabetTaskConfig(TaskConfig):
+    """A task over a small alphabet whose size is one key of its own schema (named by `ALPHABET_KEY`, so the
+    keys users type stay the tasks' own: data.modulus, data.cycle, ...); it must be at least 2."""
+
+    ALPHABET_KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        size = getattr(self, self.ALPHABET_KEY)
+        if size < 2:
+            raise ValueError(f"data.{self.ALPHABET_KEY} must be at least 2, got {size}")
+
+
+@dataclass
+class ModularArithmeticConfig(AlphabetTaskConfig):
     """Arithmetic without brackets mod `modulus`, evaluated left to right.
 
     Attributes:
         modulus: m; operands and the result are in [0, m).
     """
 
+    ALPHABET_KEY: ClassVar[str] = "modulus"
     task: str = "modular_arithmetic"
     modulus: int = 5
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.modulus < 2:
-            raise ValueError(f"data.modulus must be at least 2, got {self.modulus}")
-
 
 @dataclass
-class CycleNavigationConfig(TaskConfig):
+class CycleNavigationConfig(AlphabetTaskConfig):
     """The final position after moves on a cycle.
 
     Attributes:
         cycle: number of positions on the cycle.
     """
 
+    ALPHABET_KEY: ClassVar[str] = "cycle"
     task: str = "cycle_navigation"
     cycle: int = 5
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.cycle < 2:
-            raise ValueError(f"data.cycle must be at least 2, got {self.cycle}")
+
+@dataclass
+class MajorityConfig(AlphabetTaskConfig):
+    """The most frequent symbol of a sequence; a tie goes to the smallest of the tied symbols.
+
+    Attributes:
+        num_symbols: size of the alphabet 0 .. num_symbols - 1.
+    """
+
+    ALPHABET_KEY: ClassVar[str] = "num_symbols"
+    task: str = "majority"
+    num_symbols: int = 5
 
 
 @dataclass
@@ -146,6 +167,8 @@ def _task_tokens(config: TaskConfig) -> list[str]:
         return [str(n) for n in range(config.modulus)] + ["+", "-", "*", "="]
     if config.task == "cycle_navigation":
         return [str(n) for n in range(config.cycle)] + ["L", "S", "R", "="]
+    if config.task == "majority":
+        return [str(n) for n in range(config.num_symbols)] + ["="]
     half = config.vocab_size // 2
     return ["_"] + [f"k{n}" for n in range(1, half)] + [f"v{n}" for n in range(half, config.vocab_size)]
 
@@ -190,6 +213,14 @@ def _cycle_navigation(config: CycleNavigationConfig, rng: np.random.Generator,
     return inputs, labels
 
 
+def _majority(config: MajorityConfig, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
+    symbols = rng.integers(0, config.num_symbols, length)
+    inputs = np.append(symbols, config.num_symbols)  # then "="
+    labels = np.full(length + 1, IGNORE_INDEX)
+    labels[-1] = np.bincount(symbols, minlength=config.num_symbols).argmax()  # the first maximum: ties go low
+    return inputs, labels
+
+
 def _mqar(config: MQARConfig, rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray]:
     pairs, half = config.num_kv_pairs, config.vocab_size // 2
     keys = rng.choice(np.arange(1, half), pairs, replace=False)
@@ -213,6 +244,7 @@ TASKS: dict[str, tuple[type, Callable]] = {
     "parity": (ParityConfig, _parity),
     "modular_arithmetic": (ModularArithmeticConfig, _modular_arithmetic),
     "cycle_navigation": (CycleNavigationConfig, _cycle_navigation),
+    "majority": (MajorityConfig, _majority),
     "mqar": (MQARConfig, _mqar),
 }
 
