@@ -49,6 +49,9 @@ class Layout(NamedTuple):
 
 WINDOW = Layout(37, ((0, 16, 21), (5, 30)), (21, 37))  # the loss document starts mid-chunk, spans two
 SHORT = Layout(20, ((0, 7, 16), (5, 12)), (7, 16))  # for the interpreter: still a start at a chunk boundary
+# for the interpreted mLSTM kernels: the loss document carries its state across a chunk boundary, from a
+# chunk that also holds two other documents; row 1 starts one at the boundary
+CROSSING = Layout(20, ((0, 7, 12), (5, 16)), (12, 20))
 
 
 def loss_of_one_document(h: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -90,25 +93,34 @@ def test_mlstm_documents_are_separate(backend, regime, mlstm_inputs, rng):
             assert relative_error(part[row:row + 1], part_alone) < 1e-12
 
 
-@pytest.mark.xfail(strict=True, reason="issue #16: the Triton mLSTM kernels take no document mask yet (leaky -25)")
-def test_mlstm_triton_documents_are_separate(mlstm_inputs, rng):
-    """The Triton kernels in float32 against the float64 reference of each document alone."""
-    x = mlstm_inputs(B=2, NH=1, S=SHORT.S, DQK=16, DV=16, regime="extreme", with_state=True)
+@pytest.mark.parametrize("regime", ["realistic", "extreme"])
+def test_mlstm_triton_documents_are_separate(regime, mlstm_inputs, rng):
+    """The Triton kernels in float32 against the float64 reference of each document alone: outputs, final
+    state and the gradients of the document with the loss."""
+    x = mlstm_inputs(B=2, NH=1, S=CROSSING.S, DQK=16, DV=16, regime=regime, with_state=True)
     leaves = {name: t.float().to(DEVICE).requires_grad_(name in ("q", "k", "v", "i", "f")) for name, t in x.items()}
-    h = mlstm(*(leaves[name] for name in ("q", "k", "v", "i", "f")), (leaves["C"], leaves["n"], leaves["m"]),
-              doc_starts=SHORT.doc_starts().to(DEVICE), backend="triton", chunk_size=CHUNK).cpu()
-    weights = torch.randn(h[0, :, slice(*SHORT.loss_span)].shape, generator=rng, dtype=torch.float64)
-    loss_of_one_document(h[0, :, slice(*SHORT.loss_span)], weights).backward()
-    leaked = max(SHORT.outside_the_loss_document(leaves[name].grad.cpu(), 2).abs().max().item() for name in "qkvif")
-    fwd_tol = TOLERANCES["extreme"][0]
-    errors = []
+    h, final = mlstm(*(leaves[name] for name in ("q", "k", "v", "i", "f")), (leaves["C"], leaves["n"], leaves["m"]),
+                     doc_starts=CROSSING.doc_starts().to(DEVICE), backend="triton", chunk_size=CHUNK, return_state=True)
+    h, final = h.cpu(), [part.detach().cpu() for part in final]
+    weights = torch.randn(h[0, :, slice(*CROSSING.loss_span)].shape, generator=rng, dtype=torch.float64)
+    loss_of_one_document(h[0, :, slice(*CROSSING.loss_span)], weights).backward()
+    leaked = max(CROSSING.outside_the_loss_document(leaves[name].grad.cpu(), 2).abs().max().item() for name in "qkvif")
+    fwd_tol, grad_tol = TOLERANCES[regime]
+    errors, grad_errors = [], {}
     for row in range(2):
-        for a, e, continues in SHORT.documents(row):
+        for a, e, continues in CROSSING.documents(row):
             state = tuple(x[name][row:row + 1] for name in ("C", "n", "m")) if continues else None
-            ref = mlstm(*(x[name].float().double()[row:row + 1, :, a:e] for name in ("q", "k", "v", "i", "f")), state,
-                        backend="reference")
+            alone = {name: x[name].float().double()[row:row + 1, :, a:e].requires_grad_() for name in "qkvif"}
+            ref, final_ref = mlstm(*alone.values(), state, backend="reference", return_state=True)
             errors.append(relative_error(h[row:row + 1, :, a:e], ref))
+            if (row, (a, e)) == (0, CROSSING.loss_span):
+                loss_of_one_document(ref[0], weights).backward()
+                grad_errors = {name: relative_error(leaves[name].grad.cpu()[row:row + 1, :, a:e], alone[name].grad)
+                               for name in "qkvif"}
+        errors += [relative_error(part[row:row + 1], part_ref.detach())  # from the row's last document
+                   for part, part_ref in zip(unstabilized(*final), unstabilized(*final_ref))]
     assert leaked == 0 and max(errors) < fwd_tol, f"gradient leak {leaked:.1e}, forward errors {errors}"
+    assert max(grad_errors.values()) < grad_tol, grad_errors
 
 
 def slstm_inputs_of(slstm_inputs, layout: Layout, NH: int, DH: int, regime: str) -> dict[str, torch.Tensor]:

@@ -33,21 +33,24 @@ SHAPES = [(64, 128, 256), (64, 128, 128), (128, 256, 128), (128, 128, 256), (256
 LENGTH_PATTERNS = [(), ("S",), ("NC",), ("S", "NC")]
 
 
-def constexprs(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...] = ()) -> dict:
-    """The constexpr arguments the launcher in `xlstm_lm.kernels.mlstm.triton` passes to kernel `name`."""
+def constexprs(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...] = (),
+               documents: bool = False) -> dict:
+    """The constexpr arguments the launcher in `xlstm_lm.kernels.mlstm.triton` passes to kernel `name`, with
+    or without document starts."""
     seq_len = 16 if "S" in multiples_of_16 else 17  # the blocks depend only on whether it is a multiple of 16
     blocks = mlstm_triton._blocks(L, DQK, DV, torch.bfloat16, seq_len)
     blocks = dataclasses.replace(blocks, dot_dtype=tl.bfloat16)
-    values = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "BLC": blocks.BLC, **blocks.kernel_constexprs(name)}
+    values = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "BLC": blocks.BLC, "HAS_STARTS": documents,
+              **blocks.kernel_constexprs(name)}
     if name == "step_kernel":
         values |= {"BK": DQK, "BV": 64}
     arg_names = getattr(KERNELS, name).arg_names
     return {key: value for key, value in values.items() if key in arg_names}
 
 
-def compile_kernel(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...]):
+def compile_kernel(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...], documents: bool = False):
     kernel = getattr(KERNELS, name)
-    fixed = constexprs(name, L, DQK, DV, multiples_of_16)
+    fixed = constexprs(name, L, DQK, DV, multiples_of_16, documents)
 
     def arg_type(arg: str) -> str:
         if arg in fixed:
@@ -56,7 +59,7 @@ def compile_kernel(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[
             return "i32"
         if arg in ("scale", "eps"):
             return "fp32"
-        return "*bf16" if arg in ACTIVATIONS else "*fp64" if arg == "Bv" else "*fp32"
+        return "*bf16" if arg in ACTIVATIONS else "*fp64" if arg == "Bv" else "*i32" if arg == "First" else "*fp32"
 
     signature = {arg: arg_type(arg) for arg in kernel.arg_names}
     return compile_for_hopper(
@@ -65,8 +68,8 @@ def compile_kernel(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[
 
 
 @functools.cache
-def usage_of(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...] = ()):
-    return resource_usage(compile_kernel(name, L, DQK, DV, multiples_of_16))
+def usage_of(name: str, L: int, DQK: int, DV: int, multiples_of_16: tuple[str, ...] = (), documents: bool = False):
+    return resource_usage(compile_kernel(name, L, DQK, DV, multiples_of_16, documents))
 
 
 @pytest.mark.parametrize("multiples_of_16", LENGTH_PATTERNS)
@@ -87,6 +90,16 @@ def test_kernel_compiles_for_hopper(name, has_dots, _, L, DQK, DV, multiples_of_
 def test_no_register_spills(name, L, DQK, DV, multiples_of_16):
     usage = usage_of(name, L, DQK, DV, multiples_of_16)
     assert usage.stack_bytes == 0, f"{name} spills registers to a stack frame: {usage}"
+
+
+@pytest.mark.parametrize("L, DQK, DV", [SHAPES[2], SHAPES[4]])
+@pytest.mark.parametrize("name", [name for name, _, _ in LAUNCHES if name not in ("row_scales_kernel", "step_kernel")])
+def test_document_variants_do_not_spill(name, L, DQK, DV):
+    """Packed documents (HAS_STARTS) compile another variant of the chunkwise kernels: it must not spill either
+    (one length pattern and the two shapes that hold the most registers, to keep the suite short)."""
+    usage = usage_of(name, L, DQK, DV, ("S", "NC"), documents=True)
+    assert usage.local_bytes == 0 and usage.stack_bytes == 0, f"{name} with documents spills: {usage}"
+    assert usage.registers <= 255
 
 
 class _AlignedLaunches:

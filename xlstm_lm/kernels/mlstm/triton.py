@@ -30,12 +30,9 @@ import triton
 import triton.language as tl
 
 from ..backends import triton_kernels
-from .stabilized import MLSTMState, check_step_shapes, drop_state_at, prepare_state
+from .stabilized import MLSTMState, check_step_shapes, prepare_state
 
 NUM_WARPS = 4  # one warp group: Hopper HGMMA runs per warp group (8 warps miscompute dq on an H100, triton 3.6)
-# Forget-gate pre-activation written at document starts inside a sequence: the kernels take no document
-# mask yet, so the state before a start is scaled by σ(-25) ~ exp(-25), not dropped (issue #16).
-LEAKY_RESET_FORGET = -25.0
 
 
 def _check_runnable(*tensors: torch.Tensor) -> None:
@@ -141,13 +138,37 @@ def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype, seq_len: int
     )
 
 
+def _document_firsts(doc_starts: torch.Tensor, NH: int, L: int) -> torch.Tensor:
+    """Per step of every head, the index of the document start at or before it, -1 for the document that
+    continues the initial state, as the kernels take it (`triton_kernels`' note on documents).
+
+    Args:
+        doc_starts: (B, S) bool; NH heads, chunk length L.
+
+    Returns:
+        (B·NH, NC·L) int32; the steps past S repeat step S - 1's.
+    """
+    S = doc_starts.shape[1]
+    steps = torch.arange(S, device=doc_starts.device)
+    first = torch.where(doc_starts, steps, -1).cummax(-1).values.int()
+    first = torch.cat([first, first[:, -1:].expand(-1, triton.cdiv(S, L) * L - S)], dim=1)
+    return _aligned(first.repeat_interleave(NH, dim=0))
+
+
+def _document_args(first: torch.Tensor | None, dummy: torch.Tensor) -> dict:
+    """The kernels' document arguments: `First` and HAS_STARTS (a dummy pointer without documents)."""
+    return {"First": dummy if first is None else first, "HAS_STARTS": first is not None}
+
+
 def _chunk_states(
-    k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState, blocks: _Blocks
+    k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState,
+    first: torch.Tensor | None, blocks: _Blocks,
 ) -> tuple[torch.Tensor, ...]:
     """States before every chunk and after the last, and b inside every chunk.
 
     Args:
-        k: (BH, S, DQK), v: (BH, S, DV), i, f: (BH, S), state (C0, n0, m0), all contiguous.
+        k: (BH, S, DQK), v: (BH, S, DV), i, f: (BH, S), state (C0, n0, m0), all contiguous; first from
+            `_document_firsts`, or None (one document).
 
     Returns:
         Cs (BH, NC + 1, DQK, DV), Ns (BH, NC + 1, DQK), Ms (BH, NC + 1) in float32, Bv (BH, NC·L) in float64.
@@ -161,32 +182,32 @@ def _chunk_states(
     Bv = k.new_empty((BH, NC * blocks.L), dtype=torch.float64)
     grid = (BH * triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS),)
     triton_kernels(__package__).chunk_states_kernel[grid](
-        k, v, i, f, *state, Cs, Ns, Ms, Bv, S, NC, DQK=DQK, DV=DV, BLC=blocks.BLC,
-        **blocks.kernel_constexprs("chunk_states_kernel"), num_warps=NUM_WARPS,
+        k, v, i, f, *state, Cs, Ns, Ms, Bv, S=S, NC=NC, DQK=DQK, DV=DV, BLC=blocks.BLC,
+        **_document_args(first, i), **blocks.kernel_constexprs("chunk_states_kernel"), num_warps=NUM_WARPS,
     )
     return Cs, Ns, Ms, Bv
 
 
 def _forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState,
-    blocks: _Blocks, eps: float,
+    first: torch.Tensor | None, blocks: _Blocks, eps: float,
 ) -> tuple[torch.Tensor, MLSTMState, torch.Tensor, torch.Tensor]:
-    """Chunkwise forward on contiguous (BH, S, ·) inputs.
+    """Chunkwise forward on contiguous (BH, S, ·) inputs, documents as `first` (`_document_firsts`) gives them.
 
     Returns:
         h (BH, S, DV) in the dtype of v, the final state, and per step m_r, den_r (BH, S) for the backward.
     """
     BH, S, DQK = q.shape
     DV = v.shape[-1]
-    Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, blocks)
+    Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, first, blocks)
     NC = Cs.shape[1] - 1
     h = torch.empty_like(v)
     Mr = q.new_empty((BH, S), dtype=torch.float32)
     Den = torch.empty_like(Mr)
     grid = (BH * NC * (blocks.L // blocks.BLQ) * triton.cdiv(DV, blocks.BV),)
     triton_kernels(__package__).chunk_outputs_kernel[grid](
-        q, k, v, i, Bv, Cs, Ns, Ms, h, Mr, Den, S, NC, DQK**-0.5, eps, DQK=DQK, DV=DV, BLQ=blocks.BLQ,
-        **blocks.kernel_constexprs("chunk_outputs_kernel"), num_warps=NUM_WARPS,
+        q, k, v, i, Bv, Cs, Ns, Ms, h, Mr, Den, S=S, NC=NC, scale=DQK**-0.5, eps=eps, DQK=DQK, DV=DV, BLQ=blocks.BLQ,
+        **_document_args(first, i), **blocks.kernel_constexprs("chunk_outputs_kernel"), num_warps=NUM_WARPS,
     )
     final = (Cs[:, NC].clone(), Ns[:, NC].clone(), Ms[:, NC].clone())  # not views: Cs is freed here
     return h, final, Mr, Den
@@ -194,13 +215,13 @@ def _forward(
 
 def _backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState,
-    h: torch.Tensor, Mr: torch.Tensor, Den: torch.Tensor,
+    first: torch.Tensor | None, h: torch.Tensor, Mr: torch.Tensor, Den: torch.Tensor,
     dh: torch.Tensor, dC: torch.Tensor, dn: torch.Tensor, blocks: _Blocks, eps: float,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients of `_forward` on contiguous (BH, S, ·) tensors.
 
     Args:
-        q ... state: the forward inputs; h, Mr, Den: its outputs.
+        q ... first: the forward inputs; h, Mr, Den: its outputs.
         dh (BH, S, DV), dC (BH, DQK, DV), dn (BH, DQK): gradients of h and of the final C, n.
 
     Returns:
@@ -211,8 +232,9 @@ def _backward(
     BH, S, DQK = q.shape
     DV = v.shape[-1]
     scale = DQK**-0.5
-    Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, blocks)
+    Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, first, blocks)
     NC = Cs.shape[1] - 1
+    documents = _document_args(first, i)
     InvN, Delta, qdq = torch.empty_like(Mr), torch.empty_like(Mr), torch.empty_like(Mr)
     parts = Mr.new_empty((BH, 4, S))
     kernels.row_scales_kernel[(BH, triton.cdiv(S, blocks.BLS))](
@@ -223,42 +245,42 @@ def _backward(
     NT = triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS)  # state tiles of a head
     Y = Ms.new_empty((BH, NT, NC))
     kernels.state_grads_kernel[(BH * NT,)](
-        q, dh, InvN, Delta, parts, Bv, Cs, Ns, Ms, dC, dn, dCs, dNs, Y, S, NC, scale, DQK=DQK, DV=DV,
-        BLC=blocks.BLC, **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
+        q, dh, InvN, Delta, parts, Bv, Cs, Ns, Ms, dC, dn, dCs, dNs, Y, S=S, NC=NC, scale=scale, DQK=DQK, DV=DV,
+        BLC=blocks.BLC, **documents, **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     NVB = triton.cdiv(DV, blocks.BV)  # DV blocks of the dv tiles
     Gcol, E = (v.new_empty((BH, NVB, S), dtype=torch.float32) for _ in range(2))
     rows = BH * NC * (blocks.L // blocks.BLQ)
-    common = {"DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS}
+    common = {"S": S, "NC": NC, "scale": scale, "DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS,
+              **documents}
     kernels.grad_q_kernel[(rows * triton.cdiv(DQK, blocks.BK),)](
-        q, k, v, dh, InvN, Delta, parts, Cs, Ns, Ms, dq, S, NC, scale,
-        **common, **blocks.kernel_constexprs("grad_q_kernel"),
+        q, k, v, dh, InvN, Delta, parts, Cs, Ns, Ms, dq, **common, **blocks.kernel_constexprs("grad_q_kernel"),
     )
     kernels.grad_k_kernel[(rows * triton.cdiv(DQK, blocks.BKG),)](
-        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dk, S, NC, scale,
-        **common, **blocks.kernel_constexprs("grad_k_kernel"),
+        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dk, **common, **blocks.kernel_constexprs("grad_k_kernel"),
     )
     kernels.grad_v_kernel[(rows * NVB,)](
-        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dv, Gcol, E, S, NC, scale,
-        **common, **blocks.kernel_constexprs("grad_v_kernel"),
+        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dv, Gcol, E, **common,
+        **blocks.kernel_constexprs("grad_v_kernel"),
     )
     di, df = torch.empty_like(Mr), torch.empty_like(Mr)
     kernels.grad_gates_kernel[(BH, NC)](
-        qdq, Gcol, E, Y, f, di, df, S, NC, NVB, NT, **blocks.kernel_constexprs("grad_gates_kernel"),
-        num_warps=NUM_WARPS,
+        qdq, Gcol, E, Y, f, di, df, S=S, NC=NC, NVB=NVB, NT=NT, **documents,
+        **blocks.kernel_constexprs("grad_gates_kernel"), num_warps=NUM_WARPS,
     )
     return dq, dk, dv, di, df, dCs[:, 0], dNs[:, 0]
 
 
 class _MLSTMFunction(torch.autograd.Function):
-    """(q, k, v, i, f, C0, n0, m0) on (BH, S, ·) -> (h, C_S, n_S, m_S); m gets and gives no gradient."""
+    """(q, k, v, i, f, C0, n0, m0) on (BH, S, ·) -> (h, C_S, n_S, m_S); m gets and gives no gradient, nor do
+    the documents (first, from `_document_firsts`, or None)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, blocks: _Blocks, eps: float):
-        h, final, Mr, Den = _forward(q, k, v, i, f, (C0, n0, m0), blocks, eps)
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, first, blocks: _Blocks, eps: float):
+        h, final, Mr, Den = _forward(q, k, v, i, f, (C0, n0, m0), first, blocks, eps)
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, Mr, Den)
-        ctx.blocks, ctx.eps = blocks, eps
+        ctx.first, ctx.blocks, ctx.eps = first, blocks, eps
         ctx.mark_non_differentiable(final[2])
         return h, *final
 
@@ -266,10 +288,10 @@ class _MLSTMFunction(torch.autograd.Function):
     def backward(ctx, dh, dC, dn, dm):
         q, k, v, i, f, C0, n0, m0, h, Mr, Den = ctx.saved_tensors
         dq, dk, dv, di, df, dC0, dn0 = _backward(
-            q, k, v, i, f, (C0, n0, m0), h, Mr, Den, _aligned(dh), _aligned(dC), _aligned(dn),
+            q, k, v, i, f, (C0, n0, m0), ctx.first, h, Mr, Den, _aligned(dh), _aligned(dC), _aligned(dn),
             ctx.blocks, ctx.eps,
         )
-        return dq, dk, dv, di, df, dC0, dn0, None, None, None
+        return dq, dk, dv, di, df, dC0, dn0, None, None, None, None
 
 
 def mlstm_triton(
@@ -289,9 +311,8 @@ def mlstm_triton(
     Args:
         q, k, v, i, f: as in `xlstm_lm.kernels.mlstm.mlstm`; q, k, v float32 or bfloat16.
         state: initial (C, n, m), float32.
-        doc_starts: (B, S) bool or None. Not exact yet, unlike the other backends: the initial state is
-            dropped where a row starts a document at t = 0, but later starts only close the forget gate
-            (f̃ = LEAKY_RESET_FORGET), which leaves an exp(-25)-relative leak (issue #16).
+        doc_starts: (B, S) bool or None: a fresh state before each document start, exactly, inside the
+            kernels (`triton_kernels`' note on documents); None runs the kernels without any of it.
         chunk_size: chunk length L, rounded up to a power of two >= 16; S need not be a multiple of it.
         eps: added to the normalizer.
 
@@ -306,15 +327,13 @@ def mlstm_triton(
     B, NH, S, DQK = q.shape
     DV = v.shape[-1]
     blocks = _blocks(chunk_size, DQK, DV, v.dtype, S)
-    if doc_starts is not None:
-        state = drop_state_at(state, doc_starts[:, 0])
-        f = f.masked_fill(doc_starts[:, None], LEAKY_RESET_FORGET)
+    first = None if doc_starts is None else _document_firsts(doc_starts, NH, blocks.L)
 
     def flat(x):  # (B, NH, ...) -> (BH, ...)
         return _aligned(x.reshape(B * NH, *x.shape[2:]))
 
     inputs = [flat(x) for x in (q, k, v)] + [flat(x).float() for x in (i, f, *state)]
-    h, matC, vecN, scaM = _MLSTMFunction.apply(*inputs, blocks, eps)
+    h, matC, vecN, scaM = _MLSTMFunction.apply(*inputs, first, blocks, eps)
     return h.reshape(B, NH, S, DV), (matC.reshape(B, NH, DQK, DV), vecN.reshape(B, NH, DQK), scaM.reshape(B, NH))
 
 

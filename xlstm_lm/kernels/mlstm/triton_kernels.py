@@ -22,6 +22,14 @@ they cannot run in the interpreter. The kernels here only need the variable set 
 imported (which `triton.py` delays to the first launch); the interpreter recognizes these two combine
 functions and reduces with numpy (any other combine function runs element by element, 10x slower).
 
+Documents (HAS_STARTS): `First` (BH, NC·L) int32 holds, per step, the index of the document start at or
+before it (-1 for the document that continues the initial state; steps past S repeat step S - 1's). Each
+document then runs as if alone, as the native chunkwise form does: b restarts at every start (a segmented
+scan), the decay matrix is exactly 0 between documents (s < first_r), rows past a start in their chunk see
+a fresh state (β = 0, m_prev = 0), only the chunk's last document writes the next state, and the old state
+is dropped (decay 0) where the chunk holds a start. Every such zero is a `where`, so no gradient crosses a
+start, not even by rounding. Without starts the kernels compile without any of it (no extra loads).
+
 The last chunk may be partial: steps t >= S are masked with logσ(f̃) = 0 and ĩ = -inf, so they neither
 contribute nor decay the state, which then equals the state after step S.
 
@@ -93,6 +101,30 @@ def _gates(I, F, t, S):
 
 
 @triton.jit
+def _segment_add(x, start_x, y, start_y):
+    """Combine function of a sum that restarts where start (int32) is set (a segmented scan)."""
+    return tl.where(start_y != 0, y, x + y), start_x | start_y
+
+
+@triton.jit
+def _block_gates(I, F, First, t, t0, carry, first_last, S, BLC: tl.constexpr, HAS_STARTS: tl.constexpr):
+    """For one block of BLC steps t of a chunk, starting at t0: b (carry: b before the block), b at the
+    block's last step, and ĩ. With documents b restarts at every start, and ĩ is -inf outside the chunk's
+    last document (first_last its start): only that one writes the next state."""
+    logf, igate = _gates(I, F, t, S)
+    if HAS_STARTS:
+        first = tl.load(First + t)
+        segments, _ = tl.associative_scan((logf, (first == t).to(tl.int32)), 0, _segment_add)
+        vecB = tl.where(first < t0, carry, 0.0) + segments
+        carry = tl.reduce(tl.where(t == t0 + BLC - 1, vecB, 0.0), 0, _ADD)
+        igate = tl.where(first == first_last, igate, float("-inf"))
+    else:
+        vecB = carry + tl.associative_scan(logf, 0, _ADD)
+        carry += tl.reduce(logf, 0, _ADD)
+    return vecB, carry, igate
+
+
+@triton.jit
 def _split(x):
     """float64 x as hi + lo, two float32 numbers: a sum of two such splits, (hi + hi') + (lo + lo'), is
     exact to float32 rounding of the result where hi and hi' (nearly) cancel. An infinite x (an input
@@ -126,9 +158,10 @@ def chunk_states_kernel(
     C0, N0, M0,  # (BH, DQK, DV), (BH, DQK), (BH)
     Cs, Ns, Ms,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK), (BH, NC + 1)
     Bv,  # out: (BH, NC·L) float64
+    First,  # (BH, NC·L) int32 with HAS_STARTS (module note on documents)
     S, NC,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH·cdiv(DQK, BK)·cdiv(DV, BV),): one (BK, BV) tile of C through all chunks in order."""
     bh, pk, pv = _state_tile(DQK, DV, BK, BV)
@@ -140,6 +173,7 @@ def chunk_states_kernel(
     lead = (pk == 0) & (pv == 0)  # the program that writes m and b
     K, V, I, F = K + bh * S * DQK, V + bh * S * DV, I + bh * S, F + bh * S
     Cs, Ns, Ms, Bv = Cs + bh * (NC + 1) * DQK * DV, Ns + bh * (NC + 1) * DQK, Ms + bh * (NC + 1), Bv + bh * NC * L
+    First += bh * NC * L
 
     matC = tl.load(C0 + bh * DQK * DV + tile_kv, mask=mask_kv, other=0.0)  # (BK, BV)
     vecN = tl.load(N0 + bh * DQK + offs_k, mask=mask_k, other=0.0)  # (BK,)
@@ -151,25 +185,30 @@ def chunk_states_kernel(
         # pass 1: b inside the chunk, g = b_L and max_s (ĩ_s - b_s), so that max_s a_s = g + that
         carry = tl.full((), 0.0, tl.float64)
         max_ib = tl.full((), float("-inf"), tl.float64)
+        if HAS_STARTS:
+            first_last = tl.load(First + c * L + L - 1)
+            reset = first_last >= c * L  # the chunk holds a start: the old state is dropped (a fresh one has m 0)
+            scaMprev = tl.where(reset, 0.0, scaM).to(tl.float64)
+        else:
+            first_last = -1
+            scaMprev = scaM.to(tl.float64)
         for j in range(L // BLC):
             t = c * L + j * BLC + tl.arange(0, BLC)
-            logf, igate = _gates(I, F, t, S)
-            vecB = carry + tl.associative_scan(logf, 0, _ADD)
+            vecB, carry, igate = _block_gates(I, F, First, t, c * L + j * BLC, carry, first_last, S, BLC, HAS_STARTS)
             tl.store(Bv + t, vecB, mask=(t >= 0) & lead)
             max_ib = tl.maximum(max_ib, tl.reduce(igate - vecB, 0, _MAX))
-            carry += tl.reduce(logf, 0, _ADD)
         scaG = carry
-        scaMnew = (scaG + tl.maximum(scaM.to(tl.float64), max_ib)).to(tl.float32)
-        scaDecay = _exp64(scaG + scaM.to(tl.float64) - scaMnew.to(tl.float64))
+        scaMnew = (scaG + tl.maximum(scaMprev, max_ib)).to(tl.float32)
+        scaDecay = _exp64(scaG + scaMprev - scaMnew.to(tl.float64))
+        if HAS_STARTS:
+            scaDecay = tl.where(reset, 0.0, scaDecay)
         matC = scaDecay * matC
         vecN = scaDecay * vecN
         # pass 2: add Σ_s exp(a_s - m_new) k_s v_sᵀ
         carry = tl.full((), 0.0, tl.float64)
         for j in range(L // BLC):
             t = c * L + j * BLC + tl.arange(0, BLC)
-            logf, igate = _gates(I, F, t, S)
-            vecB = carry + tl.associative_scan(logf, 0, _ADD)
-            carry += tl.reduce(logf, 0, _ADD)
+            vecB, carry, igate = _block_gates(I, F, First, t, c * L + j * BLC, carry, first_last, S, BLC, HAS_STARTS)
             vecW = _exp64(scaG - vecB + igate - scaMnew.to(tl.float64))  # (BLC,), 0 at masked steps
             valid = t < S
             matK = tl.load(K + t[:, None] * DQK + offs_k[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
@@ -197,14 +236,19 @@ def _column_parts(Parts, t, S):
 
 
 @triton.jit
-def _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, TRANSPOSE: tl.constexpr):
-    """D'_rs = exp((b_r - m_r) + (ĩ_s - b_s)) for s ≤ r < S, else 0: (len(t_r), len(t_s)), or its transpose,
-    from both parts split into float32 pairs (see the module's note on precision)."""
+def _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, TRANSPOSE: tl.constexpr, first_r, HAS_STARTS: tl.constexpr):
+    """D'_rs = exp((b_r - m_r) + (ĩ_s - b_s)) for s ≤ r < S in one document (s ≥ first_r, with HAS_STARTS),
+    else 0: (len(t_r), len(t_s)), or its transpose, from both parts split into float32 pairs (see the
+    module's note on precision)."""
     if TRANSPOSE:
         keep = (t_s[:, None] <= t_r[None, :]) & (t_r[None, :] < S)
+        if HAS_STARTS:
+            keep = keep & (t_s[:, None] >= first_r[None, :])
         logD = (row_hi[None, :] + col_hi[:, None]) + (row_lo[None, :] + col_lo[:, None])
     else:
         keep = (t_s[None, :] <= t_r[:, None]) & (t_r[:, None] < S)
+        if HAS_STARTS:
+            keep = keep & (t_s[None, :] >= first_r[:, None])
         logD = (row_hi[:, None] + col_hi[None, :]) + (row_lo[:, None] + col_lo[None, :])
     return tl.exp(tl.where(keep, logD, float("-inf")))
 
@@ -233,9 +277,10 @@ def chunk_outputs_kernel(
     Bv, Cs, Ns, Ms,  # from chunk_states_kernel
     H,  # out: (BH, S, DV)
     Mr, Den,  # out: (BH, S) row stabilizer m_r and den_r, for the backward
+    First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, scale, eps,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH·NC·(L / BLQ)·cdiv(DV, BV),): h for BLQ rows of one chunk and BV value columns."""
     bh, c, jq, t_r, pv = _rows((DV + BV - 1) // BV, NC, L, BLQ)
@@ -248,17 +293,37 @@ def chunk_outputs_kernel(
     vecB_r = tl.load(Bv + t_r)  # (BLQ,) float64
     # row stabilizer m_r = b_r + max(m_prev, max_{s≤r} (ĩ_s - b_s)): the earlier blocks' maxima, then a
     # running maximum over this block's own steps, which are the rows (a masked reduction: the interpreter
-    # cannot scan with a maximum)
-    scaRowMax = scaM
+    # cannot scan with a maximum). With documents, rows past a start in the chunk take m_prev = 0 (a fresh
+    # state) and the maxima run over their own document: the earlier blocks' steps count only for the rows
+    # of the document of the block's first row (first0), the only one that can reach back past it.
+    if HAS_STARTS:
+        First += bh * NC * L
+        first_r = tl.load(First + t_r)
+        first0 = tl.load(First + c * L + jq * BLQ)
+        scaRowMax = tl.where(first0 >= c * L, 0.0, scaM)
+    else:
+        first_r = t_r  # unused
+        first0 = -1
+        scaRowMax = scaM
     for js in range(jq):
         t_s = c * L + js * BLQ + tl.arange(0, BLQ)
-        igate = tl.load(I + t_s, mask=t_s < S, other=float("-inf")).to(tl.float64)
+        valid_s = t_s < S
+        if HAS_STARTS:
+            valid_s = valid_s & (t_s >= first0)
+        igate = tl.load(I + t_s, mask=valid_s, other=float("-inf")).to(tl.float64)
         scaRowMax = tl.maximum(scaRowMax, tl.reduce(igate - tl.load(Bv + t_s), 0, _MAX))
     vecCol = tl.load(I + t_r, mask=valid_r, other=float("-inf")).to(tl.float64) - vecB_r
     causal = t_r[None, :] <= t_r[:, None]
-    vecRowMax = tl.maximum(tl.reduce(tl.where(causal, vecCol[None, :], float("-inf")), 1, _MAX), scaRowMax)
+    if HAS_STARTS:
+        causal = causal & (t_r[None, :] >= first_r[:, None])
+        vecRowInit = tl.where(first_r == first0, scaRowMax, 0.0)
+    else:
+        vecRowInit = scaRowMax
+    vecRowMax = tl.maximum(tl.reduce(tl.where(causal, vecCol[None, :], float("-inf")), 1, _MAX), vecRowInit)
     vecM = (vecB_r + vecRowMax).to(tl.float32)  # stored and used in float32, by the backward too
     vecBeta = _exp64(vecB_r + scaM - vecM.to(tl.float64))
+    if HAS_STARTS:
+        vecBeta = tl.where(first_r >= c * L, 0.0, vecBeta)
     # inter-chunk part: β q̂ᵀ C_prev, β q̂ᵀ n_prev
     matNum = tl.full((BLQ, BV), 0.0, tl.float32)
     vecDen = tl.full((BLQ,), 0.0, tl.float32)
@@ -286,7 +351,8 @@ def chunk_outputs_kernel(
             matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
             matP += _dot(matQ, tl.trans(matK), DOT_DTYPE, PRECISION)
         col_hi, col_lo = _split(tl.load(I + t_s, mask=t_s < S, other=0.0).to(tl.float64) - tl.load(Bv + t_s))
-        matS = matP * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, False)  # (BLQ, BLQ)
+        matS = matP * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, False, first_r,
+                                     HAS_STARTS)  # (BLQ, BLQ)
         matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
         matNum += _dot(matS, matV, DOT_DTYPE, PRECISION)
         vecDen += tl.reduce(matS, 1, _ADD)
@@ -357,9 +423,10 @@ def state_grads_kernel(
     dCS, dNS,  # (BH, DQK, DV), (BH, DQK) gradient of the final state
     dCs, dNs,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK): gradient of the state before chunk c
     Y,  # out: (BH, NT, NC) this program's tile's part of Y_c = decay_c (Σ C_c ⊙ dC_{c+1} + Σ n_c ⊙ dn_{c+1})
+    First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLC: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH·cdiv(DQK, BK)·cdiv(DV, BV),), chunks in reverse:
     dC_prev = exp(g + m_prev - m_next) dC_next + Σ_r β_r q̂_r (dh_r / N_r)ᵀ,  dn_prev alike with δ_r."""
@@ -375,6 +442,7 @@ def state_grads_kernel(
     Q, dH, Bv, Ms = Q + bh * S * DQK, dH + bh * S * DV, Bv + bh * NC * L, Ms + bh * (NC + 1)
     InvN, Delta, Parts = InvN + bh * S, Delta + bh * S, Parts + bh * 4 * S
     dCs, dNs = dCs + bh * (NC + 1) * DQK * DV, dNs + bh * (NC + 1) * DQK
+    First += bh * NC * L
 
     matdC = tl.load(dCS + bh * DQK * DV + tile_kv, mask=mask_kv, other=0.0)  # (BK, BV)
     vecdN = tl.load(dNS + bh * DQK + offs_k, mask=mask_k, other=0.0)  # (BK,)
@@ -384,6 +452,8 @@ def state_grads_kernel(
         tl.store(dNs + (c + 1) * DQK + offs_k, vecdN, mask=mask_k & (pv == 0))
         scaM = tl.load(Ms + c)
         scaDecay = _exp64(tl.load(Bv + c * L + L - 1) + scaM.to(tl.float64) - tl.load(Ms + c + 1).to(tl.float64))
+        if HAS_STARTS:  # a chunk that holds a start drops the state before it
+            scaDecay = tl.where(tl.load(First + c * L + L - 1) >= c * L, 0.0, scaDecay)
         matdC = scaDecay * matdC
         vecdN = scaDecay * vecdN
         matC = tl.load(Cs + c * DQK * DV + tile_kv, mask=mask_kv, other=0.0)
@@ -393,6 +463,8 @@ def state_grads_kernel(
             t = c * L + j * BLC + tl.arange(0, BLC)
             valid = t < S
             row_hi, row_lo = _row_parts(Parts, t, S)
+            if HAS_STARTS:  # rows past a start in the chunk do not see the state before it
+                valid = valid & (tl.load(First + t) < c * L)
             vecBeta = tl.where(valid, tl.exp((row_hi + scaM) + row_lo), 0.0) * scale
             matQ = tl.load(Q + t[:, None] * DQK + offs_k[None, :], mask=valid[:, None] & mask_k[None, :], other=0.0)
             matdH = tl.load(dH + t[:, None] * DV + offs_v[None, :], mask=valid[:, None] & mask_v[None, :], other=0.0)
@@ -410,9 +482,10 @@ def grad_q_kernel(
     InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
     Cs, Ns, Ms,  # from chunk_states_kernel
     dQ,  # out: (BH, S, DQK) in the dtype of Q
+    First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH·NC·(L / BLQ)·cdiv(DQK, BK),), rows r of a chunk:
     dq̂_r = β_r (C_prev dnum_r + δ_r n_prev) + Σ_s D'_rs (dnum_r·v_s + δ_r) k_s,  dnum_r = dh_r / N_r."""
@@ -425,7 +498,12 @@ def grad_q_kernel(
     vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
     vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
     row_hi, row_lo = _row_parts(Parts, t_r, S)
-    vecBeta = tl.where(valid_r, tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
+    if HAS_STARTS:  # rows past a start in the chunk do not see the state before it
+        first_r = tl.load(First + bh * NC * L + t_r)
+        vecBeta = tl.where(valid_r & (first_r < c * L), tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
+    else:
+        first_r = t_r  # unused
+        vecBeta = tl.where(valid_r, tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
     acc = tl.full((BLQ, BK), 0.0, tl.float32)
     for vv in range((DV + BV - 1) // BV):
         offs_v = vv * BV + tl.arange(0, BV)
@@ -449,7 +527,7 @@ def grad_q_kernel(
             matG += _dot(matdH, tl.trans(matV), DOT_DTYPE, PRECISION)
         col_hi, col_lo = _column_parts(Parts, t_s, S)
         matdS = (matG * vecInvN[:, None] + vecDelta[:, None]) * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S,
-                                                                       False)  # (BLQ, BLQ)
+                                                                       False, first_r, HAS_STARTS)  # (BLQ, BLQ)
         matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdS, matK, DOT_DTYPE, PRECISION)
     acc *= scale
@@ -458,12 +536,16 @@ def grad_q_kernel(
 
 
 @triton.jit
-def _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L: tl.constexpr):
+def _next_state_weights(Parts, Bv, Ms, First, bh, c, t_s, S, NC, L: tl.constexpr, HAS_STARTS: tl.constexpr):
     """e_s = exp(a_s - m_next) = exp((ĩ_s - b_s) + (b_L - m_next)): the weight of step s of chunk c in the
-    state after it (0 past S), from the split column parts."""
+    state after it (0 past S, and outside the chunk's last document), from the split column parts."""
     col_hi, col_lo = _column_parts(Parts, t_s, S)
     g_hi, g_lo = _split(tl.load(Bv + c * L + L - 1) - tl.load(Ms + bh * (NC + 1) + c + 1).to(tl.float64))
-    return tl.exp((col_hi + g_hi) + (col_lo + g_lo))
+    weights = tl.exp((col_hi + g_hi) + (col_lo + g_lo))
+    if HAS_STARTS:
+        First += bh * NC * L
+        weights = tl.where(tl.load(First + t_s) == tl.load(First + c * L + L - 1), weights, 0.0)
+    return weights
 
 
 @triton.jit
@@ -472,9 +554,10 @@ def grad_k_kernel(
     InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
     Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
     dK,  # out: (BH, S, DQK) in the dtype of K
+    First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH·NC·(L / BLQ)·cdiv(DQK, BK),), columns s of a chunk:
     dk_s = e_s (dC_next v_s + dn_next) + Σ_{r≥s} D'_rs (dnum_r·v_s + δ_r) q̂_r."""
@@ -493,7 +576,7 @@ def grad_k_kernel(
                         mask=mask_k[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matV, tl.trans(matdC), DOT_DTYPE, PRECISION)
     vecdN = tl.load(dNs + state * DQK + offs_k, mask=mask_k, other=0.0)
-    acc = (acc + vecdN[None, :]) * _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L)[:, None]
+    acc = (acc + vecdN[None, :]) * _next_state_weights(Parts, Bv, Ms, First, bh, c, t_s, S, NC, L, HAS_STARTS)[:, None]
     col_hi, col_lo = _column_parts(Parts, t_s, S)
     for jr in range(js, L // BLQ):
         t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
@@ -509,8 +592,13 @@ def grad_k_kernel(
                             other=0.0)
             matGt += _dot(matV, tl.trans(matdH), DOT_DTYPE, PRECISION)
         row_hi, row_lo = _row_parts(Parts, t_r, S)
+        if HAS_STARTS:
+            first_r = tl.load(First + bh * NC * L + t_r)
+        else:
+            first_r = t_r  # unused
         matdSt = (matGt * vecInvN[None, :] + vecDelta[None, :]) * scale * _decay(row_hi, row_lo, col_hi, col_lo,
-                                                                                 t_r, t_s, S, True)
+                                                                                 t_r, t_s, S, True, first_r,
+                                                                                 HAS_STARTS)
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
     tl.store(dK + bh * S * DQK + t_s[:, None] * DQK + offs_k[None, :], acc.to(dK.dtype.element_ty),
@@ -524,9 +612,10 @@ def grad_v_kernel(
     Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
     dV,  # out: (BH, S, DV) in the dtype of dV's activation (V)
     Gcol, E,  # out: (BH, cdiv(DV, BV), S) fp32, this program's DV columns' part of G_s and E_s (below)
+    First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
-    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH·NC·(L / BLQ)·cdiv(DV, BV),), columns s of a chunk:
     dv_s = Σ_{r≥s} D'_rs (q̂_r·k_s) dnum_r + e_s dC_nextᵀ k_s, and for the gate gradients
@@ -566,7 +655,11 @@ def grad_v_kernel(
                            other=0.0)
             matPt += _dot(matK, tl.trans(matQ), DOT_DTYPE, PRECISION)
         row_hi, row_lo = _row_parts(Parts, t_r, S)
-        matSt = matPt * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, True)
+        if HAS_STARTS:
+            first_r = tl.load(First + bh * NC * L + t_r)
+        else:
+            first_r = t_r  # unused
+        matSt = matPt * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, True, first_r, HAS_STARTS)
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
         vecSdelta += tl.reduce(matSt * tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)[None, :], 1, _ADD)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
@@ -574,7 +667,7 @@ def grad_v_kernel(
     vecIntra = tl.reduce(tl.load(V + tile_sv, mask=mask_sv, other=0.0).to(tl.float32) * acc, 1, _ADD)
     partials = (bh * NVB + pv) * S + t_s
     tl.store(Gcol + partials, vecIntra + tl.where(first, vecSdelta, 0.0), mask=valid_s)
-    vecE = _next_state_weights(Parts, Bv, Ms, bh, c, t_s, S, NC, L)
+    vecE = _next_state_weights(Parts, Bv, Ms, First, bh, c, t_s, S, NC, L, HAS_STARTS)
     vecKdN = tl.full((BLQ,), 0.0, tl.float32)
     for kk in range((DQK + BK - 1) // BK):
         offs_k = kk * BK + tl.arange(0, BK)
@@ -607,8 +700,9 @@ def grad_gates_kernel(
     Y,  # (BH, NT, NC) from state_grads_kernel
     F,  # (BH, S)
     dI, dF,  # out: (BH, S) fp32
+    First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, NVB, NT,
-    L: tl.constexpr,
+    L: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH, NC), the L steps of one chunk c:  dĩ_t = k_t·dk_t = G_t + E_t  and
 
@@ -620,7 +714,8 @@ def grad_gates_kernel(
     DESIGN.md §4's closed form Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S, without the
     terms that cancel in that form: where one step dominates the next state, its E_s and the later
     chunks' sums are large and cancel, and their float32 rounding put df̃ at 4.8e-2 on one of 60 random
-    draws at extreme gates with a state (now 5.5e-3; docs/benchmarks.md). Sums in float64."""
+    draws at extreme gates with a state (now 5.5e-3; docs/benchmarks.md). Sums in float64. With documents
+    both sums run within t's document (segmented scans); Y_c is 0 where the chunk holds a start."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     t = c * L + tl.arange(0, L)
@@ -629,9 +724,17 @@ def grad_gates_kernel(
     vecE = _tile_sum(E, bh, NVB, S, t, valid)
     tl.store(dI + bh * S + t, (vecG + vecE).to(tl.float32), mask=valid)
     earlier = valid & (t > c * L)
-    vecBefore = tl.associative_scan(_tile_sum(E, bh, NVB, S, t - 1, earlier), 0, _ADD)  # Σ_{s<t in c} E_s
-    vecAfter = tl.associative_scan(tl.load(QdQ + bh * S + t, mask=valid, other=0.0).to(tl.float64) - vecG, 0, _ADD,
-                                   reverse=True)
+    vecRow = tl.load(QdQ + bh * S + t, mask=valid, other=0.0).to(tl.float64) - vecG
+    if HAS_STARTS:
+        First += bh * NC * L
+        start = tl.load(First + t) == t
+        last = (t == c * L + L - 1) | (tl.load(First + t + 1, mask=t < c * L + L - 1, other=0) == t + 1)
+        vecBefore, _ = tl.associative_scan(  # Σ_{s<t in c and t's document} E_s
+            (_tile_sum(E, bh, NVB, S, t - 1, earlier & ~start), start.to(tl.int32)), 0, _segment_add)
+        vecAfter, _ = tl.associative_scan((vecRow, last.to(tl.int32)), 0, _segment_add, reverse=True)
+    else:
+        vecBefore = tl.associative_scan(_tile_sum(E, bh, NVB, S, t - 1, earlier), 0, _ADD)  # Σ_{s<t in c} E_s
+        vecAfter = tl.associative_scan(vecRow, 0, _ADD, reverse=True)
     scaY = tl.full((), 0.0, tl.float64)
     for kk in range(NT):
         scaY += tl.load(Y + (bh * NT + kk) * NC + c).to(tl.float64)
