@@ -177,6 +177,15 @@ def test_triton_kernels_on_a_cpu_trainer_fail_before_preparing_data(tmp_path, mo
     assert not cache.exists()
 
 
+def test_stateful_training_of_a_model_without_a_recurrent_state_fails_before_preparing_data(tmp_path, monkeypatch):
+    prepared = []
+    monkeypatch.setattr("xlstm_lm.data.TokenDataModule.prepare_data", lambda self: prepared.append(self))
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="data.stateful=true .* model=llama has none.*data.stateful=false"):
+        train(compose_train([*small_run_overrides(cache), "model=llama", "data.stateful=true"]), tmp_path / "run")
+    assert not prepared and not cache.exists()
+
+
 def test_missing_data_root_fails_with_the_path(tmp_path):
     overrides = [*small_run_overrides(tmp_path / "cache"), f"data.root={tmp_path / 'nowhere'}"]
     with pytest.raises(FileNotFoundError, match="nowhere"):

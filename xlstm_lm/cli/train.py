@@ -42,7 +42,7 @@ from xlstm_lm.models.io import TOKENIZER_FILE, check_state_dict_matches, save_pr
 from xlstm_lm.training.callbacks import CheckpointOnInterrupt, TrainingInterrupted
 from xlstm_lm.training.checkpointing import (CHECKPOINT_DIR, LAST, check_resume_compatible, find_resume_checkpoint,
                                              model_weights, run_checkpoints)
-from xlstm_lm.training.module import LanguageModelModule
+from xlstm_lm.training.module import LanguageModelModule, check_stateful
 from xlstm_lm.training.trainer import build_trainer, is_first_process
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,7 @@ def train(cfg: DictConfig | TrainConfig, run_dir: str | Path,
     quiet_library_notices()
     check_hardware(config)
     config, start = starting_point(config)
+    check_stateful(config.model.architecture, getattr(config.data, "stateful", False))
     L.seed_everything(config.seed, workers=True)
     datamodule = prepare_data(config)
     module = build_module(config, datamodule)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from lightning_utilities.core.apply_func import apply_to_collection
 
-from xlstm_lm.models import build_model
+from xlstm_lm.models import MODELS, build_model
 from xlstm_lm.models.head_loss import IGNORE_INDEX, answer_hits
 from xlstm_lm.training.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_factor
 from xlstm_lm.training.parallelize import parallelize
@@ -30,6 +30,16 @@ if TYPE_CHECKING:
     from xlstm_lm.training.trainer import TrainerConfig
 
 CARRIED_STATE_KEY = "carried_state"  # checkpoint entry: per rank, the states its rows carry into the next window
+
+
+def check_stateful(architecture: str, stateful: bool) -> None:
+    """Refuse data.stateful=true for a model without a fixed-size recurrent state; the training CLI calls it
+    before any data work, the module again for runs built without the CLI."""
+    if stateful and not MODELS[architecture][1].is_recurrent:
+        raise ValueError(
+            f"data.stateful=true carries a fixed-size recurrent state from window to window, and "
+            f"model={architecture} has none (its state is a KV cache that would grow without end): "
+            "train it with data.stateful=false, or choose a recurrent model (xlstm, xlstm_large, lstm)")
 
 
 class LanguageModelModule(L.LightningModule):
@@ -51,11 +61,7 @@ class LanguageModelModule(L.LightningModule):
         self.scheduler_config = SchedulerConfig(**scheduler)
         self.model = build_model(model)
         self.use_doc_starts = reset_at_doc_starts and self.model.supports_doc_starts
-        if stateful and not self.model.is_recurrent:
-            raise ValueError(
-                f"data.stateful=true carries a fixed-size recurrent state from window to window, and "
-                f"model={model['architecture']} has none (its state is a KV cache that would grow without end): "
-                "train it with data.stateful=false, or choose a recurrent model (xlstm, xlstm_large, lstm)")
+        check_stateful(model["architecture"], stateful)
         self.carried_state = None  # stateful: the detached states this rank's rows ended the last window in
         self._loaded_states: list | None = None  # stateful: every rank's carried states, from the resumed checkpoint
         self._val_nll_sum = self._val_tokens = 0.0
