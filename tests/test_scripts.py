@@ -1,6 +1,8 @@
 """The benchmark scripts run (reduced size on CPU) and write the JSON they promise."""
 
+import importlib.util
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +104,64 @@ def test_gpu_check_smoke_run_writes_every_step(tmp_path):
         {(model, prompt) for model in ("xlstm_7_1", "llama") for prompt in (24, 96)}
     assert all(row["decode_ms_per_token"] > 0 and row["prefill_tokens_per_s"] > 0 for row in rows["generate"])
     assert "## train" in (out / "summary.md").read_text()
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reproduce_smoke_run_writes_report_and_reads_finished_runs_back(tmp_path):
+    """Every part of the paper-claims reproduction at toy budgets; a second run trains nothing again."""
+    out = tmp_path / "reproduce"
+    command = [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--smoke", "--out", str(out),
+               f"data.root={SMALL_CORPUS}", f"data.cache_dir={tmp_path / 'cache'}", "tokenizer.vocab_size=512"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = {run["name"]: run for run in json.loads((out / "results.json").read_text())}
+    formal = [f"{task}-{model}" for task in ("parity", "cycle_navigation")
+              for model in ("xlstm_0_1", "xlstm_1_1", "xlstm_1_0", "llama", "mamba", "lstm")]
+    mqar = [f"mqar{pairs}-{model}" for pairs in (2, 4) for model in ("xlstm_1_0", "xlstm_1_1", "llama", "mamba")]
+    assert set(formal + mqar) <= set(runs)
+    assert all([row["length"] for row in runs[name]["accuracy"]] == [8, 16] for name in formal)
+    assert all([row["length"] for row in runs[name]["accuracy"]] == [32] for name in mqar)
+    for run in runs.values():
+        assert all(0 <= row["sequence_accuracy"] <= row["token_accuracy"] <= 1 and row["sequences"] == 32
+                   for row in run["accuracy"]), run
+    lm = sorted(name for name in runs if name.startswith("lm-llama-"))
+    assert lm == ["lm-llama-lr0.001", "lm-llama-lr0.002", "lm-llama-lr0.004"][:len(lm)] and len(lm) >= 2
+    assert all(f"data.root={SMALL_CORPUS}" in runs[name]["overrides"] and runs[name]["metrics"]["val/ppl"] > 1
+               for name in lm)
+    report = (out / "report.md").read_text()
+    for heading in ("### parity", "### cycle_navigation", "### MQAR", "### Language models", "The paper:"):
+        assert heading in report
+    for plot in ("parity.png", "cycle_navigation.png", "mqar.png", "lm_lr_grid.png"):
+        assert (out / plot).stat().st_size > 10_000, plot
+    logs = {path: path.stat().st_mtime_ns for path in out.glob("runs/*/console.log")}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert {path: path.stat().st_mtime_ns for path in out.glob("runs/*/console.log")} == logs  # nothing retrained
+    assert {run["name"]: run for run in json.loads((out / "results.json").read_text())} == runs
+
+
+def test_learning_rate_grid_extends_past_its_edge_until_the_best_is_bracketed(tmp_path, monkeypatch):
+    """A model whose best rate lies beyond the grid gets the grid continued (same ratio) until a worse rate
+    follows its best, and no further than max_extensions."""
+    reproduce = load_script("reproduce")
+
+    def run(name, model, overrides, out, *scoring):
+        lr = reproduce._override(overrides, "optimizer.lr")
+        loss = (math.log(lr) - math.log(0.016)) ** 2  # the best rate: 0.016, three doublings past the grid
+        return reproduce.RunResult(name, model, overrides, 1, 0.0, 1.0, {"val/loss": loss, "val/ppl": math.exp(loss)})
+
+    monkeypatch.setattr(reproduce, "train_and_score", run)
+    progress = reproduce.tqdm(disable=True, total=3)
+    budget = reproduce.Budget(lm_grid=(0.001, 0.002, 0.004), max_extensions=4)
+    tried = [reproduce._lr(result) for result in reproduce.tune_learning_rate("llama", budget, tmp_path, progress)]
+    assert tried == [0.001, 0.002, 0.004, 0.008, 0.016, 0.032] and progress.total == 6
+    budget = reproduce.Budget(lm_grid=(0.001, 0.002, 0.004), max_extensions=1)
+    tried = [reproduce._lr(result) for result in reproduce.tune_learning_rate("llama", budget, tmp_path, progress)]
+    assert tried == [0.001, 0.002, 0.004, 0.008]
