@@ -18,7 +18,7 @@ Parts:
           and Mamba, accuracy against the number of pairs.
   lm      the tuned comparison on the embedded corpus: each model trains at every peak learning rate of a grid
           (doubling steps) with the same tokens; when its best rate lies on the grid's edge the grid is extended
-          one step that way (up to --max-extensions times), so every reported best is bracketed by worse rates.
+          one step that way (up to three times), so every reported best is bracketed by worse rates.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import contextlib
 import csv
 import json
 import logging
+import os
+import platform
 import shutil
 import statistics
 import sys
@@ -44,6 +46,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
@@ -51,7 +54,7 @@ from xlstm_lm.cli.loading import load_checkpoint  # noqa: E402
 from xlstm_lm.cli.train import CONFIG_DIR, train  # noqa: E402
 from xlstm_lm.data.synthetic import task_config  # noqa: E402
 from xlstm_lm.evaluation.accuracy import plot_accuracy, score_task  # noqa: E402
-from xlstm_lm.evaluation.plot import finish_figure, save_figure  # noqa: E402
+from xlstm_lm.evaluation.plot import finish_figure, perplexity_axis, save_figure  # noqa: E402
 
 LABELS = {"xlstm_0_1": "xLSTM[0:1]", "xlstm_1_1": "xLSTM[1:1]", "xlstm_1_0": "xLSTM[1:0]",
           "xlstm_7_1": "xLSTM[7:1]", "llama": "Llama", "mamba": "Mamba", "lstm": "LSTM"}
@@ -88,7 +91,7 @@ class Budget:
     lm_overrides: tuple[str, ...] = ("size=tiny", "model.embedding_dim=128", "model.num_blocks=4",
                                      "data.seq_len=128", "data.batch_size=8")  # the tokenizer stays tiny's 8192
     lm_grid: tuple[float, ...] = (1e-3, 2e-3, 4e-3)
-    max_extensions: int = 2
+    max_extensions: int = 3
 
     def task_lengths(self, task: str) -> tuple[int, int]:
         """(shortest, longest) training length of a formal task (its config's own when not listed)."""
@@ -285,6 +288,7 @@ def mqar_section(results: list[RunResult], out: Path, budget: Budget) -> str:
     axes.set(xscale="log", xticks=pairs, xticklabels=[str(p) for p in pairs], ylim=(-0.02, 1.02),
              xlabel="key-value pairs", ylabel="recall accuracy (answer tokens)",
              title=f"MQAR at sequence length {budget.mqar_length}")
+    axes.minorticks_off()
     save_figure(finish_figure(figure), out / "mqar.png")
     return "\n".join([f"### MQAR (sequence length {budget.mqar_length}, held-out sequences)", "",
                       markdown_table(["model", "params", *[f"{p} pairs" for p in pairs], "train tok/s (slowest)"],
@@ -302,7 +306,9 @@ def lm_section(tuned: dict[str, list[RunResult]], out: Path, budget: Budget) -> 
         table.append([LABELS[model], f"{best.parameters / 1e6:.2f}M", f"{_lr(best):g}{edge}",
                       f"{best.metrics['val/ppl']:.2f}", grid, rate(best.tokens_per_second)])
         axes.plot([_lr(r) for r in results], [r.metrics["val/ppl"] for r in results], marker="o", label=LABELS[model])
-    axes.set(xscale="log", yscale="log", xlabel="peak learning rate", ylabel="validation perplexity",
+    perplexities = [r.metrics["val/ppl"] for results in tuned.values() for r in results]
+    perplexity_axis(axes, min(perplexities), max(perplexities))
+    axes.set(xscale="log", xlabel="peak learning rate", ylabel="validation perplexity (log scale)",
              title="Learning-rate grid, same tokens for every model")
     save_figure(finish_figure(figure), out / "lm_lr_grid.png")
     tokens = budget.lm_steps * _override(budget.lm_overrides, "data.batch_size") * _override(budget.lm_overrides,
@@ -320,6 +326,15 @@ def _override(overrides, key: str):
     """The last value given to `key` in a list of Hydra overrides."""
     values = [item.split("=", 1)[1] for item in overrides if item.split("=", 1)[0] == key]
     return int(values[-1]) if values[-1].isdigit() else float(values[-1])
+
+
+def machine() -> str:
+    """The CPU's model name and core count, and the torch version: what the timings were measured on."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores, " \
+           f"torch {torch.__version__}"
 
 
 def main() -> None:
@@ -349,13 +364,17 @@ def main() -> None:
     tuned = {model: tune_learning_rate(model, budget, out, progress, tuple(args.lm_data)) for model in lm_models}
     progress.close()
 
-    sections = ["# Paper claims on a laptop (`scripts/reproduce.py`)", ""]
+    every = formal_results + mqar_results + [r for results in tuned.values() for r in results]
+    sections = ["# Paper claims on a laptop (`scripts/reproduce.py`)", "",
+                f"Machine: {machine()}. Command: `python scripts/reproduce.py {' '.join(sys.argv[1:])}`. "
+                f"{len(every)} runs, {sum(r.seconds for r in every) / 60:.0f} minutes of training and scoring in all "
+                "(each run's seconds in results.json; a rerun reads finished runs back). Tokens/s: the median logged "
+                "`train/tokens_per_s` of a run (forward, backward and optimizer step).", ""]
     for part, text in (("formal", formal_results and formal_section(formal_results, out, budget)),
                        ("mqar", mqar_results and mqar_section(mqar_results, out, budget)),
                        ("lm", tuned and lm_section(tuned, out, budget))):
         if text:
             sections += [text, f"The paper: {PAPER[part]}", ""]
-    every = formal_results + mqar_results + [r for results in tuned.values() for r in results]
     sections += ["Every run's overrides (each also gets `trainer.max_steps`, one validation and one checkpoint "
                  "at its end):", ""] + [f"- `{r.name}`: `{' '.join(r.overrides)}`" for r in every]
     (out / "report.md").write_text("\n".join(sections) + "\n")

@@ -64,7 +64,7 @@ def results_figure(results: Sequence[tuple[str, Sequence[ContextResult]]]) -> Fi
     by_position.set(xscale="log", xlabel="position in the window (bucket start, tokens)",
                     ylabel="mean loss (nats)", title="Loss by position")
     if perplexities:
-        _perplexity_axis(by_context, min(perplexities), max(perplexities))
+        perplexity_axis(by_context, min(perplexities), max(perplexities))
         by_context.xaxis.set_major_locator(FixedLocator(sorted(contexts)))
         by_context.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         by_context.xaxis.set_minor_formatter(NullFormatter())
@@ -100,7 +100,7 @@ def _at_least(low: float, high: float, span: float) -> tuple[float, float]:
     return low - margin, high + margin
 
 
-def _perplexity_axis(axes: Axes, low: float, high: float) -> None:
+def perplexity_axis(axes: Axes, low: float, high: float) -> None:
     """Log limits spanning at least MIN_PERPLEXITY_RATIO; round-number ticks labelled in plain digits."""
     log_low, log_high = _at_least(math.log(low), math.log(high), math.log(MIN_PERPLEXITY_RATIO))
     axes.set(yscale="log", ylabel="perplexity (log scale)")
