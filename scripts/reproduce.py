@@ -1,7 +1,7 @@
 """Rerun the xLSTM paper's cheap claims on a laptop CPU: state tracking on formal languages, associative recall
 (MQAR), and a language-model comparison with each model's learning rate tuned.
 
-    python scripts/reproduce.py                      # every part (about 45 minutes on a quiet 2-core CPU)
+    python scripts/reproduce.py                      # every part (about 40 minutes on a quiet 2-core CPU)
     python scripts/reproduce.py --parts formal mqar  # some parts; finished runs are read back, not retrained
     python scripts/reproduce.py --docs               # also copy the report, JSON and plots into docs/reproduce/
     python scripts/reproduce.py --smoke --out /tmp/r # every part at toy budgets in about a minute (CI)
@@ -53,7 +53,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from xlstm_lm.cli.loading import load_checkpoint  # noqa: E402
 from xlstm_lm.cli.train import CONFIG_DIR, train  # noqa: E402
 from xlstm_lm.data.synthetic import task_config  # noqa: E402
-from xlstm_lm.evaluation.accuracy import plot_accuracy, score_task  # noqa: E402
+from xlstm_lm.evaluation.accuracy import AccuracyRow, plot_accuracy, score_task  # noqa: E402
 from xlstm_lm.evaluation.plot import finish_figure, perplexity_axis, save_figure  # noqa: E402
 
 LABELS = {"xlstm_0_1": "xLSTM[0:1]", "xlstm_1_1": "xLSTM[1:1]", "xlstm_1_0": "xLSTM[1:0]",
@@ -255,21 +255,9 @@ def formal_section(results: list[RunResult], out: Path, budget: Budget) -> str:
         lines += [f"### {task} (trained on lengths {low}-{high}, sequence accuracy on held-out sequences)", "",
                   markdown_table(["model", "params", "val acc (train lengths)", *[f"acc @{n}" for n in lengths],
                                   "train tok/s", "run s"], table), "", f"![{task}]({task}.png)", ""]
-        plot_accuracy([(label(r), [_Row(**row) for row in r.accuracy]) for r in rows], out / f"{task}.png",
+        plot_accuracy([(label(r), [AccuracyRow(**row) for row in r.accuracy]) for r in rows], out / f"{task}.png",
                       (low, high))
     return "\n".join(lines)
-
-
-@dataclass
-class _Row:
-    """An accuracy row read back from JSON, in the shape plot_accuracy draws."""
-
-    length: int
-    token_accuracy: float
-    sequence_accuracy: float
-    answers: int
-    sequences: int
-    tokens_per_second: float
 
 
 def mqar_section(results: list[RunResult], out: Path, budget: Budget) -> str:
