@@ -24,7 +24,8 @@ ACTIVATIONS = {"Q", "K", "V", "H", "dH", "dQ", "dK", "dV"}  # bf16 tensors; b is
 LAUNCHES = [
     ("chunk_states_kernel", True, True), ("chunk_outputs_kernel", True, False), ("row_scales_kernel", False, False),
     ("state_grads_kernel", True, True), ("grad_q_kernel", True, False), ("grad_k_kernel", True, False),
-    ("grad_v_kernel", True, False), ("grad_gates_kernel", False, False), ("step_kernel", False, False),
+    ("den_grad_kernel", True, False), ("grad_v_kernel", True, False), ("grad_gates_kernel", False, False),
+    ("step_kernel", False, False),
 ]
 # (chunk size L, DQK, DV), bf16 activations; the last two are the benchmark's heads at the larger chunks it times
 SHAPES = [(64, 128, 256), (64, 128, 128), (128, 256, 128), (128, 128, 256), (256, 128, 256)]

@@ -13,8 +13,9 @@ max(|den|, exp(-m)) + eps and the initial state do not change that. Hence
 
 DESIGN.md §4's closed form plus the last term, the gradient reaching the gates through the final state.
 The kernels evaluate it chunk by chunk, rearranged as the native form is, so that the terms of other
-chunks and of the next state, which cancel in it, are never summed (see `grad_gates_kernel`), and take
-q_t·dq_t from an exact identity of the outputs (`row_scales_kernel`).
+chunks and of the next state, which cancel in it, are never summed (see `grad_gates_kernel`), and the
+pair terms inside a chunk enter its row and column sums as the same float32 numbers, added in float64
+(`den_grad_kernel`).
 
 Notation:
     B batch, NH heads, BH = B·NH, S sequence length, L chunk length, NC = ceil(S / L),
@@ -76,7 +77,6 @@ class _Blocks:
     BKR: int = 64  # DQK block that chunk_outputs_kernel and grad_v_kernel reduce over (at most BK)
     BVR: int = 64  # DV block that grad_q_kernel and grad_k_kernel reduce over (at most BV)
     BLS: int = 32  # steps per block in row_scales_kernel
-    BR: int = 32  # DV block of the row reductions in row_scales_kernel
 
     @property
     def constexprs(self) -> dict:
@@ -91,22 +91,24 @@ class _Blocks:
         computed once per 128 output columns, and reduce over the other head dim in blocks of 64
         (pipelined blocks of 128 spill). The exception is grad_k for a sequence length that is not a
         multiple of 16: Triton compiles that variant with element-wise masks on the per-step vectors, and
-        its 128-wide tile spills, so it writes 64 columns. The row reductions load two (BLS, BR) tiles at
-        once.
+        its 128-wide tile spills, so it writes 64 columns. Every product dnum·vᵀ reduces over DV in blocks
+        of BVR, in every kernel alike (`triton_kernels._dnum_v`).
         """
         values = self.constexprs
         if name in ("chunk_states_kernel", "state_grads_kernel"):
             values |= {"BK": self.BKS, "BV": self.BVS}
         elif name in ("chunk_outputs_kernel", "grad_v_kernel"):
             values |= {"BK": self.BKR}
+        elif name == "den_grad_kernel":
+            values |= {"BK": self.BKR, "BV": self.BVR}
         elif name == "grad_q_kernel":
             values |= {"BV": self.BVR}
         elif name == "grad_k_kernel":
             values |= {"BK": self.BKG, "BV": self.BVR}
         elif name == "row_scales_kernel":
-            values |= {"BV": self.BR, "BLS": self.BLS}
+            values = {"L": self.L, "BLS": self.BLS}
         elif name == "grad_gates_kernel":
-            values = {"L": self.L}
+            values = {"L": self.L, "BLQ": self.BLQ}
         return values
 
 
@@ -134,7 +136,6 @@ def _blocks(chunk_size: int, DQK: int, DV: int, dtype: torch.dtype, seq_len: int
         L=chunk_size, BLQ=min(chunk_size, 64), BLC=min(chunk_size, 64), BK=block(DQK, 128), BV=block(DV, 128),
         BKS=block(DQK, 64), BVS=block(DV, 64), dot_dtype=tl.bfloat16 if bf16 else tl.float32, precision="tf32x3",
         BKG=block(DQK, 128 if seq_len % 16 == 0 else 64), BKR=block(DQK, 64), BVR=block(DV, 64), BLS=32,
-        BR=block(DV, 32),
     )
 
 
@@ -215,13 +216,13 @@ def _forward(
 
 def _backward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, i: torch.Tensor, f: torch.Tensor, state: MLSTMState,
-    first: torch.Tensor | None, h: torch.Tensor, Mr: torch.Tensor, Den: torch.Tensor,
+    first: torch.Tensor | None, Mr: torch.Tensor, Den: torch.Tensor,
     dh: torch.Tensor, dC: torch.Tensor, dn: torch.Tensor, blocks: _Blocks, eps: float,
 ) -> tuple[torch.Tensor, ...]:
     """Gradients of `_forward` on contiguous (BH, S, ·) tensors.
 
     Args:
-        q ... first: the forward inputs; h, Mr, Den: its outputs.
+        q ... first: the forward inputs; Mr, Den: its per-step outputs.
         dh (BH, S, DV), dC (BH, DQK, DV), dn (BH, DQK): gradients of h and of the final C, n.
 
     Returns:
@@ -235,38 +236,43 @@ def _backward(
     Cs, Ns, Ms, Bv = _chunk_states(k, v, i, f, state, first, blocks)
     NC = Cs.shape[1] - 1
     documents = _document_args(first, i)
-    InvN, Delta, qdq = torch.empty_like(Mr), torch.empty_like(Mr), torch.empty_like(Mr)
-    parts = Mr.new_empty((BH, 4, S))
+    InvN, parts = torch.empty_like(Mr), Mr.new_empty((BH, 4, S))
     kernels.row_scales_kernel[(BH, triton.cdiv(S, blocks.BLS))](
-        h, dh, i, Mr, Den, Bv, InvN, Delta, qdq, parts, S, NC, eps, DV=DV, L=blocks.L, BLS=blocks.BLS, BV=blocks.BR,
-        num_warps=NUM_WARPS,
+        i, Mr, Den, Bv, InvN, parts, S, NC, eps, **blocks.kernel_constexprs("row_scales_kernel"), num_warps=NUM_WARPS,
+    )
+    rows = BH * NC * (blocks.L // blocks.BLQ)
+    common = {"S": S, "NC": NC, "scale": scale, "DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS,
+              **documents}
+    delta = Mr.new_empty((BH, 2, S))
+    Rrow = Mr.new_empty((BH, S), dtype=torch.float64)
+    Gcol = Mr.new_empty((BH, blocks.L // blocks.BLQ, S), dtype=torch.float64)
+    kernels.den_grad_kernel[(rows,)](
+        q, k, v, dh, Mr, Den, InvN, parts, Cs, Ns, Ms, delta, Rrow, Gcol, eps=eps, **common,
+        **blocks.kernel_constexprs("den_grad_kernel"),
     )
     dCs, dNs = torch.empty_like(Cs), torch.empty_like(Ns)
     NT = triton.cdiv(DQK, blocks.BKS) * triton.cdiv(DV, blocks.BVS)  # state tiles of a head
     Y = Ms.new_empty((BH, NT, NC))
     kernels.state_grads_kernel[(BH * NT,)](
-        q, dh, InvN, Delta, parts, Bv, Cs, Ns, Ms, dC, dn, dCs, dNs, Y, S=S, NC=NC, scale=scale, DQK=DQK, DV=DV,
+        q, dh, InvN, parts, delta, Bv, Cs, Ns, Ms, dC, dn, dCs, dNs, Y, S=S, NC=NC, scale=scale, DQK=DQK, DV=DV,
         BLC=blocks.BLC, **documents, **blocks.kernel_constexprs("state_grads_kernel"), num_warps=NUM_WARPS,
     )
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     NVB = triton.cdiv(DV, blocks.BV)  # DV blocks of the dv tiles
-    Gcol, E = (v.new_empty((BH, NVB, S), dtype=torch.float32) for _ in range(2))
-    rows = BH * NC * (blocks.L // blocks.BLQ)
-    common = {"S": S, "NC": NC, "scale": scale, "DQK": DQK, "DV": DV, "BLQ": blocks.BLQ, "num_warps": NUM_WARPS,
-              **documents}
+    E = Mr.new_empty((BH, NVB, S))
     kernels.grad_q_kernel[(rows * triton.cdiv(DQK, blocks.BK),)](
-        q, k, v, dh, InvN, Delta, parts, Cs, Ns, Ms, dq, **common, **blocks.kernel_constexprs("grad_q_kernel"),
+        q, k, v, dh, InvN, parts, delta, Cs, Ns, Ms, dq, **common, **blocks.kernel_constexprs("grad_q_kernel"),
     )
     kernels.grad_k_kernel[(rows * triton.cdiv(DQK, blocks.BKG),)](
-        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dk, **common, **blocks.kernel_constexprs("grad_k_kernel"),
+        q, k, v, dh, InvN, parts, delta, Bv, Ms, dCs, dNs, dk, **common, **blocks.kernel_constexprs("grad_k_kernel"),
     )
     kernels.grad_v_kernel[(rows * NVB,)](
-        q, k, v, dh, InvN, Delta, parts, Bv, Ms, dCs, dNs, dv, Gcol, E, **common,
+        q, k, v, dh, InvN, parts, Bv, Ms, dCs, dNs, dv, E, **common,
         **blocks.kernel_constexprs("grad_v_kernel"),
     )
     di, df = torch.empty_like(Mr), torch.empty_like(Mr)
     kernels.grad_gates_kernel[(BH, NC)](
-        qdq, Gcol, E, Y, f, di, df, S=S, NC=NC, NVB=NVB, NT=NT, **documents,
+        Rrow, Gcol, E, Y, f, di, df, S=S, NC=NC, NVB=NVB, NT=NT, **documents,
         **blocks.kernel_constexprs("grad_gates_kernel"), num_warps=NUM_WARPS,
     )
     return dq, dk, dv, di, df, dCs[:, 0], dNs[:, 0]
@@ -279,16 +285,16 @@ class _MLSTMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, i, f, C0, n0, m0, first, blocks: _Blocks, eps: float):
         h, final, Mr, Den = _forward(q, k, v, i, f, (C0, n0, m0), first, blocks, eps)
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, Mr, Den)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, Mr, Den)
         ctx.first, ctx.blocks, ctx.eps = first, blocks, eps
         ctx.mark_non_differentiable(final[2])
         return h, *final
 
     @staticmethod
     def backward(ctx, dh, dC, dn, dm):
-        q, k, v, i, f, C0, n0, m0, h, Mr, Den = ctx.saved_tensors
+        q, k, v, i, f, C0, n0, m0, Mr, Den = ctx.saved_tensors
         dq, dk, dv, di, df, dC0, dn0 = _backward(
-            q, k, v, i, f, (C0, n0, m0), ctx.first, h, Mr, Den, _aligned(dh), _aligned(dC), _aligned(dn),
+            q, k, v, i, f, (C0, n0, m0), ctx.first, Mr, Den, _aligned(dh), _aligned(dC), _aligned(dn),
             ctx.blocks, ctx.eps,
         )
         return dq, dk, dv, di, df, dC0, dn0, None, None, None, None

@@ -7,12 +7,14 @@ Forward (chunkwise form of DESIGN.md §4):
                             chunks; also writes b, the cumulative log forget gate inside each chunk.
     `chunk_outputs_kernel`  h of every chunk from the state before it (parallel over chunks).
 Backward (the extended value [v, 1] turns the normalizer into one more value column):
-    `row_scales_kernel`     per step 1/N_r, δ_r, the gradient reaching den_r through N_r, and q_r·dq_r.
+    `row_scales_kernel`     per step 1/N_r and the split parts of the decay matrices (note on precision).
+    `den_grad_kernel`       per step δ_r, the gradient reaching den_r through N_r, exact where pairs cancel,
+                            and the row and column sums of the pair terms the gate gradients need.
     `state_grads_kernel`    dC, dn after every chunk, sequentially over chunks in reverse (dC0, dn0 last),
                             and Y_c, the part of the gate gradient through the state that chunk c decays.
     `grad_q_kernel`, `grad_k_kernel`, `grad_v_kernel`   dq, dk, dv of every chunk (in the activations'
-                            dtype); grad_v also the per-step sums the gate gradients need (see there).
-    `grad_gates_kernel`     dĩ, df̃ of every chunk from those sums and q·dq (see `triton.py`).
+                            dtype); grad_v also the state's part of the gate gradients (see there).
+    `grad_gates_kernel`     dĩ, df̃ of every chunk from those sums (see `triton.py`).
 Generation: `step_kernel`, one time step with the state in and out.
 
 Note: reductions and scans call tl.reduce / tl.associative_scan with the standard library's combine
@@ -366,45 +368,20 @@ def chunk_outputs_kernel(
 
 @triton.jit
 def row_scales_kernel(
-    H, dH,  # (BH, S, DV)
     I, Mr, Den,  # (BH, S)
     Bv,  # (BH, NC·L) float64
-    InvN, Delta, QdQ,  # out: (BH, S)
+    InvN,  # out: (BH, S)
     Parts,  # out: (BH, 4, S) the split row and column parts of the decay matrices (module note)
     S, NC, eps,
-    DV: tl.constexpr, L: tl.constexpr, BLS: tl.constexpr, BV: tl.constexpr,
+    L: tl.constexpr, BLS: tl.constexpr,
 ):
-    """Grid (BH, cdiv(S, BLS)): 1/N_r, δ_r = -(dh_r·h_r)/N_r · sign(den_r) · [|den_r| > exp(-m_r)] and
-
-        q_r·dq_r = (dh_r·h_r) (eps + [|den_r| <= exp(-m_r)] exp(-m_r)) / N_r
-
-    (from h as stored: with bf16 activations it carries h's bf16 rounding, as δ_r does).
-
-    Scaling q_r scales every weight of row r, num_r and den_r alike, and h_r = num_r / N_r changes only
-    through eps and the floor exp(-m_r): so q_r·dq_r = dh_r·h_r + δ_r den_r, which is the above. Taken
-    from dq instead, it would be the tiny difference of large terms (the state's part of num and of den
-    cancel in h) and carry their float32 rounding: df̃, which sums these dots, was off by 10% where an
-    initial state dominates the outputs."""
+    """Grid (BH, cdiv(S, BLS)): 1/N_r and the parts b_r - m_r, ĩ_r - b_r, each split into two float32."""
     bh = tl.program_id(0).to(tl.int64)
     t = tl.program_id(1) * BLS + tl.arange(0, BLS)
     valid = t < S
-    dot = tl.full((BLS,), 0.0, tl.float32)
-    for vv in range((DV + BV - 1) // BV):
-        offs_v = vv * BV + tl.arange(0, BV)
-        rows = bh * S * DV + t[:, None] * DV + offs_v[None, :]
-        mask = valid[:, None] & (offs_v < DV)[None, :]
-        matH = tl.load(H + rows, mask=mask, other=0.0).to(tl.float32)
-        matdH = tl.load(dH + rows, mask=mask, other=0.0).to(tl.float32)
-        dot += tl.reduce(matH * matdH, 1, _ADD)
     vecM = tl.load(Mr + bh * S + t, mask=valid, other=0.0)
     vecDen = tl.load(Den + bh * S + t, mask=valid, other=0.0)
-    floor = tl.exp(-vecM)
-    vecInvN = 1.0 / (tl.maximum(tl.abs(vecDen), floor) + eps)
-    tl.store(InvN + bh * S + t, vecInvN, mask=valid)
-    sign = tl.where(vecDen >= 0, 1.0, -1.0)
-    above = tl.abs(vecDen) > floor
-    tl.store(Delta + bh * S + t, tl.where(above, -dot * vecInvN * sign, 0.0), mask=valid)
-    tl.store(QdQ + bh * S + t, dot * vecInvN * (eps + tl.where(above, 0.0, floor)), mask=valid)
+    tl.store(InvN + bh * S + t, 1.0 / (tl.maximum(tl.abs(vecDen), tl.exp(-vecM)) + eps), mask=valid)
     vecB = tl.load(Bv + bh * NC * L + t, mask=valid, other=0.0)
     row_hi, row_lo = _split(vecB - vecM.to(tl.float64))
     col_hi, col_lo = _split(tl.load(I + bh * S + t, mask=valid, other=0.0).to(tl.float64) - vecB)
@@ -416,9 +393,151 @@ def row_scales_kernel(
 
 
 @triton.jit
+def _dnum_v(dH, V, vecInvN, t_r, t_s, S, DV: tl.constexpr, BLQ: tl.constexpr, BV: tl.constexpr,
+            DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, TRANSPOSE: tl.constexpr = False):
+    """dnum_r·v_s = (dh_r·v_s) / N_r, (BLQ rows r, BLQ columns s), formed the one way every backward kernel
+    forms it: the same float32 values everywhere, which δ_r cancels exactly (see `den_grad_kernel`)."""
+    valid_r, valid_s = t_r < S, t_s < S
+    acc = tl.full((BLQ, BLQ), 0.0, tl.float32)
+    for vv in range((DV + BV - 1) // BV):
+        offs_v = vv * BV + tl.arange(0, BV)
+        mask_v = offs_v < DV
+        matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
+        matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
+        if TRANSPOSE:
+            acc += _dot(matV, tl.trans(matdH), DOT_DTYPE, PRECISION)
+        else:
+            acc += _dot(matdH, tl.trans(matV), DOT_DTYPE, PRECISION)
+    if TRANSPOSE:
+        return acc * vecInvN[None, :]
+    return acc * vecInvN[:, None]
+
+
+@triton.jit
+def _delta(Delta, t, S):
+    """δ_t as its two float32 parts (hi, lo) from den_grad_kernel (0 past S)."""
+    return tl.load(Delta + t, mask=t < S, other=0.0), tl.load(Delta + S + t, mask=t < S, other=0.0)
+
+
+@triton.jit
+def _scores(Q, K, Parts, row_hi, row_lo, t_r, t_s, first_r, S, scale, DQK: tl.constexpr, BLQ: tl.constexpr,
+            BK: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr):
+    """S_rs = D'_rs q̂_r·k_s, (BLQ rows r, BLQ columns s)."""
+    valid_r, valid_s = t_r < S, t_s < S
+    matP = tl.full((BLQ, BLQ), 0.0, tl.float32)
+    for kk in range((DQK + BK - 1) // BK):
+        offs_k = kk * BK + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
+        matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
+        matP += _dot(matQ, tl.trans(matK), DOT_DTYPE, PRECISION)
+    col_hi, col_lo = _column_parts(Parts, t_s, S)
+    return matP * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, False, first_r, HAS_STARTS)
+
+
+@triton.jit
+def den_grad_kernel(
+    Q, K, V, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S, DV)
+    Mr, Den,  # (BH, S) from chunk_outputs_kernel
+    InvN, Parts,  # (BH, S), (BH, 4, S) from row_scales_kernel
+    Cs, Ns, Ms,  # from chunk_states_kernel
+    Delta,  # out: (BH, 2, S) δ_r as two float32 parts, hi and lo
+    Rrow,  # out: (BH, S) float64 R_r = Σ_s G_rs + β_r ∂L/∂β_r (below)
+    Gcol,  # out: (BH, L / BLQ, S) float64 per block of BLQ rows, the column sums Σ_r G_rs of its pair terms
+    First,  # (BH, NC·L) int32 with HAS_STARTS
+    S, NC, scale, eps,
+    DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr,
+):
+    """Grid (BH·NC·(L / BLQ),), rows r of a chunk: the gradient of den_r (the normalizer's, as m is detached)
+
+        δ_r = -sign(den_r) dnum_r·num_r / (|den_r| + eps) where |den_r| > exp(-m_r) (as the forward chose), else 0,
+        β_r ∂L/∂β_r = β_r dnum_r·(q̂_rᵀC_prev) + δ_r β_r q̂_r·n_prev,
+
+    with den_r = Σ_s S_rs + β_r q̂_r·n_prev and dnum_r·num_r = Σ_s S_rs (dnum_r·v_s) + β_r dnum_r·(q̂_rᵀC_prev)
+    summed in float64 from float32 products, S_rs = D'_rs q̂_r·k_s. Then, for the gate gradients, the pair
+    terms G_rs = S_rs (dnum_r·v_s + δ_r) = S_rs ∂L/∂S_rs, summed over the columns s of each row (R_r, with
+    the state's term) and over the rows of this block for each column (Gcol), both from the same float32
+    tile and in float64: a large pair term inside a chunk then cancels exactly between its row's and its
+    column's sums in the gradient of the log forget gate (`grad_gates_kernel`).
+
+    Where one pair (r, s) outweighs the rest of row r, h_r = v_s up to eps, and the gradient of S_rs is the
+    eps-sized residual dnum_r·v_s + δ_r of two terms near dnum_r·v_s (so are those of q, k and ĩ). With δ_r
+    from float32 h and den it carried their rounding (dĩ 3.8e-2 off at S 1, docs/benchmarks.md). Here
+    dnum_r·v_s comes from `_dnum_v`, the same float32 values the gradient kernels add δ_r to, and δ_r is
+    stored as two float32 parts they add one after the other: the pair's term cancels exactly. So does the
+    state's term in β_r ∂L/∂β_r where the state outweighs the pairs."""
+    bh, c, jq, t_r, _ = _rows(1, NC, L, BLQ)
+    valid_r = t_r < S
+    Q, K, V, dH, Parts = Q + bh * S * DQK, K + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV, Parts + bh * 4 * S
+    state = bh * (NC + 1) + c
+    vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
+    row_hi, row_lo = _row_parts(Parts, t_r, S)
+    if HAS_STARTS:  # rows past a start in the chunk do not see the state before it
+        first_r = tl.load(First + bh * NC * L + t_r)
+        vecBeta = tl.where(valid_r & (first_r < c * L), tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
+    else:
+        first_r = t_r  # unused
+        vecBeta = tl.where(valid_r, tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
+    # the state's parts: q̂_r·n_prev and dnum_r·(q̂_rᵀC_prev), times β_r
+    vecNumState = tl.full((BLQ,), 0.0, tl.float32)
+    for vv in range((DV + BV - 1) // BV):
+        offs_v = vv * BV + tl.arange(0, BV)
+        mask_v = offs_v < DV
+        matQC = tl.full((BLQ, BV), 0.0, tl.float32)
+        for kk in range((DQK + BK - 1) // BK):
+            offs_k = kk * BK + tl.arange(0, BK)
+            mask_k = offs_k < DQK
+            matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
+            matC = tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                           mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+            matQC += _dot(matQ, matC, DOT_DTYPE, PRECISION)
+        matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
+        vecNumState += tl.reduce(matQC * matdH.to(tl.float32), 1, _ADD)
+    vecDenState = tl.full((BLQ,), 0.0, tl.float32)
+    for kk in range((DQK + BK - 1) // BK):
+        offs_k = kk * BK + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
+        vecN = tl.load(Ns + state * DQK + offs_k, mask=mask_k, other=0.0)
+        vecDenState += tl.reduce(matQ.to(tl.float32) * vecN[None, :], 1, _ADD)
+    vecNumState *= scale * vecBeta * vecInvN
+    vecDenState *= scale * vecBeta
+    # the pairs inside the chunk, in float64
+    vecDen = vecDenState.to(tl.float64)
+    vecDnumNum = vecNumState.to(tl.float64)
+    for js in range(jq + 1):
+        t_s = c * L + js * BLQ + tl.arange(0, BLQ)
+        matS = _scores(Q, K, Parts, row_hi, row_lo, t_r, t_s, first_r, S, scale, DQK, BLQ, BK, DOT_DTYPE, PRECISION,
+                       HAS_STARTS).to(tl.float64)
+        matDS = _dnum_v(dH, V, vecInvN, t_r, t_s, S, DV, BLQ, BV, DOT_DTYPE, PRECISION).to(tl.float64)
+        vecDen += tl.reduce(matS, 1, _ADD)
+        vecDnumNum += tl.reduce(matS * matDS, 1, _ADD)
+    above = tl.abs(tl.load(Den + bh * S + t_r, mask=valid_r, other=0.0)) > tl.exp(
+        -tl.load(Mr + bh * S + t_r, mask=valid_r, other=0.0))
+    sign = tl.where(vecDen >= 0, 1.0, -1.0)
+    vecDelta = tl.where(above, -vecDnumNum * sign / (tl.abs(vecDen) + eps), 0.0)
+    delta_hi, delta_lo = _split(vecDelta)
+    Delta += bh * 2 * S
+    tl.store(Delta + t_r, delta_hi, mask=valid_r)
+    tl.store(Delta + S + t_r, delta_lo, mask=valid_r)
+    # the pair terms, from the tiles of the first pass made again, as the gradient kernels make them
+    vecR = vecNumState.to(tl.float64) + vecDelta * vecDenState.to(tl.float64)
+    for js in range(jq + 1):
+        t_s = c * L + js * BLQ + tl.arange(0, BLQ)
+        matS = _scores(Q, K, Parts, row_hi, row_lo, t_r, t_s, first_r, S, scale, DQK, BLQ, BK, DOT_DTYPE, PRECISION,
+                       HAS_STARTS)
+        matDS = _dnum_v(dH, V, vecInvN, t_r, t_s, S, DV, BLQ, BV, DOT_DTYPE, PRECISION)
+        matG = (matS * ((matDS + delta_hi[:, None]) + delta_lo[:, None])).to(tl.float64)
+        vecR += tl.reduce(matG, 1, _ADD)
+        tl.store(Gcol + (bh * (L // BLQ) + jq) * S + t_s, tl.reduce(matG, 0, _ADD), mask=t_s < S)
+    tl.store(Rrow + bh * S + t_r, vecR, mask=valid_r)
+
+
+@triton.jit
 def state_grads_kernel(
     Q, dH,  # (BH, S, DQK), (BH, S, DV)
-    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
+    InvN, Parts, Delta,  # (BH, S), (BH, 4, S) from row_scales_kernel, (BH, 2, S) from den_grad_kernel
     Bv, Cs, Ns, Ms,  # from chunk_states_kernel
     dCS, dNS,  # (BH, DQK, DV), (BH, DQK) gradient of the final state
     dCs, dNs,  # out: (BH, NC + 1, DQK, DV), (BH, NC + 1, DQK): gradient of the state before chunk c
@@ -440,7 +559,7 @@ def state_grads_kernel(
     mask_kv = mask_k[:, None] & mask_v[None, :]
     tile_kv = offs_k[:, None] * DV + offs_v[None, :]
     Q, dH, Bv, Ms = Q + bh * S * DQK, dH + bh * S * DV, Bv + bh * NC * L, Ms + bh * (NC + 1)
-    InvN, Delta, Parts = InvN + bh * S, Delta + bh * S, Parts + bh * 4 * S
+    InvN, Delta, Parts = InvN + bh * S, Delta + bh * 2 * S, Parts + bh * 4 * S
     dCs, dNs = dCs + bh * (NC + 1) * DQK * DV, dNs + bh * (NC + 1) * DQK
     First += bh * NC * L
 
@@ -479,7 +598,7 @@ def state_grads_kernel(
 @triton.jit
 def grad_q_kernel(
     Q, K, V, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S, DV)
-    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
+    InvN, Parts, Delta,  # (BH, S), (BH, 4, S) from row_scales_kernel, (BH, 2, S) from den_grad_kernel
     Cs, Ns, Ms,  # from chunk_states_kernel
     dQ,  # out: (BH, S, DQK) in the dtype of Q
     First,  # (BH, NC·L) int32 with HAS_STARTS
@@ -496,7 +615,7 @@ def grad_q_kernel(
     K, V, dH, Parts = K + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV, Parts + bh * 4 * S
     state = bh * (NC + 1) + c
     vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
-    vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
+    delta_hi, delta_lo = _delta(Delta + bh * 2 * S, t_r, S)
     row_hi, row_lo = _row_parts(Parts, t_r, S)
     if HAS_STARTS:  # rows past a start in the chunk do not see the state before it
         first_r = tl.load(First + bh * NC * L + t_r)
@@ -513,21 +632,14 @@ def grad_q_kernel(
                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matdH, tl.trans(matC), DOT_DTYPE, PRECISION)
     vecN = tl.load(Ns + state * DQK + offs_k, mask=mask_k, other=0.0)
-    acc = (acc * vecInvN[:, None] + vecDelta[:, None] * vecN[None, :]) * vecBeta[:, None]
+    acc = (acc * vecInvN[:, None] + delta_hi[:, None] * vecN[None, :]) * vecBeta[:, None]
     for js in range(jq + 1):
         t_s = c * L + js * BLQ + tl.arange(0, BLQ)
         valid_s = t_s < S
-        matG = tl.full((BLQ, BLQ), 0.0, tl.float32)
-        for vv in range((DV + BV - 1) // BV):
-            offs_v = vv * BV + tl.arange(0, BV)
-            mask_v = offs_v < DV
-            matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :],
-                            other=0.0)
-            matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
-            matG += _dot(matdH, tl.trans(matV), DOT_DTYPE, PRECISION)
+        matDS = _dnum_v(dH, V, vecInvN, t_r, t_s, S, DV, BLQ, BV, DOT_DTYPE, PRECISION)
         col_hi, col_lo = _column_parts(Parts, t_s, S)
-        matdS = (matG * vecInvN[:, None] + vecDelta[:, None]) * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S,
-                                                                       False, first_r, HAS_STARTS)  # (BLQ, BLQ)
+        matdS = ((matDS + delta_hi[:, None]) + delta_lo[:, None]) * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s,
+                                                                           S, False, first_r, HAS_STARTS)  # (BLQ, BLQ)
         matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdS, matK, DOT_DTYPE, PRECISION)
     acc *= scale
@@ -551,7 +663,7 @@ def _next_state_weights(Parts, Bv, Ms, First, bh, c, t_s, S, NC, L: tl.constexpr
 @triton.jit
 def grad_k_kernel(
     Q, K, V, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S, DV)
-    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
+    InvN, Parts, Delta,  # (BH, S), (BH, 4, S) from row_scales_kernel, (BH, 2, S) from den_grad_kernel
     Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
     dK,  # out: (BH, S, DQK) in the dtype of K
     First,  # (BH, NC·L) int32 with HAS_STARTS
@@ -582,23 +694,16 @@ def grad_k_kernel(
         t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
         valid_r = t_r < S
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
-        vecDelta = tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)
-        matGt = tl.full((BLQ, BLQ), 0.0, tl.float32)  # (s, r)
-        for vv in range((DV + BV - 1) // BV):
-            offs_v = vv * BV + tl.arange(0, BV)
-            mask_v = offs_v < DV
-            matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
-            matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :],
-                            other=0.0)
-            matGt += _dot(matV, tl.trans(matdH), DOT_DTYPE, PRECISION)
+        delta_hi, delta_lo = _delta(Delta + bh * 2 * S, t_r, S)
+        matDSt = _dnum_v(dH, V, vecInvN, t_r, t_s, S, DV, BLQ, BV, DOT_DTYPE, PRECISION, True)  # (s, r)
         row_hi, row_lo = _row_parts(Parts, t_r, S)
         if HAS_STARTS:
             first_r = tl.load(First + bh * NC * L + t_r)
         else:
             first_r = t_r  # unused
-        matdSt = (matGt * vecInvN[None, :] + vecDelta[None, :]) * scale * _decay(row_hi, row_lo, col_hi, col_lo,
-                                                                                 t_r, t_s, S, True, first_r,
-                                                                                 HAS_STARTS)
+        matdSt = ((matDSt + delta_hi[None, :]) + delta_lo[None, :]) * scale * _decay(row_hi, row_lo, col_hi, col_lo,
+                                                                                     t_r, t_s, S, True, first_r,
+                                                                                     HAS_STARTS)
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
         acc += _dot(matdSt, matQ, DOT_DTYPE, PRECISION)
     tl.store(dK + bh * S * DQK + t_s[:, None] * DQK + offs_k[None, :], acc.to(dK.dtype.element_ty),
@@ -608,10 +713,10 @@ def grad_k_kernel(
 @triton.jit
 def grad_v_kernel(
     Q, K, V, dH,  # (BH, S, DQK), (BH, S, DQK), (BH, S, DV), (BH, S, DV)
-    InvN, Delta, Parts,  # (BH, S), (BH, S), (BH, 4, S) from row_scales_kernel
+    InvN, Parts,  # (BH, S), (BH, 4, S) from row_scales_kernel
     Bv, Ms, dCs, dNs,  # from chunk_states_kernel and state_grads_kernel
     dV,  # out: (BH, S, DV) in the dtype of dV's activation (V)
-    Gcol, E,  # out: (BH, cdiv(DV, BV), S) fp32, this program's DV columns' part of G_s and E_s (below)
+    E,  # out: (BH, cdiv(DV, BV), S) this program's DV columns' part of E_s (below)
     First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, scale,
     DQK: tl.constexpr, DV: tl.constexpr, L: tl.constexpr, BLQ: tl.constexpr, BK: tl.constexpr,
@@ -620,27 +725,37 @@ def grad_v_kernel(
     """Grid (BH·NC·(L / BLQ)·cdiv(DV, BV),), columns s of a chunk:
     dv_s = Σ_{r≥s} D'_rs (q̂_r·k_s) dnum_r + e_s dC_nextᵀ k_s, and for the gate gradients
 
-        G_s = Σ_{r≥s} S_rs (dnum_r·v_s + δ_r) = v_s·dv_s^intra + Σ_{r≥s} S_rs δ_r,
         E_s = e_s (k_s·(dC_next v_s) + k_s·dn_next) = v_s·dv_s^state + e_s k_s·dn_next,
 
-    S_rs = D'_rs q̂_r·k_s: G_s sums the pair terms S_rs ∂L/∂S_rs of column s inside the chunk, E_s is the
-    gradient of step s's log weight in the next state (k_s·dk_s = G_s + E_s). G_s is summed directly;
-    E_s is v_s·dv_s minus the intra part, which rounds it by ulps of G_s, not of the large terms the
-    closed form cancels. The δ and dn terms are added by the first DV tile only. On a GPU the keys
-    weighted by e_s are rounded to bf16 for the product, as chunk_states_kernel rounds its weighted keys."""
+    the gradient of step s's log weight in the next state (k_s·dk_s = G_s + E_s, G_s from
+    den_grad_kernel), summed on its own: as v_s·dv_s minus the intra part it carried the rounding of that
+    part. The first DV tile adds the dn term. On a GPU the keys weighted by e_s are rounded to bf16 for
+    the product, as chunk_states_kernel rounds its weighted keys."""
     NVB: tl.constexpr = (DV + BV - 1) // BV
     bh, c, js, t_s, pv = _rows(NVB, NC, L, BLQ)
     offs_v = pv * BV + tl.arange(0, BV)
     mask_v = offs_v < DV
     valid_s = t_s < S
-    first = pv == 0
     Q, K, V, dH = Q + bh * S * DQK, K + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV
     Bv, Parts = Bv + bh * NC * L, Parts + bh * 4 * S
     state = bh * (NC + 1) + c + 1
     tile_sv = t_s[:, None] * DV + offs_v[None, :]
     mask_sv = valid_s[:, None] & mask_v[None, :]
+    # the state's part first, E_s on its own: e_s dC_nextᵀ k_s and e_s k_s·dn_next
+    vecE = _next_state_weights(Parts, Bv, Ms, First, bh, c, t_s, S, NC, L, HAS_STARTS)
     acc = tl.full((BLQ, BV), 0.0, tl.float32)
-    vecSdelta = tl.full((BLQ,), 0.0, tl.float32)
+    vecKdN = tl.full((BLQ,), 0.0, tl.float32)
+    for kk in range((DQK + BK - 1) // BK):
+        offs_k = kk * BK + tl.arange(0, BK)
+        mask_k = offs_k < DQK
+        matKe = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :],
+                        other=0.0).to(tl.float32) * vecE[:, None]
+        matdC = tl.load(dCs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        acc += _dot(matKe, matdC, DOT_DTYPE, PRECISION)
+        vecKdN += tl.reduce(matKe * tl.load(dNs + state * DQK + offs_k, mask=mask_k, other=0.0)[None, :], 1, _ADD)
+    vecState = tl.reduce(tl.load(V + tile_sv, mask=mask_sv, other=0.0).to(tl.float32) * acc, 1, _ADD)
+    tl.store(E + (bh * NVB + pv) * S + t_s, vecState + tl.where(pv == 0, vecKdN, 0.0), mask=valid_s)
     col_hi, col_lo = _column_parts(Parts, t_s, S)
     for jr in range(js, L // BLQ):
         t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
@@ -661,26 +776,8 @@ def grad_v_kernel(
             first_r = t_r  # unused
         matSt = matPt * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, True, first_r, HAS_STARTS)
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
-        vecSdelta += tl.reduce(matSt * tl.load(Delta + bh * S + t_r, mask=valid_r, other=0.0)[None, :], 1, _ADD)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
         acc += _dot(matSt * vecInvN[None, :], matdH, DOT_DTYPE, PRECISION)
-    vecIntra = tl.reduce(tl.load(V + tile_sv, mask=mask_sv, other=0.0).to(tl.float32) * acc, 1, _ADD)
-    partials = (bh * NVB + pv) * S + t_s
-    tl.store(Gcol + partials, vecIntra + tl.where(first, vecSdelta, 0.0), mask=valid_s)
-    vecE = _next_state_weights(Parts, Bv, Ms, First, bh, c, t_s, S, NC, L, HAS_STARTS)
-    vecKdN = tl.full((BLQ,), 0.0, tl.float32)
-    for kk in range((DQK + BK - 1) // BK):
-        offs_k = kk * BK + tl.arange(0, BK)
-        mask_k = offs_k < DQK
-        matKe = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :],
-                        other=0.0).to(tl.float32) * vecE[:, None]
-        matdC = tl.load(dCs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                        mask=mask_k[:, None] & mask_v[None, :], other=0.0)
-        acc += _dot(matKe, matdC, DOT_DTYPE, PRECISION)
-        vecKdN += tl.reduce(matKe * tl.load(dNs + state * DQK + offs_k, mask=mask_k, other=0.0)[None, :], 1, _ADD)
-    # v loaded again (from cache): kept through the loop above it spills 48 B at L 128 and 256 (sm_90)
-    vecAll = tl.reduce(tl.load(V + tile_sv, mask=mask_sv, other=0.0).to(tl.float32) * acc, 1, _ADD)
-    tl.store(E + partials, vecAll - vecIntra + tl.where(first, vecKdN, 0.0), mask=valid_s)
     tl.store(dV + bh * S * DV + tile_sv, acc.to(dV.dtype.element_ty), mask=mask_sv)
 
 
@@ -695,36 +792,41 @@ def _tile_sum(X, bh, NB, S, t, valid):
 
 @triton.jit
 def grad_gates_kernel(
-    QdQ,  # (BH, S) from row_scales_kernel
-    Gcol, E,  # (BH, NVB, S) from grad_v_kernel
+    Rrow, Gcol,  # (BH, S), (BH, L / BLQ, S) float64 from den_grad_kernel
+    E,  # (BH, NVB, S) from grad_v_kernel
     Y,  # (BH, NT, NC) from state_grads_kernel
     F,  # (BH, S)
     dI, dF,  # out: (BH, S) fp32
     First,  # (BH, NC·L) int32 with HAS_STARTS
     S, NC, NVB, NT,
-    L: tl.constexpr, HAS_STARTS: tl.constexpr,
+    L: tl.constexpr, BLQ: tl.constexpr, HAS_STARTS: tl.constexpr,
 ):
     """Grid (BH, NC), the L steps of one chunk c:  dĩ_t = k_t·dk_t = G_t + E_t  and
 
-        df̃_t = σ(-f̃_t) (Σ_{u≥t in c} (q_u·dq_u - G_u) + Y_c + Σ_{s<t in c} E_s),
+        df̃_t = σ(-f̃_t) (Σ_{u≥t in c} (R_u - G_u) + Y_c + Σ_{s<t in c} E_s),   R_u = Σ_s G_us + β_u ∂L/∂β_u,
 
-    the gradient of the log forget gate at t: pairs (row r ≥ t, column s < t) inside the chunk (q_u·dq_u
-    sums row u's pairs and the state before the chunk, G_u column u's pairs), the state before the chunk
-    as the next state sees it (Y_c) and the steps before t as the next state sees them (E_s). It equals
+    the gradient of the log forget gate at t: pairs (row r ≥ t, column s < t) inside the chunk (R_u sums
+    row u's pairs and the state before the chunk, G_u column u's pairs), the state before the chunk as
+    the next state sees it (Y_c) and the steps before t as the next state sees them (E_s). It equals
     DESIGN.md §4's closed form Σ_{u≥t} (q_u·dq_u - k_u·dk_u) + Σ C_S ⊙ dC_S + Σ n_S ⊙ dn_S, without the
     terms that cancel in that form: where one step dominates the next state, its E_s and the later
     chunks' sums are large and cancel, and their float32 rounding put df̃ at 4.8e-2 on one of 60 random
-    draws at extreme gates with a state (now 5.5e-3; docs/benchmarks.md). Sums in float64. With documents
-    both sums run within t's document (segmented scans); Y_c is 0 where the chunk holds a start."""
+    draws at extreme gates with a state (now 5.5e-3; docs/benchmarks.md). Likewise a large pair term
+    inside the suffix enters R_u and G_u as the same float32 number (den_grad_kernel), so it cancels exactly
+    (with R_u = q_u·dq_u in closed form it cancelled only to the rounding of G_u: df̃ up to 7x the native
+    form's error at L 256). Sums in float64. With documents both sums run within t's document (segmented
+    scans); Y_c is 0 where the chunk holds a start."""
     bh = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1)
     t = c * L + tl.arange(0, L)
     valid = t < S
-    vecG = _tile_sum(Gcol, bh, NVB, S, t, valid)
+    vecG = tl.where(valid, 0.0, 0.0).to(tl.float64)
+    for jr in range(L // BLQ):  # the column sums of the blocks of rows r >= t
+        vecG += tl.load(Gcol + (bh * (L // BLQ) + jr) * S + t, mask=valid & (jr >= (t - c * L) // BLQ), other=0.0)
     vecE = _tile_sum(E, bh, NVB, S, t, valid)
     tl.store(dI + bh * S + t, (vecG + vecE).to(tl.float32), mask=valid)
     earlier = valid & (t > c * L)
-    vecRow = tl.load(QdQ + bh * S + t, mask=valid, other=0.0).to(tl.float64) - vecG
+    vecRow = tl.load(Rrow + bh * S + t, mask=valid, other=0.0) - vecG
     if HAS_STARTS:
         First += bh * NC * L
         start = tl.load(First + t) == t
