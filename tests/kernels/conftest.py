@@ -84,6 +84,31 @@ def mlstm_inputs(rng) -> Callable[..., dict[str, torch.Tensor]]:
 
 
 @pytest.fixture
+def dominant_pair_case(mlstm_inputs, rng) -> Callable[[Callable, Callable], float]:
+    """The relative error of df̃ (float32 `run` against float64 `reference`) where two steps outweigh the rest
+    of a 128-step chunk with nearly opposite keys: the later rows' den is small, their pair terms
+    G_rs = S_rs ∂L/∂S_rs reach ~1e6 and cancel inside each row. df̃ sums the rows' and the columns' sums of G
+    over suffixes of the chunk, where such a pair cancels only when both sums hold the same float32 G_rs and
+    add them without rounding them away (docs/benchmarks.md, issue 16 item 4b)."""
+
+    def error(run: Callable, reference: Callable) -> float:
+        inputs = mlstm_inputs(B=1, NH=4, S=128, DQK=16, DV=32, regime="extreme", with_state=False)
+        inputs["i"][..., [40, 41]] = 30.0
+        inputs["f"][..., 41:] = 30.0
+        inputs["k"][..., 41, :] = -inputs["k"][..., 40, :] + 1e-2 * torch.randn(1, 4, 16, generator=rng,
+                                                                                   dtype=torch.float64)
+        offset = torch.randn(1, 4, 128, 32, generator=rng, dtype=torch.float64)
+        grads = []
+        for fn, dtype in ((reference, torch.float64), (run, torch.float32)):
+            leaves = [inputs[name].float().to(dtype).requires_grad_(True) for name in "qkvif"]
+            h = fn(**dict(zip("qkvif", leaves)))[0]
+            grads.append(torch.autograd.grad(((h.double() + offset) ** 2).sum(), leaves[4])[0])
+        return relative_error(grads[1], grads[0])
+
+    return error
+
+
+@pytest.fixture
 def slstm_inputs(rng) -> Callable[..., dict[str, torch.Tensor]]:
     """Factory: float64 sLSTM inputs gates_x, R, b and, with_state, an initial state y, c, n, m."""
 

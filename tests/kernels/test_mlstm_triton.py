@@ -55,26 +55,11 @@ def test_an_initial_state_that_dominates_the_outputs(mlstm_inputs, compare_to_re
                              **STABILIZER)
 
 
-def test_large_pair_terms_inside_a_long_chunk_cancel_in_the_forget_gate_gradient(mlstm_inputs, rng):
-    # Two steps outweigh the rest of a 128-step chunk with nearly opposite keys: the rows after them have a
-    # small den, and their pair terms G_rs = S_rs ∂L/∂S_rs reach ~1e6 and cancel inside each row. df̃ sums
-    # the rows' and the columns' sums of G over suffixes of the chunk, where such a pair cancels only if both
-    # sums hold the same float32 G_rs and add it in float64 (den_grad_kernel). With the row sums in closed
-    # form (q·dq) the kernels were 0.5..1e4 off here, 9e-6..1.3e-4 now (docs/benchmarks.md).
+def test_large_pair_terms_inside_a_long_chunk_cancel_in_the_forget_gate_gradient(dominant_pair_case):
+    # With the row sums in closed form (q·dq) the kernels were 0.5..1e4 off here; den_grad_kernel sums both
+    # sides from the same float32 tile in float64: 9e-6..1.3e-4 (docs/benchmarks.md).
     for _ in range(2):
-        inputs = mlstm_inputs(B=1, NH=4, S=128, DQK=16, DV=32, regime="extreme", with_state=False)
-        inputs["i"][..., [40, 41]] = 30.0
-        inputs["f"][..., 41:] = 30.0
-        inputs["k"][..., 41, :] = -inputs["k"][..., 40, :] + 1e-2 * torch.randn(1, 4, 16, generator=rng,
-                                                                                   dtype=torch.float64)
-        offset = torch.randn(1, 4, 128, 32, generator=rng, dtype=torch.float64)
-        grads = {}
-        for backend, dtype in (("reference", torch.float64), ("triton", torch.float32)):
-            leaves = [inputs[name].float().to(dtype).requires_grad_(True) for name in "qkvif"]
-            run = run_triton(128) if backend == "triton" else run_mlstm(backend)
-            h = run(**dict(zip("qkvif", leaves)))[0]
-            grads[backend] = torch.autograd.grad(((h.double() + offset) ** 2).sum(), leaves[4])[0]
-        assert relative_error(grads["triton"], grads["reference"]) < TOLERANCES["extreme"][1]
+        assert dominant_pair_case(run_triton(128), run_mlstm("reference")) < TOLERANCES["extreme"][1]
 
 
 def test_saturated_steps_have_accurate_gradients_in_float32(mlstm_inputs, rng):

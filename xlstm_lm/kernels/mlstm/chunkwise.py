@@ -12,8 +12,11 @@ batched matmul); q̂ᵀC0 is not needed again. Autograd instead holds every (B, 
 the forward and runs a backward node per operation and per chunk of the state loop. Per chunk, with
 G = dS ⊙ S the gradient of logD (S = (q̂kᵀ) ⊙ D', dS the gradient of S):
 
-    dĩ_s = Σ_r G_rs + (state path),   db_r = Σ_s G_rs - Σ_r' G_r'r + β_r ∂L/∂β_r + (state path),
-    dlogσ(f̃_u) = Σ_{r≥u} db_r   (the cumulative sum b inside the chunk, reversed).
+    dĩ_s = Σ_r G_rs + E_s,   db_r = Σ_s G_rs - Σ_r' G_r'r + β_r ∂L/∂β_r,
+    dlogσ(f̃_u) = Σ_{r≥u} db_r + Σ_{s<u} E_s + Y   (the cumulative sum b inside the chunk, reversed),
+
+E_s the gradient of step s's log weight in the next state and Y that of the old state's decay (the state
+path). The pair terms G_rs are summed in float64 on both sides, so a large pair inside the suffix cancels.
 
 The state gradient flows back through the chunks in one more sequential loop (dC_{k-1} = decay_k dC_k +
 the chunk's q̂ᵀ(β dnum)); the state path's gradients to k, v and the gates are batched afterwards.
@@ -155,7 +158,8 @@ def _intra_chunk_backward(matDh, matQs, matK, matV, vecB64, vecI, matC0, vecN0, 
             (..., L, DV), matC0 (..., DQK, DV).
 
     Returns:
-        dq̂, dk (..., L, DQK), dv (..., L, DV), dC0 (..., DQK, DV), dn0 (..., DQK), and dĩ, db (..., L).
+        dq̂, dk (..., L, DQK), dv (..., L, DV), dC0 (..., DQK, DV), dn0 (..., DQK), and dĩ, db (..., L) (db in
+        float64).
     """
     intra = _intra_chunk(matQs, matK, vecB64, vecI, vecN0, scaM0, eps, docs)
     vecBeta, vecDen, matS = intra["vecBeta"], intra["vecDen"], intra["matS"]
@@ -177,9 +181,11 @@ def _intra_chunk_backward(matDh, matQs, matK, matV, vecB64, vecI, matC0, vecN0, 
     dC0 = matQs.mT @ matDnum
     dN0 = (matQs.mT @ vecDdenB[..., None]).squeeze(-1)
     vecDlogBeta = vecDnumState + vecDdenHi * vecDenState
-    vecGcol = matG.sum(-2)
-    # every pair enters db twice, as the same float32 G_rs: the pairs inside the suffix sums of df̃ cancel
-    return matDQs, matDK, matDV, dC0, dN0, vecGcol, matG.sum(-1) - vecGcol + vecDlogBeta
+    # every pair enters db twice, as the same float32 G_rs, summed in float64 on both sides: a pair inside a
+    # suffix of the chunk (up to ~1e6 where a row's den is small) cancels exactly in the suffix sums of df̃
+    vecGcol = matG.sum(-2, dtype=torch.float64)
+    vecDb = matG.sum(-1, dtype=torch.float64) - vecGcol + vecDlogBeta
+    return matDQs, matDK, matDV, dC0, dN0, vecGcol.to(matG.dtype), vecDb
 
 
 def _den_gradient(matS, matDS, vecDnumState, vecDenState, above, eps):
@@ -311,15 +317,19 @@ class _ChunkwiseMLSTM(torch.autograd.Function):
         dC, dN, vecDlogW, vecDlogDecay = _state_backward(
             dC_final, dN_final, dC_intra, dN_intra, vecDecay, matW, matK, matV, matCs, vecNs, matDK, matDV
         )
-        # a_r = b_L - b_r + ĩ_r and the decay exp(b_L + ...): their gradients reach ĩ and b
+        # a_r = b_L - b_r + ĩ_r: the weight of step r in the next state holds ĩ_r and logσ(f̃_u) for u > r
         vecDi += vecDlogW
-        vecDb -= vecDlogW
-        vecDb[..., -1] += vecDlogW.sum(-1) + vecDlogDecay
         if docs is None:
-            vecDlogF = vecDb.flip(-1).cumsum(-1).flip(-1)  # b_r sums logσ(f̃_u) over u ≤ r
+            vecAfter = vecDb.flip(-1).cumsum(-1).flip(-1)  # b_r sums logσ(f̃_u) over u ≤ r
         else:  # ... of its own document: a masked sum, where a difference of cumulative sums would round
-            vecDlogF = torch.where(docs["same"], vecDb[..., :, None], 0.0).sum(-2)
-        vecDf = vecDlogF * torch.sigmoid(-vecF)
+            vecAfter = torch.where(docs["same"], vecDb[..., :, None], 0.0).sum(-2)
+        # the steps before u as the next state sees them (zero weight outside the chunk's last document), and
+        # the state before the chunk (decay exp(b_L + ...), zero where the chunk holds a start): summed
+        # directly, not as the chunk's total minus the rest, whose terms of a step that dominates the next
+        # state are large and cancel (df̃ up to 1e4 off with that step a chunk before the rows it dominates)
+        vecBefore = F.pad(vecDlogW.double().cumsum(-1)[..., :-1], (1, 0))
+        vecDlogF = vecAfter + vecBefore + vecDlogDecay.double()[..., None]
+        vecDf = vecDlogF.to(vecF.dtype) * torch.sigmoid(-vecF)
         dq = (matDQs * DQK**-0.5).reshape(B, NH, S, DQK)
         return (dq, matDK.reshape(B, NH, S, DQK), matDV.reshape(B, NH, S, DV), vecDi.reshape(B, NH, S),
                 vecDf.reshape(B, NH, S), dC, dN, None, None, None, None)
