@@ -76,20 +76,36 @@ def greedy(next_logits, prompt, steps=32):
     return ids[:, prompt.shape[1]:]
 
 
+def float64_logits(folder, ids):
+    """transformers' logits in float64 with its float32 norm reductions off: the published math, rounded only at
+    float64 precision."""
+    hf64 = transformers.xLSTMForCausalLM.from_pretrained(folder, norm_reduction_force_float32=False).double()
+    with torch.no_grad():
+        return hf64.eval()(ids, use_cache=False).logits
+
+
+def assert_computes_what_transformers_computes(ours, hf, hf_single_folder, ids):
+    """In float64 the same math: only our float32 logits round (the cast and the soft cap computed on them), a few
+    float32 ulps. In float32 the two implementations round differently and their gap depends on the draw and on
+    the CPU's kernels; ours must be as accurate as transformers' own float32, within a factor of 2 for the order
+    of roundings (over 8 draws the ratio was 0.77-1.24; a bf16-rounded gate makes it 780)."""
+    truth = float64_logits(hf_single_folder, ids)
+    with torch.no_grad():
+        assert (ours.double()(ids).double() - truth).abs().max() <= 4 * truth.abs().max() * 2**-24
+        our_error = (ours(ids).double() - truth).abs().max().item()
+    their_error = (hf_logits(hf, ids).double() - truth).abs().max().item()
+    log.info("max |error| against float64: ours %.2e, transformers %.2e", our_error, their_error)
+    assert our_error <= 2 * their_error, (our_error, their_error)
+
+
 @pytest.mark.parametrize("weight_mode", ["single", "fused"])
 def test_an_imported_folder_computes_what_transformers_computes(tmp_path, weight_mode):
     model, config = hf_model(weight_mode)
     save_hf(model, config, tmp_path / "hf")
+    model.save_pretrained(tmp_path / "hf_single")  # transformers cannot build a fused model
     ours = load_pretrained(import_folder(tmp_path / "hf", tmp_path / "ours")).eval()
     ids = torch.randint(0, VOCAB, (2, S), generator=torch.Generator().manual_seed(1))
-    expected = hf_logits(model, ids)
-    with torch.no_grad():
-        logits = ours(ids)
-    difference = (logits - expected).abs().max().item()
-    kl = torch.nn.functional.kl_div(logits.log_softmax(-1), expected.log_softmax(-1), log_target=True,
-                                    reduction="batchmean").item()
-    log.info("%s: max |logit difference| %.2e, KL %.2e", weight_mode, difference, kl)
-    assert difference <= 1e-5, difference
+    assert_computes_what_transformers_computes(ours, model, tmp_path / "hf_single", ids)
     prompt = ids[:1, :5]
     with torch.no_grad():
         assert torch.equal(greedy(ours, prompt), greedy(lambda x: hf_logits(model, x), prompt))
@@ -100,13 +116,7 @@ def test_our_export_loads_in_transformers_and_round_trips_bit_for_bit(tmp_path, 
     hf = transformers.xLSTMForCausalLM.from_pretrained(hf_folder).eval()
     ours = load_pretrained(tiny_large_export).eval()
     ids = torch.randint(0, MODEL_VOCAB, (2, S), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        assert (ours(ids) - hf_logits(hf, ids)).abs().max() <= 1e-5
-        # the same math: in float64 (transformers' float32 norm reductions off) only our float32 logits round, in
-        # the cast and in the soft cap computed on them: a few float32 ulps
-        hf64 = transformers.xLSTMForCausalLM.from_pretrained(hf_folder, norm_reduction_force_float32=False).double()
-        expected = hf64.eval()(ids, use_cache=False).logits
-        assert (ours.double()(ids).double() - expected).abs().max() <= 4 * expected.abs().max() * 2**-24
+    assert_computes_what_transformers_computes(ours, hf, hf_folder, ids)
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_folder)
     assert tokenizer.decode(tokenizer("an xLSTM in transformers")["input_ids"]) == "an xLSTM in transformers"
     back = import_folder(hf_folder, tmp_path / "back")
