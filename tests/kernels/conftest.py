@@ -109,6 +109,27 @@ def dominant_pair_case(mlstm_inputs, rng) -> Callable[[Callable, Callable], floa
 
 
 @pytest.fixture
+def saturated_step_errors(mlstm_inputs, rng) -> Callable[[Callable, int], dict[str, float]]:
+    """The largest relative error over heads of the gradients of q, k, v, ĩ (float32 `run` against the float64
+    reference) at ±30 gates, where most steps saturate: h = sign(q̂·k) v up to eps, and the gradients of q, k and
+    ĩ are the eps-sized residual of two terms near dnum·v. 4 × 8 heads of S steps, from the same float32 values."""
+
+    def errors(run: Callable, S: int) -> dict[str, float]:
+        inputs = mlstm_inputs(B=4, NH=8, S=S, DQK=16, DV=24, regime="extreme", with_state=False)
+        offset = torch.randn(4, 8, S, 24, dtype=torch.float64, generator=rng)
+        grads = []
+        for fn, dtype in ((run_mlstm("reference"), torch.float64), (run, torch.float32)):
+            leaves = [inputs[name].float().to(dtype).requires_grad_(True) for name in "qkvi"]
+            h = fn(**dict(zip("qkvif", [*leaves, inputs["f"].float().to(dtype)])))[0]
+            grads.append(torch.autograd.grad(((h.double() + offset) ** 2).sum(), leaves))
+        return {name: max(relative_error(head, expected) for head, expected in zip(grad.flatten(0, 1),
+                                                                                   reference.flatten(0, 1)))
+                for name, grad, reference in zip("qkvi", grads[1], grads[0], strict=True)}
+
+    return errors
+
+
+@pytest.fixture
 def slstm_inputs(rng) -> Callable[..., dict[str, torch.Tensor]]:
     """Factory: float64 sLSTM inputs gates_x, R, b and, with_state, an initial state y, c, n, m."""
 

@@ -333,8 +333,7 @@ def chunk_outputs_kernel(
         offs_k = kk * BK + tl.arange(0, BK)
         mask_k = offs_k < DQK
         matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
-        matC = tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                       mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        matC = _state_tile_of_C(Cs, state, offs_k, offs_v, DQK, DV)
         vecN = tl.load(Ns + state * DQK + offs_k, mask=mask_k, other=0.0)
         matNum += _dot(matQ, matC, DOT_DTYPE, PRECISION)
         vecDen += tl.reduce(matQ.to(tl.float32) * vecN[None, :], 1, _ADD)
@@ -345,13 +344,7 @@ def chunk_outputs_kernel(
     for js in range(jq + 1):
         t_s = c * L + js * BLQ + tl.arange(0, BLQ)
         valid_s = t_s < S
-        matP = tl.full((BLQ, BLQ), 0.0, tl.float32)
-        for kk in range((DQK + BK - 1) // BK):
-            offs_k = kk * BK + tl.arange(0, BK)
-            mask_k = offs_k < DQK
-            matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
-            matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
-            matP += _dot(matQ, tl.trans(matK), DOT_DTYPE, PRECISION)
+        matP = _row_dots(Q, K, t_r, t_s, S, DQK, BLQ, BK, DOT_DTYPE, PRECISION)
         col_hi, col_lo = _split(tl.load(I + t_s, mask=t_s < S, other=0.0).to(tl.float64) - tl.load(Bv + t_s))
         matS = matP * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, False, first_r,
                                      HAS_STARTS)  # (BLQ, BLQ)
@@ -393,24 +386,59 @@ def row_scales_kernel(
 
 
 @triton.jit
+def _row_firsts(First, bh, NC, t_r, L: tl.constexpr, HAS_STARTS: tl.constexpr):
+    """The index of the document start at or before each row t_r (rows themselves without starts: unused)."""
+    if HAS_STARTS:
+        return tl.load(First + bh * NC * L + t_r)
+    return t_r
+
+
+@triton.jit
+def _rows_after_state(InvN, Parts, First, Ms, bh, c, t_r, S, NC, L: tl.constexpr, HAS_STARTS: tl.constexpr):
+    """What the backward kernels need of rows t_r of chunk c (Parts already at head bh): valid_r, the index of
+    the state before the chunk, 1 / N_r, the row parts, the rows' document starts and β_r = exp(b_r + m_prev - m_r),
+    the weight of that state in row r (0 past S and in rows past a start in the chunk, which do not see it)."""
+    valid_r = t_r < S
+    state = bh * (NC + 1) + c
+    vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
+    row_hi, row_lo = _row_parts(Parts, t_r, S)
+    first_r = _row_firsts(First, bh, NC, t_r, L, HAS_STARTS)
+    seen = valid_r & (first_r < c * L) if HAS_STARTS else valid_r
+    vecBeta = tl.where(seen, tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
+    return valid_r, state, vecInvN, row_hi, row_lo, first_r, vecBeta
+
+
+@triton.jit
+def _state_tile_of_C(Cs, state, offs_k, offs_v, DQK: tl.constexpr, DV: tl.constexpr):
+    """Rows offs_k and columns offs_v of the stored state C number `state` (0 outside DQK × DV)."""
+    return tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
+                   mask=(offs_k < DQK)[:, None] & (offs_v < DV)[None, :], other=0.0)
+
+
+@triton.jit
+def _row_dots(A, B, t_a, t_b, S, D: tl.constexpr, BLQ: tl.constexpr, BD: tl.constexpr, DOT_DTYPE: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """A_a·B_b for BLQ rows a of A and BLQ rows b of B, both (S, D), summed over D in tiles of BD (rows past S
+    read as 0): (BLQ, BLQ) float32."""
+    valid_a, valid_b = t_a < S, t_b < S
+    acc = tl.full((BLQ, BLQ), 0.0, tl.float32)
+    for dd in range((D + BD - 1) // BD):
+        offs_d = dd * BD + tl.arange(0, BD)
+        mask_d = offs_d < D
+        matA = tl.load(A + t_a[:, None] * D + offs_d[None, :], mask=valid_a[:, None] & mask_d[None, :], other=0.0)
+        matB = tl.load(B + t_b[:, None] * D + offs_d[None, :], mask=valid_b[:, None] & mask_d[None, :], other=0.0)
+        acc += _dot(matA, tl.trans(matB), DOT_DTYPE, PRECISION)
+    return acc
+
+
+@triton.jit
 def _dnum_v(dH, V, vecInvN, t_r, t_s, S, DV: tl.constexpr, BLQ: tl.constexpr, BV: tl.constexpr,
             DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, TRANSPOSE: tl.constexpr = False):
     """dnum_r·v_s = (dh_r·v_s) / N_r, (BLQ rows r, BLQ columns s), formed the one way every backward kernel
     forms it: the same float32 values everywhere, which δ_r cancels exactly (see `den_grad_kernel`)."""
-    valid_r, valid_s = t_r < S, t_s < S
-    acc = tl.full((BLQ, BLQ), 0.0, tl.float32)
-    for vv in range((DV + BV - 1) // BV):
-        offs_v = vv * BV + tl.arange(0, BV)
-        mask_v = offs_v < DV
-        matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
-        matV = tl.load(V + t_s[:, None] * DV + offs_v[None, :], mask=valid_s[:, None] & mask_v[None, :], other=0.0)
-        if TRANSPOSE:
-            acc += _dot(matV, tl.trans(matdH), DOT_DTYPE, PRECISION)
-        else:
-            acc += _dot(matdH, tl.trans(matV), DOT_DTYPE, PRECISION)
     if TRANSPOSE:
-        return acc * vecInvN[None, :]
-    return acc * vecInvN[:, None]
+        return _row_dots(V, dH, t_s, t_r, S, DV, BLQ, BV, DOT_DTYPE, PRECISION) * vecInvN[None, :]
+    return _row_dots(dH, V, t_r, t_s, S, DV, BLQ, BV, DOT_DTYPE, PRECISION) * vecInvN[:, None]
 
 
 @triton.jit
@@ -423,14 +451,7 @@ def _delta(Delta, t, S):
 def _scores(Q, K, Parts, row_hi, row_lo, t_r, t_s, first_r, S, scale, DQK: tl.constexpr, BLQ: tl.constexpr,
             BK: tl.constexpr, DOT_DTYPE: tl.constexpr, PRECISION: tl.constexpr, HAS_STARTS: tl.constexpr):
     """S_rs = D'_rs q̂_r·k_s, (BLQ rows r, BLQ columns s)."""
-    valid_r, valid_s = t_r < S, t_s < S
-    matP = tl.full((BLQ, BLQ), 0.0, tl.float32)
-    for kk in range((DQK + BK - 1) // BK):
-        offs_k = kk * BK + tl.arange(0, BK)
-        mask_k = offs_k < DQK
-        matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
-        matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :], other=0.0)
-        matP += _dot(matQ, tl.trans(matK), DOT_DTYPE, PRECISION)
+    matP = _row_dots(Q, K, t_r, t_s, S, DQK, BLQ, BK, DOT_DTYPE, PRECISION)
     col_hi, col_lo = _column_parts(Parts, t_s, S)
     return matP * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, False, first_r, HAS_STARTS)
 
@@ -468,17 +489,9 @@ def den_grad_kernel(
     stored as two float32 parts they add one after the other: the pair's term cancels exactly. So does the
     state's term in β_r ∂L/∂β_r where the state outweighs the pairs."""
     bh, c, jq, t_r, _ = _rows(1, NC, L, BLQ)
-    valid_r = t_r < S
     Q, K, V, dH, Parts = Q + bh * S * DQK, K + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV, Parts + bh * 4 * S
-    state = bh * (NC + 1) + c
-    vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
-    row_hi, row_lo = _row_parts(Parts, t_r, S)
-    if HAS_STARTS:  # rows past a start in the chunk do not see the state before it
-        first_r = tl.load(First + bh * NC * L + t_r)
-        vecBeta = tl.where(valid_r & (first_r < c * L), tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
-    else:
-        first_r = t_r  # unused
-        vecBeta = tl.where(valid_r, tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
+    valid_r, state, vecInvN, row_hi, row_lo, first_r, vecBeta = _rows_after_state(InvN, Parts, First, Ms, bh, c,
+                                                                                   t_r, S, NC, L, HAS_STARTS)
     # the state's parts: q̂_r·n_prev and dnum_r·(q̂_rᵀC_prev), times β_r
     vecNumState = tl.full((BLQ,), 0.0, tl.float32)
     for vv in range((DV + BV - 1) // BV):
@@ -489,8 +502,7 @@ def den_grad_kernel(
             offs_k = kk * BK + tl.arange(0, BK)
             mask_k = offs_k < DQK
             matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :], other=0.0)
-            matC = tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                           mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+            matC = _state_tile_of_C(Cs, state, offs_k, offs_v, DQK, DV)
             matQC += _dot(matQ, matC, DOT_DTYPE, PRECISION)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
         vecNumState += tl.reduce(matQC * matdH.to(tl.float32), 1, _ADD)
@@ -611,25 +623,16 @@ def grad_q_kernel(
     bh, c, jq, t_r, pk = _rows((DQK + BK - 1) // BK, NC, L, BLQ)
     offs_k = pk * BK + tl.arange(0, BK)
     mask_k = offs_k < DQK
-    valid_r = t_r < S
     K, V, dH, Parts = K + bh * S * DQK, V + bh * S * DV, dH + bh * S * DV, Parts + bh * 4 * S
-    state = bh * (NC + 1) + c
-    vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
+    valid_r, state, vecInvN, row_hi, row_lo, first_r, vecBeta = _rows_after_state(InvN, Parts, First, Ms, bh, c,
+                                                                                   t_r, S, NC, L, HAS_STARTS)
     delta_hi, delta_lo = _delta(Delta + bh * 2 * S, t_r, S)
-    row_hi, row_lo = _row_parts(Parts, t_r, S)
-    if HAS_STARTS:  # rows past a start in the chunk do not see the state before it
-        first_r = tl.load(First + bh * NC * L + t_r)
-        vecBeta = tl.where(valid_r & (first_r < c * L), tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
-    else:
-        first_r = t_r  # unused
-        vecBeta = tl.where(valid_r, tl.exp((row_hi + tl.load(Ms + state)) + row_lo), 0.0)
     acc = tl.full((BLQ, BK), 0.0, tl.float32)
     for vv in range((DV + BV - 1) // BV):
         offs_v = vv * BV + tl.arange(0, BV)
         mask_v = offs_v < DV
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
-        matC = tl.load(Cs + state * DQK * DV + offs_k[:, None] * DV + offs_v[None, :],
-                       mask=mask_k[:, None] & mask_v[None, :], other=0.0)
+        matC = _state_tile_of_C(Cs, state, offs_k, offs_v, DQK, DV)
         acc += _dot(matdH, tl.trans(matC), DOT_DTYPE, PRECISION)
     vecN = tl.load(Ns + state * DQK + offs_k, mask=mask_k, other=0.0)
     acc = (acc * vecInvN[:, None] + delta_hi[:, None] * vecN[None, :]) * vecBeta[:, None]
@@ -697,10 +700,7 @@ def grad_k_kernel(
         delta_hi, delta_lo = _delta(Delta + bh * 2 * S, t_r, S)
         matDSt = _dnum_v(dH, V, vecInvN, t_r, t_s, S, DV, BLQ, BV, DOT_DTYPE, PRECISION, True)  # (s, r)
         row_hi, row_lo = _row_parts(Parts, t_r, S)
-        if HAS_STARTS:
-            first_r = tl.load(First + bh * NC * L + t_r)
-        else:
-            first_r = t_r  # unused
+        first_r = _row_firsts(First, bh, NC, t_r, L, HAS_STARTS)
         matdSt = ((matDSt + delta_hi[None, :]) + delta_lo[None, :]) * scale * _decay(row_hi, row_lo, col_hi, col_lo,
                                                                                      t_r, t_s, S, True, first_r,
                                                                                      HAS_STARTS)
@@ -760,20 +760,9 @@ def grad_v_kernel(
     for jr in range(js, L // BLQ):
         t_r = c * L + jr * BLQ + tl.arange(0, BLQ)
         valid_r = t_r < S
-        matPt = tl.full((BLQ, BLQ), 0.0, tl.float32)  # (s, r)
-        for kk in range((DQK + BK - 1) // BK):
-            offs_k = kk * BK + tl.arange(0, BK)
-            mask_k = offs_k < DQK
-            matK = tl.load(K + t_s[:, None] * DQK + offs_k[None, :], mask=valid_s[:, None] & mask_k[None, :],
-                           other=0.0)
-            matQ = tl.load(Q + t_r[:, None] * DQK + offs_k[None, :], mask=valid_r[:, None] & mask_k[None, :],
-                           other=0.0)
-            matPt += _dot(matK, tl.trans(matQ), DOT_DTYPE, PRECISION)
+        matPt = _row_dots(K, Q, t_s, t_r, S, DQK, BLQ, BK, DOT_DTYPE, PRECISION)  # (s, r)
         row_hi, row_lo = _row_parts(Parts, t_r, S)
-        if HAS_STARTS:
-            first_r = tl.load(First + bh * NC * L + t_r)
-        else:
-            first_r = t_r  # unused
+        first_r = _row_firsts(First, bh, NC, t_r, L, HAS_STARTS)
         matSt = matPt * scale * _decay(row_hi, row_lo, col_hi, col_lo, t_r, t_s, S, True, first_r, HAS_STARTS)
         vecInvN = tl.load(InvN + bh * S + t_r, mask=valid_r, other=0.0)
         matdH = tl.load(dH + t_r[:, None] * DV + offs_v[None, :], mask=valid_r[:, None] & mask_v[None, :], other=0.0)
