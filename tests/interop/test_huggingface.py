@@ -3,6 +3,7 @@ every weight drawn at random (the init's zero gate weights would hide difference
 not a multiple of the chunk, both weight modes, round trips bit for bit, and each bad input one message with
 nothing written."""
 
+import copy
 import json
 import logging
 
@@ -91,8 +92,9 @@ def assert_computes_what_transformers_computes(ours, hf, hf_single_folder, ids):
     of roundings (over 8 draws the ratio was 0.77-1.24; a bf16-rounded gate makes it 780)."""
     truth = float64_logits(hf_single_folder, ids)
     with torch.no_grad():
-        assert (ours.double()(ids).double() - truth).abs().max() <= 4 * truth.abs().max() * 2**-24
         our_error = (ours(ids).double() - truth).abs().max().item()
+        ours64 = copy.deepcopy(ours).double()  # Module.double() converts in place: leave `ours` in float32
+        assert (ours64(ids).double() - truth).abs().max() <= 4 * truth.abs().max() * 2**-24
     their_error = (hf_logits(hf, ids).double() - truth).abs().max().item()
     log.info("max |error| against float64: ours %.2e, transformers %.2e", our_error, their_error)
     assert our_error <= 2 * their_error, (our_error, their_error)
