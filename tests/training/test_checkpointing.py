@@ -29,6 +29,35 @@ def test_a_write_that_dies_half_way_leaves_the_last_good_checkpoint(tmp_path, mo
     assert os.listdir(last.parent) == ["last.ckpt"]  # no temporary file left behind
 
 
+def test_a_ctrl_c_inside_the_write_stays_a_keyboard_interrupt(tmp_path, monkeypatch):
+    # The second Ctrl-C of a run can land while torch.save writes; its zip writer then fails to close the
+    # half-written file and raised a RuntimeError that hid the KeyboardInterrupt Lightning shuts down on.
+    io, last = AtomicCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint(checkpoint(2), last)
+    save = torch.save
+
+    class CtrlCOnThirdWrite:
+        def __init__(self, handle):
+            self.handle, self.writes = handle, 0
+
+        def write(self, data):
+            self.writes += 1
+            written = self.handle.write(data)
+            if self.writes == 3:
+                raise KeyboardInterrupt
+            return written
+
+        def flush(self):
+            self.handle.flush()
+
+    monkeypatch.setattr(checkpointing.torch, "save", lambda obj, handle: save(obj, CtrlCOnThirdWrite(handle)))
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint(checkpoint(4), last)
+    monkeypatch.undo()
+    assert torch.load(last, weights_only=False)["global_step"] == 2
+    assert os.listdir(last.parent) == ["last.ckpt"]
+
+
 def test_nan_weights_are_never_written(tmp_path):
     io, last = AtomicCheckpointIO(), tmp_path / "last.ckpt"
     io.save_checkpoint(checkpoint(2), last)

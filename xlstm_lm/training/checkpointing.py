@@ -79,6 +79,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(temporary, path)
+        except Exception as error:
+            # A Ctrl-C inside torch.save unwinds through its zip writer, whose close then fails on the half-written
+            # file ("unexpected pos") and would hide the KeyboardInterrupt that Lightning shuts down on
+            if isinstance(error.__context__, KeyboardInterrupt):
+                raise error.__context__ from None
+            raise
         finally:
             temporary.unlink(missing_ok=True)
 
